@@ -1,0 +1,129 @@
+"""ONNX Runtime: the CPU execution provider, and the CUDA / TensorRT providers where the
+installed onnxruntime has them. The `streams` workers share one session (one copy of the
+weights); its intra-op threads split the cores among them unless `threads` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.backends.base import Backend, BackendInfo, BackendOptions
+from harness.device import cpu_count, cpu_name
+from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
+
+CPU_PRECISIONS = ("fp32", "int8")
+CUDA_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """'cpu' -> ('cpu', 0); 'cuda' or 'cuda:N' -> ('cuda', N); anything else: ConfigError."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return "cpu", 0
+    if kind == "cuda" and (not index or index.isdigit()):
+        return "cuda", int(index or 0)
+    raise ConfigError(f"device: {device!r} is not one of cpu, cuda, cuda:N")
+
+
+class OnnxRuntimeBackend(Backend):
+    """One InferenceSession shared by the stream workers (ORT releases the GIL in `run`)."""
+
+    name: ClassVar[str] = "onnxruntime"
+    option_names: ClassVar[tuple[str, ...]] = ("tensorrt_provider", "graph_optimization")
+
+    def __init__(self, model_path: Path, options: BackendOptions) -> None:
+        super().__init__(model_path, options)
+        self.kind, self.device_id = parse_device(options.device)
+        self._session: Any = None
+        self._output_names: list[str] = []
+
+    @classmethod
+    def precisions(cls, device: str) -> tuple[str, ...]:
+        kind, _ = parse_device(device)
+        return CPU_PRECISIONS if kind == "cpu" else CUDA_PRECISIONS
+
+    def intra_threads(self) -> int:
+        if self.options.threads is not None:
+            return self.options.threads
+        if self.kind != "cpu":
+            return 1
+        return max(1, cpu_count() // self.options.streams)
+
+    def providers(self) -> list[Any]:
+        if self.kind == "cpu":
+            return ["CPUExecutionProvider"]
+        cuda = ("CUDAExecutionProvider", {"device_id": self.device_id})
+        if self.options.extra.get("tensorrt_provider"):
+            return [("TensorrtExecutionProvider", {"device_id": self.device_id}), cuda]
+        return [cuda]
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        wanted = [p if isinstance(p, str) else p[0] for p in self.providers()]
+        available = ort.get_available_providers()
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise BackendUnavailable(
+                f"onnxruntime {ort.__version__} here lacks {', '.join(missing)} for device "
+                f"{self.options.device} (has {', '.join(available)}; install onnxruntime-gpu)"
+            )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.intra_threads()
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = self.options.extra.get("graph_optimization", "all")
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        if level not in levels:
+            raise ConfigError(
+                f"backend onnxruntime: graph_optimization {level!r} not in {list(levels)}"
+            )
+        so.graph_optimization_level = levels[level]
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path), so, providers=self.providers()
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+            raise _backend_error(exc, f"cannot load {self.model_path.name}") from exc
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+        try:
+            outputs: list[np.ndarray] = self._session.run(self._output_names, dict(inputs))
+        except Exception as exc:
+            raise _backend_error(exc, "inference failed") from exc
+        return outputs
+
+    def close(self) -> None:
+        self._session = None
+
+    def info(self) -> BackendInfo:
+        import onnxruntime as ort
+
+        device = cpu_name() if self.kind == "cpu" else f"CUDA device {self.device_id}"
+        return BackendInfo(
+            backend=self.name,
+            device=device,
+            versions={"onnxruntime": ort.__version__},
+            details={
+                "providers": [p if isinstance(p, str) else p[0] for p in self.providers()],
+                "intra_op_threads": self.intra_threads(),
+                "streams_share_session": True,
+            },
+        )
+
+
+def _backend_error(exc: Exception, what: str) -> BackendError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return OutOfMemory(f"out of memory: {what}: {text}")
+    return BackendError(f"onnxruntime: {what}: {text}")

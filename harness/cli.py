@@ -1,0 +1,235 @@
+"""`python -m harness run`: measure one configuration with LoadGen, like trtexec for this tool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.backends import BACKENDS
+from harness.cli_common import (
+    Parser,
+    common_flags,
+    default_cache_dir,
+    format_table,
+    parse_option,
+    run_guarded,
+    setup_logging,
+)
+from harness.config import PRECISIONS, SCENARIO_NAMES, RunConfig, ScenarioSpec
+from harness.result import Result
+from harness.runner import measure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser(
+        "run",
+        parents=[common_flags()],  # type: ignore[list-item]
+        help="measure one configuration with MLPerf LoadGen",
+        description="Measure one configuration (batch size, streams, precision) of one model "
+        "with the real MLPerf LoadGen, Offline or Server, and print LoadGen's figures.",
+    )
+    what = run.add_argument_group("what runs")
+    what.add_argument(
+        "--model",
+        default="resnet50",
+        help="built-in name (resnet50, mobilenet, "
+        "tiny) or a path to an ONNX file with a dynamic batch dimension",
+    )
+    what.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
+    what.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    what.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
+    what.add_argument("--batch-size", type=int, default=1, help="largest batch (default 1)")
+    what.add_argument("--streams", type=int, default=1, help="concurrent workers (default 1)")
+    what.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads per stream (default: the cores split among the streams)",
+    )
+    what.add_argument(
+        "--deque-timeout-us",
+        type=int,
+        default=2000,
+        help="how long the batcher waits to fill a batch (default 2000)",
+    )
+    what.add_argument("--samples", type=int, help="samples in the QSL (default: fits 128 MiB)")
+    what.add_argument(
+        "--data", type=Path, help="folder of .npy/.npz samples (default: synthetic, seeded)"
+    )
+    what.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples")
+    what.add_argument(
+        "--backend-option",
+        action="append",
+        type=parse_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend setting, e.g. latency_ms=2 (null)",
+    )
+    how = run.add_argument_group("how LoadGen measures")
+    how.add_argument("--scenario", default="offline", help=f"one of {', '.join(SCENARIO_NAMES)}")
+    how.add_argument("--target-qps", type=float, help="Server: run at this QPS")
+    how.add_argument(
+        "--find-max-qps",
+        action="store_true",
+        help="Server: search the largest VALID QPS under the latency bound",
+    )
+    how.add_argument(
+        "--latency-ms",
+        type=float,
+        default=15.0,
+        help="Server latency bound (default 15, ResNet-50's MLPerf bound)",
+    )
+    how.add_argument(
+        "--percentile", type=float, default=99.0, help="Server latency percentile (default 99)"
+    )
+    how.add_argument(
+        "--duration-s",
+        type=float,
+        default=5.0,
+        help="LoadGen minimum duration of each run (default 5)",
+    )
+    how.add_argument(
+        "--min-queries",
+        type=int,
+        help="Server minimum query count (default 600; 270,336 with --compliance)",
+    )
+    how.add_argument(
+        "--expected-qps",
+        type=float,
+        help="Offline expected QPS (default: estimated from a warm-up)",
+    )
+    how.add_argument(
+        "--compliance",
+        action="store_true",
+        help="MLPerf-length runs: 60 s, 270,336 Server queries",
+    )
+    out = run.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="folder for LoadGen's logs (default runs/<name>)")
+    out.add_argument("--json", type=Path, help="write the result as JSON to this file")
+    out.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="models, variants and engines cache (default %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug, args.quiet)
+    return run_guarded(lambda: _run(args), args.debug, "harness")
+
+
+def _run(args: argparse.Namespace) -> int:
+    run = RunConfig(
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        streams=args.streams,
+        device=args.device,
+        threads=args.threads,
+        deque_timeout_us=args.deque_timeout_us,
+        samples=args.samples,
+        data_dir=args.data,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        backend_options=dict(args.backend_option),
+    )
+    out = args.out or Path("runs") / (
+        f"{Path(run.model).stem}-{run.backend}-{run.precision}-b{run.batch_size}"
+        f"-s{run.streams}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    spec = ScenarioSpec(
+        scenario=args.scenario,
+        duration_s=args.duration_s,
+        target_qps=args.target_qps,
+        find_max_qps=args.find_max_qps,
+        latency_ms=args.latency_ms,
+        percentile=args.percentile,
+        min_queries=args.min_queries,
+        compliance=args.compliance,
+        expected_qps=args.expected_qps,
+        out_dir=out,
+    )
+    result = measure(run, spec)
+    print(render(result))
+    print(f"LoadGen logs: {out}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"result: {args.json}")
+    return 0
+
+
+def render(result: Result) -> str:
+    """The short result table the CLI prints."""
+    lat = result.latency_ms
+    unit = "samples/s" if result.scenario == "offline" else "QPS"
+    label = "simulated (null backend)" if result.simulated else result.device
+    lines = [
+        f"{result.model} on {result.backend} ({label}), {result.precision}, "
+        f"batch {result.batch_size}, {result.streams} stream(s)",
+        format_table(
+            [
+                [
+                    result.scenario,
+                    "VALID" if result.valid else "INVALID",
+                    result.score,
+                    lat.get("p50"),
+                    lat.get("p90"),
+                    lat.get("p99"),
+                    len(result.loadgen_runs),
+                ]
+            ],
+            ["scenario", "result", unit, "p50 ms", "p90 ms", "p99 ms", "LoadGen runs"],
+        ),
+    ]
+    if result.scenario == "server" and len(result.loadgen_runs) > 1:
+        rows = [
+            [
+                r.get("scenario"),
+                r.get("target_qps"),
+                "VALID" if r.get("valid") else "INVALID",
+                (r.get("latency_ms") or {}).get(f"p{result.percentile:g}"),
+                _reason(r),
+            ]
+            for r in result.loadgen_runs
+        ]
+        header = ["run", "target", "result", f"p{result.percentile:g} ms", "why INVALID"]
+        lines.append(format_table(rows, header))
+    if result.agreement:
+        a = result.agreement
+        lines.append(
+            f"agreement with fp32: top-1 {a['top1']:.3f} on {a['samples']} samples, "
+            f"max abs error {a['max_abs_error']:.4g}"
+        )
+    if result.note:
+        lines.append(f"note: {result.note}")
+    return "\n".join(lines)
+
+
+def _reason(run: dict[str, object]) -> str:
+    """A short reason for an INVALID LoadGen run, from LoadGen's own flags."""
+    if run.get("valid"):
+        return ""
+    reasons = []
+    if run.get("perf_constraints_met") is False:
+        reasons.append("latency over the bound")
+    if run.get("early_stopping_met") is False:
+        reasons.append("early stopping (too few queries)")
+    if run.get("min_duration_met") is False:
+        reasons.append("min duration")
+    if run.get("min_queries_met") is False:
+        reasons.append("min queries")
+    return ", ".join(reasons) or "see LoadGen log"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

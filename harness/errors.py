@@ -1,0 +1,47 @@
+"""The project's exceptions, shared by `harness` and `tuner`.
+
+    TunerError                  anything this tool reports to its user
+     ├── ConfigError            bad configuration or flag value (exit code 2)
+     ├── ModelError             model file missing, not ONNX, unusable batch dimension
+     ├── BackendError           the inference runtime failed
+     │    ├── BackendUnavailable    the runtime or its device is not installed here
+     │    └── OutOfMemory           the device ran out of memory
+     └── ScenarioError          a LoadGen run could not produce a result
+
+Every message is one line that names the offending value; the CLIs print it without a
+traceback unless `--debug` is given.
+"""
+
+from __future__ import annotations
+
+
+class TunerError(Exception):
+    """Base of every error this tool reports to its user."""
+
+    exit_code = 1
+
+
+class ConfigError(TunerError):
+    """A configuration key, flag or value is invalid."""
+
+    exit_code = 2
+
+
+class ModelError(TunerError):
+    """The model cannot be used: missing, not ONNX, or without a dynamic batch dimension."""
+
+
+class BackendError(TunerError):
+    """The inference backend failed to load or to run."""
+
+
+class BackendUnavailable(BackendError):
+    """The backend's runtime or device is not present on this machine."""
+
+
+class OutOfMemory(BackendError):
+    """The device ran out of memory for this configuration."""
+
+
+class ScenarioError(TunerError):
+    """A LoadGen run failed to produce a result."""

@@ -1,0 +1,41 @@
+"""The result of measuring one configuration, as the CLI prints it and the tuner stores it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything one `measure()` call found. `score` is what the tuner maximises."""
+
+    scenario: str
+    valid: bool
+    score: float
+    samples_per_second: float | None
+    qps: float | None
+    latency_ms: dict[str, float]
+    loadgen_runs: list[dict[str, Any]]
+    model: str
+    model_sha256: str
+    variant_sha256: str
+    variant_path: str
+    variant_build_s: float
+    backend: str
+    device: str
+    precision: str
+    batch_size: int
+    streams: int
+    simulated: bool
+    versions: dict[str, str]
+    engine_build_s: float
+    warmup: dict[str, float]
+    agreement: dict[str, float] | None = None
+    latency_bound_ms: float | None = None
+    percentile: float | None = None
+    note: str = ""
+    backend_details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,257 @@
+"""Measure one configuration: model -> precision variant -> backend -> batching SUT -> LoadGen.
+
+This is the harness's single entry point; the tuner calls it once per trial (in a child
+process). It knows nothing of Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.backends import BackendOptions, check_precision, get_backend
+from harness.backends.base import Backend
+from harness.config import RunConfig, ScenarioSpec
+from harness.dataset import SampleSet, default_sample_count, load_sample_folder, synthetic_samples
+from harness.errors import BackendError
+from harness.loadgen_log import LoadgenRun
+from harness.models import ModelInfo, resolve_model
+from harness.precision import Agreement, Variant, agreement, make_variant
+from harness.result import Result
+from harness.scenarios import Outcome, offline, server
+from harness.sut import BatchingSUT
+
+log = logging.getLogger("harness")
+
+#: Seconds of timed warm-up (after one untimed batch per stream); sizes the Offline query and
+#: checks that one batch fits the latency bound. Never used as a score.
+WARMUP_S = 0.5
+
+
+@dataclass(frozen=True)
+class Warmup:
+    batch_ms: float
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class _Context:
+    run: RunConfig
+    spec: ScenarioSpec
+    sut: BatchingSUT
+    warmup: Warmup
+    out_dir: Path
+
+
+def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
+    """Measure `run` in the scenario `spec` with LoadGen and return the result."""
+    backend_cls = get_backend(run.backend)
+    check_precision(backend_cls, run.precision, run.device)
+    model = resolve_model(run.model, run.cache_dir)
+    samples = _samples(run, model)
+    calibration = samples.head(64)
+    variant = make_variant(model, run.precision, calibration, run.cache_dir)
+    options = BackendOptions(
+        precision=run.precision,
+        max_batch=run.batch_size,
+        streams=run.streams,
+        device=run.device,
+        threads=run.threads,
+        extra=run.backend_options,
+    )
+    backend = backend_cls(variant.path, options)
+    info = backend.info()
+    started = time.perf_counter()
+    with backend:
+        build_s = time.perf_counter() - started
+        log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, info.device, build_s)
+        warm = _warmup(backend, samples, run)
+        log.info(
+            "warm-up: %.2f ms per batch of %d, ~%.1f samples/s",
+            warm.batch_ms,
+            run.batch_size,
+            warm.samples_per_second,
+        )
+        agree = None
+        if not info.simulated and (run.precision != "fp32" or run.backend != "onnxruntime"):
+            agree = _agreement(backend, model, samples, run)
+        with BatchingSUT(
+            backend, samples, run.batch_size, run.streams, run.deque_timeout_us
+        ) as sut:
+            ctx = _Context(run, spec, sut, warm, spec.out_dir)
+            outcome = SCENARIOS[spec.scenario](ctx)
+        info = backend.info()
+    return _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
+
+
+def _offline(ctx: _Context) -> Outcome:
+    return offline.run(ctx.sut, ctx.spec, ctx.warmup.samples_per_second, ctx.out_dir)
+
+
+def _server(ctx: _Context) -> Outcome:
+    spec = ctx.spec
+    if not spec.find_max_qps:
+        return server.run(ctx.sut, spec, ctx.out_dir)
+    if ctx.warmup.batch_ms > spec.latency_ms:
+        note = (
+            f"infeasible: one batch of {ctx.run.batch_size} takes {ctx.warmup.batch_ms:.1f} ms, "
+            f"over the {spec.latency_ms:g} ms bound"
+        )
+        log.info(note)
+        return Outcome(valid=False, score=0.0, primary=None, runs=(), note=note)
+    bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
+    upper = bound.score
+    log.info("upper bound from Offline: %.1f samples/s", upper)
+    found = server.find_max_qps(ctx.sut, spec, upper, ctx.out_dir)
+    return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
+
+
+#: Scenario name -> how to measure it.
+SCENARIOS: dict[str, Callable[[_Context], Outcome]] = {"offline": _offline, "server": _server}
+
+
+def _samples(run: RunConfig, model: ModelInfo) -> SampleSet:
+    if run.data_dir is not None:
+        return load_sample_folder(run.data_dir, model, run.samples)
+    count = run.samples or default_sample_count(model)
+    return synthetic_samples(model, count, run.seed)
+
+
+def _batch_indices(samples: SampleSet, batch: int, offset: int = 0) -> np.ndarray:
+    return (np.arange(batch, dtype=np.intp) + offset) % samples.count
+
+
+def _warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
+    """One untimed batch per stream, then all streams at once for WARMUP_S (an estimate)."""
+    latencies: list[float] = []
+    rates = [0.0] * run.streams
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(run.streams)
+
+    def work(stream: int) -> None:
+        try:
+            inputs = samples.gather(_batch_indices(samples, run.batch_size, stream))
+            backend.infer(inputs, stream)
+            barrier.wait()
+            start = time.perf_counter()
+            done = 0
+            while True:
+                t0 = time.perf_counter()
+                backend.infer(inputs, stream)
+                t1 = time.perf_counter()
+                with lock:
+                    latencies.append(t1 - t0)
+                done += run.batch_size
+                if t1 - start >= WARMUP_S:
+                    break
+            rates[stream] = done / (t1 - start)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(run.streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real:
+        error = real[0]
+        raise error if isinstance(error, BackendError) else BackendError(repr(error)) from error
+    return Warmup(batch_ms=statistics.median(latencies) * 1000.0, samples_per_second=sum(rates))
+
+
+def _agreement(
+    backend: Backend, model: ModelInfo, samples: SampleSet, run: RunConfig
+) -> Agreement:
+    """Top-1 agreement and max abs error of this backend's outputs against ONNX Runtime fp32."""
+    import onnxruntime as ort
+
+    n = min(run.agreement_samples, samples.count)
+    options = ort.SessionOptions()
+    reference_session = ort.InferenceSession(
+        str(model.path), options, providers=["CPUExecutionProvider"]
+    )
+    reference: list[list[np.ndarray]] = []
+    candidate: list[list[np.ndarray]] = []
+    for start in range(0, n, run.batch_size):
+        indices = np.arange(start, min(n, start + run.batch_size), dtype=np.intp)
+        inputs = samples.gather(indices)
+        reference.append(reference_session.run(None, inputs))
+        candidate.append(backend.infer(inputs, 0))
+    concat = lambda batches: [np.concatenate(parts) for parts in zip(*batches, strict=True)]  # noqa: E731
+    result = agreement(concat(reference), concat(candidate))
+    log.info(
+        "agreement with fp32 on %d samples: top-1 %.3f, max abs error %.4g",
+        result.samples,
+        result.top1,
+        result.max_abs_error,
+    )
+    return result
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("mlcommons-loadgen", "numpy", "onnx", "batch-tuner"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _result(
+    run: RunConfig,
+    spec: ScenarioSpec,
+    model: ModelInfo,
+    variant: Variant,
+    info: object,
+    build_s: float,
+    warm: Warmup,
+    agree: Agreement | None,
+    outcome: Outcome,
+) -> Result:
+    from harness.backends.base import BackendInfo
+
+    assert isinstance(info, BackendInfo)
+    primary: LoadgenRun | None = outcome.primary
+    latency = dict(primary.latency_ms) if primary is not None else {}
+    offline_mode = spec.scenario == "offline"
+    return Result(
+        scenario=spec.scenario,
+        valid=outcome.valid,
+        score=outcome.score,
+        samples_per_second=outcome.score if offline_mode else None,
+        qps=None if offline_mode else outcome.score,
+        latency_ms=latency,
+        loadgen_runs=[r.to_dict() for r in outcome.runs],
+        model=model.name,
+        model_sha256=model.sha256,
+        variant_sha256=variant.sha256,
+        variant_path=str(variant.path),
+        variant_build_s=round(variant.build_seconds, 4),
+        backend=run.backend,
+        device=info.device,
+        precision=run.precision,
+        batch_size=run.batch_size,
+        streams=run.streams,
+        simulated=info.simulated,
+        versions={**_versions(), **info.versions},
+        engine_build_s=round(build_s, 4),
+        warmup={"batch_ms": warm.batch_ms, "samples_per_second": warm.samples_per_second},
+        agreement=agree.to_dict() if agree is not None else None,
+        latency_bound_ms=None if offline_mode else spec.latency_ms,
+        percentile=None if offline_mode else spec.percentile,
+        note=outcome.note,
+        backend_details=dict(info.details),
+    )

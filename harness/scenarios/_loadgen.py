@@ -1,0 +1,67 @@
+"""One LoadGen test: settings in, LoadGen's own log files out, parsed into a `LoadgenRun`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BackendError, ScenarioError
+from harness.loadgen_log import LoadgenRun, read_run
+from harness.sut import BatchingSUT
+
+log = logging.getLogger("harness")
+
+
+def test_settings(scenario: str, **fields: Any) -> Any:
+    """A `mlperf_loadgen.TestSettings` in PerformanceOnly mode with these fields set."""
+    import mlperf_loadgen as lg
+
+    settings = lg.TestSettings()
+    settings.scenario = {"offline": lg.TestScenario.Offline, "server": lg.TestScenario.Server}[
+        scenario
+    ]
+    settings.mode = lg.TestMode.PerformanceOnly
+    for key, value in fields.items():
+        setattr(settings, key, value)
+    return settings
+
+
+def run_test(sut: BatchingSUT, settings: Any, out_dir: Path) -> LoadgenRun:
+    """Run one LoadGen test against `sut` and read its result from `out_dir`.
+
+    A backend failure during the run is re-raised (as the BackendError it was, or wrapped)
+    after LoadGen has finished, so the run never hangs on a lost completion.
+    """
+    import mlperf_loadgen as lg
+
+    out_dir.mkdir(parents=True, exist_ok=True)  # LoadGen does not create it (and then aborts)
+    for stale in out_dir.glob("mlperf_log_*"):
+        stale.unlink()
+    count = sut.samples.count
+    lg_sut = lg.ConstructFastSUT(sut.issue, sut.flush)
+    qsl = lg.ConstructQSL(count, count, _noop, _noop)
+    try:
+        log_settings = lg.LogSettings()
+        log_settings.log_output.outdir = str(out_dir)
+        log_settings.log_output.copy_summary_to_stdout = False
+        log_settings.enable_trace = False
+        lg.StartTestWithLogSettings(lg_sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroyFastSUT(lg_sut)
+    if sut.error is not None:
+        error = sut.error
+        if isinstance(error, BackendError):
+            raise error
+        raise BackendError(f"the backend failed during the LoadGen run: {error!r}") from error
+    try:
+        return read_run(out_dir)
+    except ScenarioError:
+        raise
+    except Exception as exc:  # a log LoadGen wrote but we cannot read
+        raise ScenarioError(f"cannot read LoadGen's log in {out_dir}: {exc}") from exc
+
+
+def _noop(indices: list[int]) -> None:
+    """QSL load/unload: every sample is already in RAM."""

@@ -1,0 +1,62 @@
+"""Shared fixtures: a cache folder per session and tiny ONNX models built in the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch  # type: ignore[import-not-found]
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is present here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model/variant cache for the whole test session (built-in models build once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_mlp(path: Path, features: int = 16, classes: int = 10, seed: int = 0) -> Path:
+    """A two-layer MLP, dynamic batch: input [N, features] -> logits [N, classes]."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((features, 32)) / np.sqrt(features)).astype(np.float32)
+    w2 = rng.standard_normal((32, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["logits"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def mlp_model(tmp_path: Path) -> Path:
+    return make_mlp(tmp_path / "mlp.onnx")

@@ -1,0 +1,138 @@
+"""The batching SUT under real LoadGen, with the simulated backend (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.backends import BackendOptions
+from harness.backends.null import NullBackend
+from harness.config import ScenarioSpec
+from harness.dataset import SampleSet
+from harness.errors import BackendError
+from harness.scenarios import offline, server
+from harness.sut import BatchingSUT
+
+
+def null_backend(batch: int, streams: int, **extra: object) -> NullBackend:
+    backend = NullBackend(
+        Path("unused.onnx"), BackendOptions(max_batch=batch, streams=streams, extra=extra)
+    )
+    backend.load()
+    return backend
+
+
+def samples(n: int = 64) -> SampleSet:
+    return SampleSet({"input": np.arange(n * 4, dtype=np.float32).reshape(n, 4)})
+
+
+class RecordingBackend(NullBackend):
+    """Null backend that records the batch sizes it is given."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sizes: list[int] = []
+
+    def infer(self, inputs, stream):  # type: ignore[no-untyped-def]
+        self.sizes.append(len(inputs["input"]))
+        return super().infer(inputs, stream)
+
+
+def test_offline_completes_every_sample_in_batches_of_at_most_batch_size(tmp_path: Path) -> None:
+    backend = RecordingBackend(
+        Path("x"), BackendOptions(max_batch=8, streams=2, extra={"latency_ms": 0.5})
+    )
+    backend.load()
+    spec = ScenarioSpec(duration_s=0.5)
+    with BatchingSUT(backend, samples(), 8, 2, 2000) as sut:
+        outcome = offline.run(sut, spec, estimate_sps=10_000, out_dir=tmp_path)
+    run = outcome.primary
+    assert run is not None and run.sample_count is not None
+    assert sut.samples_done == sum(r.sample_count or 0 for r in outcome.runs)
+    assert max(backend.sizes) == 8
+    assert all(1 <= s <= 8 for s in backend.sizes)
+    assert outcome.score == run.samples_per_second and outcome.score > 0
+    assert (tmp_path / "offline-1" / "mlperf_log_detail.txt").exists()
+
+
+def test_offline_too_small_expected_qps_is_rerun_with_a_measured_size(tmp_path: Path) -> None:
+    backend = null_backend(16, 1, latency_ms=0.2, per_sample_ms=0.0)
+    spec = ScenarioSpec(duration_s=0.5)
+    with BatchingSUT(backend, samples(), 16, 1, 0) as sut:
+        outcome = offline.run(sut, spec, estimate_sps=5.0, out_dir=tmp_path)
+    assert outcome.runs[0].min_duration_met is False
+    assert 2 <= len(outcome.runs) <= 3
+    assert outcome.valid and outcome.runs[-1].min_duration_met
+    assert outcome.primary is outcome.runs[-1]
+
+
+def test_server_run_at_low_qps_is_valid_and_batches_wait_for_the_timeout(tmp_path: Path) -> None:
+    backend = null_backend(4, 2, latency_ms=0.5, per_sample_ms=0.0)
+    spec = ScenarioSpec(
+        scenario="server", target_qps=500.0, duration_s=0.5, latency_ms=10.0, min_queries=600
+    )
+    with BatchingSUT(backend, samples(), 4, 2, 500) as sut:
+        outcome = server.run(sut, spec, tmp_path)
+    run = outcome.primary
+    assert run is not None and outcome.valid
+    assert run.query_count is not None and run.query_count >= 600
+    p99 = run.percentile_ms(99)
+    assert p99 is not None and p99 < 10.0
+
+
+def test_engine_error_mid_run_fails_the_measurement_without_hanging(tmp_path: Path) -> None:
+    backend = null_backend(4, 2, latency_ms=0.1, fail_after_batches=5)
+    spec = ScenarioSpec(duration_s=0.3)
+    with (
+        BatchingSUT(backend, samples(), 4, 2, 0) as sut,
+        pytest.raises(BackendError, match="simulated failure after 5 batches"),
+    ):
+        offline.run(sut, spec, estimate_sps=20_000, out_dir=tmp_path)
+
+
+def test_more_streams_than_batches_in_flight_finishes(tmp_path: Path) -> None:
+    backend = null_backend(64, 8, latency_ms=0.2)
+    spec = ScenarioSpec(
+        scenario="server", target_qps=200.0, duration_s=0.3, latency_ms=50.0, min_queries=100
+    )
+    with BatchingSUT(backend, samples(), 64, 8, 100) as sut:
+        outcome = server.run(sut, spec, tmp_path)
+    assert outcome.primary is not None
+    assert sut.samples_done == outcome.primary.sample_count
+
+
+def test_server_overloaded_run_ends_invalid(tmp_path: Path) -> None:
+    # 1 stream of 5 ms per sample serves 200 samples/s at most; 400 QPS cannot meet 10 ms.
+    backend = null_backend(1, 1, latency_ms=5.0, per_sample_ms=0.0)
+    spec = ScenarioSpec(
+        scenario="server", target_qps=400.0, duration_s=0.5, latency_ms=10.0, min_queries=200
+    )
+    with BatchingSUT(backend, samples(), 1, 1, 0) as sut:
+        outcome = server.run(sut, spec, tmp_path)
+    assert not outcome.valid
+    p99 = outcome.primary.percentile_ms(99) if outcome.primary else None
+    assert p99 is not None and p99 > 10.0
+
+
+def test_find_max_qps_brackets_the_capacity_of_a_deterministic_backend(tmp_path: Path) -> None:
+    # One stream, batch 1, 2 ms per sample: capacity 500/s; a 20 ms p99 bound is met up to
+    # roughly 0.8-0.9 of it (M/D/1 queueing). The search must land inside (0, 500).
+    backend = null_backend(1, 1, latency_ms=2.0, per_sample_ms=0.0)
+    spec = ScenarioSpec(
+        scenario="server",
+        find_max_qps=True,
+        duration_s=0.5,
+        latency_ms=20.0,
+        min_queries=600,
+        qps_tolerance=0.05,
+    )
+    with BatchingSUT(backend, samples(), 1, 1, 0) as sut:
+        outcome = server.find_max_qps(sut, spec, upper_qps=500.0, out_dir=tmp_path)
+    assert outcome.valid and 0 < outcome.score < 500
+    valid = [r.target_qps for r in outcome.runs if r.valid]
+    invalid = [r.target_qps for r in outcome.runs if not r.valid]
+    assert outcome.score == max(valid)
+    assert all(q > outcome.score for q in invalid)
+    assert len({round(q or 0, 3) for q in valid + invalid}) == len(outcome.runs)

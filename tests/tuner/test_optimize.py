@@ -1,0 +1,225 @@
+"""`python -m tuner optimize` end to end through `main([...])`: real LoadGen, real SQLite, the
+simulated backend or real ONNX Runtime, each trial in a real child process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.cli import main
+
+
+def common(tmp_path: Path, cache_dir: Path, db: str = "study.db") -> list[str]:
+    return [
+        "--storage",
+        f"sqlite:///{tmp_path / db}",
+        "--cache-dir",
+        str(cache_dir),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--duration-s",
+        "0.3",
+    ]
+
+
+def null_args(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--batch-sizes",
+        "1,2,4,8",
+        "--streams",
+        "1,2",
+        "--backend-option",
+        "latency_ms=1",
+        "--backend-option",
+        "per_sample_ms=0.05",
+        *common(tmp_path, cache_dir),
+    ]
+
+
+def load(tmp_path: Path, db: str = "study.db") -> optuna.Study:
+    storage = f"sqlite:///{tmp_path / db}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def test_optimize_null_backend_stores_every_trial_and_resumes(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*null_args(tmp_path, cache_dir), "--trials", "4"]) == 0
+    out = capsys.readouterr().out
+    study = load(tmp_path)
+    trials = study.get_trials()
+    assert len(trials) == 4
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].params == {"batch_size": 1, "streams": 1, "precision": "fp32"}
+    measured = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    for t in measured:
+        attrs = t.user_attrs
+        assert attrs["simulated"] is True and attrs["backend"] == "null"
+        assert attrs["samples_per_second"] > 0 and attrs["valid"] is True
+        assert attrs["loadgen_runs"] and attrs["loadgen_runs"][0]["scenario"] == "Offline"
+        assert Path(attrs["log_dir"]).is_dir()
+    assert study.user_attrs["model"] == "tiny" and study.user_attrs["scenario"] == "offline"
+    assert study.user_attrs["simulated"] is True
+    assert "speed-up over the baseline" in out and "simulated" in out
+    # Re-running the same command with a larger budget resumes the same study.
+    assert main([*null_args(tmp_path, cache_dir), "--trials", "6"]) == 0
+    again = load(tmp_path)
+    assert again.study_name == study.study_name
+    assert len(again.get_trials()) == 6
+    assert [t.number for t in again.get_trials()[:4]] == [0, 1, 2, 3]
+    # The budget is spent: nothing more runs.
+    assert main([*null_args(tmp_path, cache_dir), "--trials", "6"]) == 0
+    assert len(load(tmp_path).get_trials()) == 6
+
+
+def test_crash_oom_and_hang_become_failed_trials_and_the_study_goes_on(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    args = [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--batch-sizes",
+        "1,2,4,8",
+        "--streams",
+        "1",
+        "--precisions",
+        "fp32",
+        "--sampler",
+        "grid",
+        "--trials",
+        "4",
+        "--trial-timeout",
+        "20",
+        "--backend-option",
+        "oom_batch=2",  # batch 4 and 8 run out of memory ...
+        "--backend-option",
+        "crash_at_batch=8",  # ... but batch 8 crashes first
+        *common(tmp_path, cache_dir),
+    ]
+    assert main(args) == 0
+    trials = {t.params["batch_size"]: t for t in load(tmp_path).get_trials()}
+    assert set(trials) == {1, 2, 4, 8}
+    assert trials[1].state == trials[2].state == TrialState.COMPLETE
+    assert trials[4].state == TrialState.FAIL
+    assert trials[4].user_attrs["failure"] == "out of memory"
+    assert trials[8].state == TrialState.FAIL
+    assert trials[8].user_attrs["failure"] == "crash"
+    assert "SIGABRT" in trials[8].user_attrs["fail_reason"]
+
+
+def test_hung_trial_times_out(tmp_path: Path, cache_dir: Path) -> None:
+    args = [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--batch-sizes",
+        "1,2",
+        "--streams",
+        "1",
+        "--precisions",
+        "fp32",
+        "--sampler",
+        "grid",
+        "--trials",
+        "2",
+        "--trial-timeout",
+        "8",
+        "--backend-option",
+        "hang_at_batch=2",
+        *common(tmp_path, cache_dir),
+    ]
+    assert main(args) == 0
+    trials = {t.params["batch_size"]: t for t in load(tmp_path).get_trials()}
+    assert trials[1].state == TrialState.COMPLETE
+    assert trials[2].state == TrialState.FAIL
+    assert trials[2].user_attrs["failure"] == "timeout"
+    assert trials[2].user_attrs["fail_reason"] == "timeout after 8 s"
+
+
+def test_server_study_with_null_backend_finds_a_valid_qps(tmp_path: Path, cache_dir: Path) -> None:
+    args = [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--scenario",
+        "server",
+        "--latency-ms",
+        "20",
+        "--min-queries",
+        "600",
+        "--batch-sizes",
+        "1,4",
+        "--streams",
+        "1",
+        "--precisions",
+        "fp32",
+        "--deque-timeouts-us",
+        "2000",
+        "--sampler",
+        "grid",
+        "--trials",
+        "2",
+        "--backend-option",
+        "latency_ms=2",
+        "--backend-option",
+        "per_sample_ms=0.5",
+        *common(tmp_path, cache_dir),
+    ]
+    assert main(args) == 0
+    study = load(tmp_path)
+    assert study.user_attrs["latency_ms"] == 20.0 and study.user_attrs["percentile"] == 99.0
+    for trial in study.get_trials():
+        assert trial.state == TrialState.COMPLETE
+        runs = trial.user_attrs["loadgen_runs"]
+        assert runs[0]["scenario"] == "Offline"  # the upper bound
+        server_runs = [r for r in runs if r["scenario"] == "Server"]
+        assert server_runs
+        if trial.user_attrs["valid"]:
+            best_valid = max(r["target_qps"] for r in server_runs if r["valid"])
+            assert trial.value == pytest.approx(best_valid)
+            assert trial.user_attrs["p99_ms"] <= 20.0
+
+
+def test_onnxruntime_on_a_tiny_model_measures_int8_agreement(
+    tmp_path: Path, cache_dir: Path, mlp_model: Path
+) -> None:
+    args = [
+        "optimize",
+        "--model",
+        str(mlp_model),
+        "--batch-sizes",
+        "1,8",
+        "--streams",
+        "1",
+        "--precisions",
+        "fp32,int8",
+        "--sampler",
+        "grid",
+        "--trials",
+        "4",
+        *common(tmp_path, cache_dir),
+    ]
+    assert main(args) == 0
+    study = load(tmp_path)
+    assert study.user_attrs["backend"] == "onnxruntime" and not study.user_attrs["simulated"]
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    int8 = [t for t in trials if t.params["precision"] == "int8"]
+    assert int8 and all(0.0 <= t.user_attrs["agreement_top1"] <= 1.0 for t in int8)
+    assert all("onnxruntime" in t.user_attrs["versions"] for t in trials)

@@ -1,0 +1,107 @@
+"""Run one measurement in a child process with a timeout, so a native crash, an out-of-memory
+or a hung device becomes a failed trial with a reason instead of taking the study down.
+
+The child sends its result back as JSON (never a pickle) over a pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from harness.config import RunConfig, ScenarioSpec
+
+#: Seconds a child gets to exit after it has sent its result, or after SIGTERM.
+_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """`result` (Result.to_dict()) on success; otherwise `failure` ('error', 'out of memory',
+    'timeout', 'crash', 'interrupted') and a one-line `reason`."""
+
+    result: dict[str, Any] | None
+    failure: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+
+
+def measure_in_child(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+    """`harness.measure(run, spec)` in a spawned process, killed after `timeout_s`."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(run, spec, sender), name="trial", daemon=True)
+    started = time.monotonic()
+    process.start()
+    sender.close()
+    try:
+        ready = receiver.poll(timeout_s)
+        payload = receiver.recv_bytes() if ready else None
+    except EOFError:  # the child died without a word
+        payload = None
+        ready = True
+    except KeyboardInterrupt:
+        _stop(process)
+        return ChildOutcome(None, "interrupted", "interrupted", time.monotonic() - started)
+    finally:
+        receiver.close()
+    seconds = time.monotonic() - started
+    if payload is None:
+        if not ready:
+            _stop(process)
+            return ChildOutcome(None, "timeout", f"timeout after {timeout_s:g} s", seconds)
+        process.join(_GRACE_S)
+        return ChildOutcome(None, "crash", _exit_reason(process.exitcode), seconds)
+    process.join(_GRACE_S)
+    if process.is_alive():
+        _stop(process)
+    message = json.loads(payload.decode())
+    if message["ok"]:
+        return ChildOutcome(message["result"], seconds=seconds)
+    return ChildOutcome(None, message["failure"], message["reason"], seconds)
+
+
+def _child(run: RunConfig, spec: ScenarioSpec, sender: Connection) -> None:
+    """The child's body: measure, send JSON, exit. Ctrl-C is the parent's business."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from harness.cli_common import setup_logging
+    from harness.errors import OutOfMemory, TunerError
+    from harness.runner import measure
+
+    setup_logging(debug=False, quiet=True)
+    try:
+        result = measure(run, spec)
+        message: dict[str, Any] = {"ok": True, "result": result.to_dict()}
+    except OutOfMemory as exc:
+        message = {"ok": False, "failure": "out of memory", "reason": str(exc)}
+    except TunerError as exc:
+        message = {"ok": False, "failure": "error", "reason": str(exc)}
+    except Exception as exc:
+        message = {"ok": False, "failure": "error", "reason": f"{type(exc).__name__}: {exc}"}
+    sender.send_bytes(json.dumps(message, default=str, allow_nan=True).encode())
+    sender.close()
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    process.terminate()
+    process.join(_GRACE_S)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "crashed: the child did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"crashed: killed by {name}"
+    return f"crashed: exit code {code} without a result"

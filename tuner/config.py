@@ -1,0 +1,258 @@
+"""A study's configuration: `studies/*.toml` and command-line flags, validated once into a
+frozen `StudyConfig`. Unknown keys and bad values raise ConfigError naming the key.
+
+Layout of a study file (every key optional):
+
+    [study]      name, storage, trials, timeout_s, trial_timeout_s, sampler, seed,
+                 objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor
+    [model]      name (built-in or ONNX path), data_dir, samples
+    [backend]    name, device, threads, options = {...}
+    [scenario]   name, latency_ms, percentile, duration_s, min_queries
+    [space]      batch_sizes (list) or max_batch, streams (list) or max_streams,
+                 precisions (list), deque_timeout_us (list, Server)
+    [[enqueue]]  batch_size, streams, precision, deque_timeout_us: configurations to try first
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harness.config import (
+    PRECISIONS,
+    SCENARIO_NAMES,
+    check_choice,
+    check_float,
+    check_int,
+)
+from harness.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid")
+OBJECTIVES = ("throughput", "p99")
+DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+
+
+@dataclass(frozen=True)
+class Space:
+    """The search space; None means 'derive from the backend's capabilities'."""
+
+    batch_sizes: tuple[int, ...] | None = None
+    max_batch: int = 32
+    streams: tuple[int, ...] | None = None
+    max_streams: int = 2
+    precisions: tuple[str, ...] | None = None
+    deque_timeout_us: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str | None = None
+    storage: str = DEFAULT_STORAGE
+    trials: int = 12
+    timeout_s: float | None = None
+    trial_timeout_s: float = 600.0
+    sampler: str = "tpe"
+    seed: int = 0
+    objectives: tuple[str, ...] = ("throughput",)
+    accuracy_floor: float = 0.99
+    model: str = "resnet50"
+    data_dir: Path | None = None
+    samples: int | None = None
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    threads: int | None = None
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    scenario: str = "offline"
+    latency_ms: float = 15.0
+    percentile: float = 99.0
+    duration_s: float = 2.0
+    min_queries: int | None = None
+    space: Space = Space()
+    enqueue: tuple[Mapping[str, Any], ...] = ()
+    cache_dir: Path = Path(".cache")
+    runs_dir: Path = Path("runs")
+
+    def __post_init__(self) -> None:
+        check_int("study.trials", self.trials, 1)
+        if self.timeout_s is not None:
+            check_float("study.timeout_s", self.timeout_s, 0.0)
+        check_float("study.trial_timeout_s", self.trial_timeout_s, 0.0)
+        check_choice("study.sampler", self.sampler, SAMPLERS)
+        check_int("study.seed", self.seed, 0)
+        if not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise ConfigError(f"study.objectives: give distinct names, got {self.objectives!r}")
+        for name in self.objectives:
+            check_choice("study.objectives", name, OBJECTIVES)
+        if self.objectives[0] != "throughput":
+            raise ConfigError("study.objectives: the first objective must be 'throughput'")
+        if self.multi_objective and self.scenario != "server":
+            raise ConfigError(
+                "study.objectives: p99 is an objective of the server scenario only "
+                "(Offline latencies measure the whole query, not a sample)"
+            )
+        check_float("study.accuracy_floor", self.accuracy_floor, -1e-9, 1.0 + 1e-9)
+        check_choice("scenario.name", self.scenario, SCENARIO_NAMES)
+        check_float("scenario.latency_ms", self.latency_ms, 0.0)
+        check_float("scenario.percentile", self.percentile, 0.0, 100.0)
+        check_float("scenario.duration_s", self.duration_s, 0.0)
+        if self.min_queries is not None:
+            check_int("scenario.min_queries", self.min_queries, 1)
+        if self.threads is not None:
+            check_int("backend.threads", self.threads, 1)
+        if self.samples is not None:
+            check_int("model.samples", self.samples, 1)
+        _check_space(self.space)
+        for i, point in enumerate(self.enqueue):
+            _check_point(f"enqueue[{i}]", point)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+# TOML section -> {toml key: StudyConfig field}
+_SECTIONS: dict[str, dict[str, str]] = {
+    "study": {
+        "name": "name",
+        "storage": "storage",
+        "trials": "trials",
+        "timeout_s": "timeout_s",
+        "trial_timeout_s": "trial_timeout_s",
+        "sampler": "sampler",
+        "seed": "seed",
+        "objectives": "objectives",
+        "accuracy_floor": "accuracy_floor",
+    },
+    "model": {"name": "model", "data_dir": "data_dir", "samples": "samples"},
+    "backend": {
+        "name": "backend",
+        "device": "device",
+        "threads": "threads",
+        "options": "backend_options",
+    },
+    "scenario": {
+        "name": "scenario",
+        "latency_ms": "latency_ms",
+        "percentile": "percentile",
+        "duration_s": "duration_s",
+        "min_queries": "min_queries",
+    },
+}
+_SPACE_KEYS = {f.name for f in fields(Space)}
+_POINT_KEYS = ("batch_size", "streams", "precision", "deque_timeout_us")
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """The StudyConfig fields a TOML study file sets (unknown keys rejected)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such study file {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc}") from None
+    return from_mapping(data, where=str(path))
+
+
+def from_mapping(data: Mapping[str, Any], where: str = "study file") -> dict[str, Any]:
+    """Translate the nested TOML layout into StudyConfig field values."""
+    values: dict[str, Any] = {}
+    for section, content in data.items():
+        if section == "space":
+            values["space"] = _space(_table(content, section, where), where)
+        elif section == "enqueue":
+            if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
+                raise ConfigError(f"{where}: [[enqueue]] must be an array of tables")
+            values["enqueue"] = tuple(content)
+        elif section in _SECTIONS:
+            keys = _SECTIONS[section]
+            for key, value in _table(content, section, where).items():
+                if key not in keys:
+                    valid = ", ".join(keys)
+                    raise ConfigError(f"{where}: unknown key {section}.{key} (valid: {valid})")
+                values[keys[key]] = _coerce(keys[key], value)
+        else:
+            valid = ", ".join([*_SECTIONS, "space", "enqueue"])
+            raise ConfigError(f"{where}: unknown section [{section}] (valid: {valid})")
+    return values
+
+
+def build(file: Path | None = None, **overrides: Any) -> StudyConfig:
+    """StudyConfig from defaults, then the study file, then the flags that were given."""
+    values = load_file(file) if file is not None else {}
+    space_over = {k: overrides.pop(k) for k in list(overrides) if k in _SPACE_KEYS}
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+    given = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in space_over.items() if v is not None
+    }
+    if given:
+        values["space"] = replace(values.get("space", Space()), **given)
+    try:
+        return StudyConfig(**values)
+    except TypeError as exc:  # a wrong type that the checks did not catch
+        raise ConfigError(str(exc)) from None
+
+
+def _table(content: Any, section: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(content, dict):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    return content
+
+
+def _space(content: Mapping[str, Any], where: str) -> Space:
+    unknown = set(content) - _SPACE_KEYS
+    if unknown:
+        valid = ", ".join(sorted(_SPACE_KEYS))
+        raise ConfigError(f"{where}: unknown key space.{sorted(unknown)[0]} (valid: {valid})")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in content.items()}
+    space = Space(**values)  # type: ignore[arg-type]  # checked just below
+    _check_space(space)
+    return space
+
+
+def _check_space(space: Space) -> None:
+    check_int("space.max_batch", space.max_batch, 1)
+    check_int("space.max_streams", space.max_streams, 1)
+    for key, minimum in (("batch_sizes", 1), ("streams", 1), ("deque_timeout_us", 0)):
+        values = getattr(space, key)
+        if values is None:
+            continue
+        if not isinstance(values, tuple) or not values:
+            raise ConfigError(f"space.{key}: must be a non-empty list, got {values!r}")
+        for v in values:
+            check_int(f"space.{key}", v, minimum)
+    if space.precisions is not None:
+        if not isinstance(space.precisions, tuple) or not space.precisions:
+            raise ConfigError(
+                f"space.precisions: must be a non-empty list, got {space.precisions!r}"
+            )
+        for p in space.precisions:
+            check_choice("space.precisions", p, PRECISIONS)
+
+
+def _check_point(where: str, point: Mapping[str, Any]) -> None:
+    unknown = set(point) - set(_POINT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {sorted(unknown)[0]} (valid: {', '.join(_POINT_KEYS)})"
+        )
+    if "batch_size" in point:
+        check_int(f"{where}.batch_size", point["batch_size"], 1)
+    if "streams" in point:
+        check_int(f"{where}.streams", point["streams"], 1)
+    if "precision" in point:
+        check_choice(f"{where}.precision", point["precision"], PRECISIONS)
+    if "deque_timeout_us" in point:
+        check_int(f"{where}.deque_timeout_us", point["deque_timeout_us"], 0)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in ("data_dir", "cache_dir", "runs_dir") and isinstance(value, str):
+        return Path(value)
+    if key == "objectives":
+        return (value,) if isinstance(value, str) else tuple(value)
+    if key == "backend_options" and not isinstance(value, dict):
+        raise ConfigError(f"backend.options: must be a table, got {value!r}")
+    return value

@@ -1,0 +1,630 @@
+"""A study's results for people: a table of trials, a CSV, PNG plots and a short summary.
+
+matplotlib is optional (`batch-tuner[report]`); without it `write_report` still writes the CSV
+and then raises a TunerError saying what to install.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.errors import TunerError
+from tuner.study import baseline_trial, best_trial
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+PARAMS = ("batch_size", "streams", "precision", "deque_timeout_us")
+_TAIL = ("p50_ms", "p90_ms", "p99_ms", "agreement_top1", "engine_build_s", "trial_seconds")
+_INT_COLUMNS = ("number", "batch_size", "streams", "deque_timeout_us", "duplicate_of")
+PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+STREAM_STYLES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
+INSTALL_HINT = "plots need matplotlib: pip install 'batch-tuner[report]'"
+
+
+# ---------------------------------------------------------------------------- the data
+
+
+def is_server(study: optuna.Study) -> bool:
+    return study.user_attrs.get("scenario") == "server"
+
+
+def is_multi(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def throughput_key(study: optuna.Study) -> str:
+    """`qps` for Server studies, `samples_per_second` for Offline ones."""
+    return "qps" if is_server(study) else "samples_per_second"
+
+
+def unit(study: optuna.Study) -> str:
+    return "QPS" if is_server(study) else "samples/s"
+
+
+def value_columns(study: optuna.Study) -> list[str]:
+    """`value` for one objective; `value_<objective>` (or `value_<i>`) for several."""
+    if not is_multi(study):
+        return ["value"]
+    names = list(study.user_attrs.get("objectives") or [])
+    if len(names) != len(study.directions):
+        names = [str(i) for i in range(len(study.directions))]
+    return [f"value_{name}" for name in names]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """COMPLETE with every constraint <= 0."""
+    return trial.state == TrialState.COMPLETE and all(v <= 0.0 for v in trial.constraints.values())
+
+
+def _columns(study: optuna.Study, params: Sequence[str]) -> list[str]:
+    head = ["number", "state", *params, *value_columns(study), "score", "valid", "feasible"]
+    return [*head, throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"]
+
+
+def _row(trial: FrozenTrial, study: optuna.Study, params: Sequence[str]) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
+    row.update({name: trial.params.get(name) for name in params})
+    values = trial.values or [None] * len(study.directions)
+    row.update(zip(value_columns(study), values, strict=True))
+    row["feasible"] = is_feasible(trial)
+    for key in ("score", "valid", throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"):
+        row[key] = attrs.get(key)
+    return row
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, sorted by number: state, params, value(s) and the main measurements."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    params = [p for p in PARAMS if any(p in t.params for t in trials)]
+    frame = pd.DataFrame([_row(t, study, params) for t in trials], columns=_columns(study, params))
+    for name in _INT_COLUMNS:
+        if name in frame:
+            frame[name] = pd.to_numeric(frame[name]).astype("Int64")
+    return frame.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+def _num(digits: int) -> Callable[[Any], str]:
+    return lambda v: f"{float(v):,.{digits}f}"
+
+
+def _yes_no(value: Any) -> str:
+    return "yes" if bool(value) else "no"
+
+
+def _clip(width: int) -> Callable[[Any], str]:
+    return lambda v: str(v) if len(str(v)) <= width else str(v)[: width - 1] + "…"
+
+
+def _table_spec(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """(column, header, formatter) for each table column present in the frame."""
+    spec: list[tuple[str, str, Any]] = [
+        ("number", "#", _num(0)),
+        ("state", "state", str),
+        ("batch_size", "batch", _num(0)),
+        ("streams", "streams", _num(0)),
+        ("precision", "prec", str),
+        ("deque_timeout_us", "deque us", _num(0)),
+    ]
+    for col in value_columns(study):
+        spec.append((col, col.replace("value_", "") if col != "value" else "value", _num(1)))
+    spec += [
+        ("valid", "valid", _yes_no),
+        ("feasible", "feasible", _yes_no),
+        (throughput_key(study), unit(study), _num(1)),
+        ("p50_ms", "p50 ms", _num(2)),
+        ("p99_ms", "p99 ms", _num(2)),
+        ("agreement_top1", "top1", _num(3)),
+        ("engine_build_s", "build s", _num(1)),
+        ("trial_seconds", "trial s", _num(1)),
+        ("duplicate_of", "dup of", _num(0)),
+        ("fail_reason", "fail reason", _clip(48)),
+    ]
+    return [s for s in spec if s[0] in frame.columns]
+
+
+def _cell(value: Any, fmt: Callable[[Any], str]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "-"
+    return fmt(value)
+
+
+def trials_table(study: optuna.Study) -> str:
+    """The trials as a fixed-column plain-text table; '*' marks the best trial(s)."""
+    frame = trials_frame(study)
+    spec = _table_spec(study, frame)
+    best = {t.number for t in _best_trials(study)}
+    rows = [[""] + [h for _, h, _ in spec]]
+    for record in frame.to_dict("records"):
+        mark = "*" if record["number"] in best else ""
+        rows.append([mark] + [_cell(record[c], f) for c, _, f in spec])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    text_cols = {i + 1 for i, (c, _, _) in enumerate(spec) if c in ("state", "precision")}
+    text_cols.add(len(spec))  # the last column (fail reason) reads better left-aligned
+
+    def line(cells: list[str]) -> str:
+        out = [
+            c.ljust(w) if i in text_cols else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    rule = "  ".join(["-" * w if i else " " * w for i, w in enumerate(widths)])
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+# ---------------------------------------------------------------------------- the summary
+
+
+def config_label(params: dict[str, Any]) -> str:
+    """`batch 32, 2 streams, fp16` (plus the batching timeout in Server studies)."""
+    streams = params.get("streams")
+    text = f"batch {params.get('batch_size')}, {streams} stream{'' if streams == 1 else 's'}, "
+    text += str(params.get("precision"))
+    if params.get("deque_timeout_us") is not None:
+        text += f", deque {params['deque_timeout_us']:,} us"
+    return text
+
+
+def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    if is_multi(study):
+        return list(study.best_trials)
+    best = best_trial(study)
+    return [best] if best is not None else []
+
+
+def _baseline(study: optuna.Study) -> FrozenTrial | None:
+    return baseline_trial(study, dict(study.user_attrs.get("space") or {}))
+
+
+def speed_up(study: optuna.Study) -> float | None:
+    """Best throughput over the baseline's, or None when either is missing (or zero)."""
+    best, base = best_trial(study), _baseline(study)
+    if best is None or base is None or not base.values or not base.values[0]:
+        return None
+    return float(best.values[0]) / float(base.values[0])
+
+
+def context(study: optuna.Study) -> str:
+    """`resnet50 · Offline · onnxruntime on <device> (simulated)`."""
+    attrs = study.user_attrs
+    scenario = str(attrs.get("scenario", "?")).capitalize()
+    text = f"{attrs.get('model', study.study_name)} · {scenario} · "
+    text += f"{attrs.get('backend', '?')} on {attrs.get('device', '?')}"
+    return text + (" (simulated)" if attrs.get("simulated") else "")
+
+
+def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
+    text = f"{trial.values[0]:,.1f} {unit(study)}"
+    p99 = trial.user_attrs.get("p99_ms")
+    if p99 is not None:
+        text += f", p99 {p99:,.2f} ms"
+    return text
+
+
+def summary_lines(study: optuna.Study) -> list[str]:
+    """The best configuration, its score, the baseline and the speed-up, in a few lines."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
+    lines = [
+        f"{context(study)}: {len(trials)} trials "
+        f"({done} complete, {infeasible} infeasible, {failed} failed)"
+    ]
+    best, base = best_trial(study), _baseline(study)
+    if best is None:
+        lines.append("best: no feasible trial yet")
+    else:
+        lines.append(
+            f"best: trial {best.number}, {config_label(best.params)}: {_measure(best, study)}"
+        )
+    if base is None:
+        lines.append("baseline (batch 1, 1 stream, fp32): not measured")
+    else:
+        lines.append(
+            f"baseline: trial {base.number}, {config_label(base.params)}: {_measure(base, study)}"
+        )
+    ratio = speed_up(study)
+    lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
+    if is_multi(study):
+        front = sorted(t.number for t in study.best_trials)
+        lines.append("Pareto front: trials " + (", ".join(map(str, front)) or "none"))
+    return lines
+
+
+# ---------------------------------------------------------------------------- the plots
+
+
+def _figure_class() -> type[Figure]:
+    """matplotlib's Figure, on the Agg backend; TunerError when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise TunerError(INSTALL_HINT) from None
+    return Figure
+
+
+def _new_axes(figure_cls: type[Figure], study: optuna.Study, title: str) -> tuple[Figure, Axes]:
+    fig = figure_cls(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    ax.set_title(context(study), fontsize=10, color="dimgray")
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def _measured(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that measured something themselves (not copies of an earlier trial)."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("duplicate_of") is None
+    ]
+
+
+def _throughput(trial: FrozenTrial) -> float:
+    """What the trial measured (even when INVALID), else its objective value."""
+    score = trial.user_attrs.get("score")
+    return float(score if score is not None else trial.values[0])
+
+
+def _group_style(index: int) -> tuple[str, str]:
+    return STREAM_STYLES[index % len(STREAM_STYLES)]
+
+
+def plot_throughput(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
+    """Throughput vs batch size, one line per (precision, streams); infeasible points hollow."""
+    trials = _measured(study)
+    if not trials:
+        return None
+    fig, ax = _new_axes(figure_cls, study, "Throughput vs batch size")
+    streams = sorted({t.params.get("streams", 1) for t in trials})
+    groups: dict[tuple[str, int], list[FrozenTrial]] = {}
+    for t in trials:
+        groups.setdefault((t.params.get("precision", "?"), t.params.get("streams", 1)), []).append(
+            t
+        )
+    for (precision, stream), members in sorted(groups.items()):
+        color = PRECISION_COLORS.get(precision, "tab:purple")
+        marker, style = _group_style(streams.index(stream))
+        label = f"{precision}, {stream} stream{'' if stream == 1 else 's'}"
+        _plot_group(ax, members, color, marker, style, label)
+    _mark_best(ax, best_trial(study), lambda t: (t.params["batch_size"], _throughput(t)))
+    if any(not is_feasible(t) for t in trials):
+        ax.plot([], [], "o", color="gray", markerfacecolor="none", label="infeasible (hollow)")
+    batches = sorted({t.params["batch_size"] for t in trials})
+    ax.set_xscale("log", base=2)
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch size (log2)")
+    ax.set_ylabel(f"throughput ({unit(study)})")
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def _plot_group(
+    ax: Axes, members: list[FrozenTrial], color: str, marker: str, style: str, label: str
+) -> None:
+    """A line through the best feasible point at each batch size, plus every point."""
+    best_at: dict[int, float] = {}
+    for t in members:
+        if is_feasible(t):
+            b = t.params["batch_size"]
+            best_at[b] = max(best_at.get(b, 0.0), _throughput(t))
+    xs = sorted(best_at)
+    if xs:
+        ax.plot(
+            xs, [best_at[x] for x in xs], linestyle=style, color=color, marker=marker, label=label
+        )
+    bad = [t for t in members if not is_feasible(t)]
+    if not bad:
+        return
+    ax.plot(
+        [t.params["batch_size"] for t in bad],
+        [_throughput(t) for t in bad],
+        linestyle="none",
+        marker=marker,
+        markersize=8,
+        markerfacecolor="none",
+        markeredgecolor=color,
+        clip_on=False,
+        label="_nolegend_" if xs else label,
+    )
+    for t in bad:
+        ax.annotate(
+            why_infeasible(t),
+            (t.params["batch_size"], _throughput(t)),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            color=color,
+        )
+
+
+def why_infeasible(trial: FrozenTrial) -> str:
+    """`INVALID`, `top1 0.900` or both: the violated constraints in a few words."""
+    words = []
+    for name, value in sorted(trial.constraints.items(), key=lambda kv: kv[0] != "valid"):
+        if value > 0:
+            top1 = trial.user_attrs.get("agreement_top1")
+            if name == "valid":
+                words.append("INVALID")
+            elif name == "accuracy" and top1 is not None:
+                words.append(f"top1 {float(top1):.3f}")
+            else:
+                words.append(name)
+    return ", ".join(words)
+
+
+def _mark_best(
+    ax: Axes, best: FrozenTrial | None, where: Callable[[FrozenTrial], tuple[float, float]]
+) -> None:
+    if best is None:
+        return
+    x, y = where(best)
+    ax.plot(
+        [x],
+        [y],
+        "*",
+        color="gold",
+        markersize=18,
+        markeredgecolor="black",
+        zorder=1.5,
+        label=f"best (trial {best.number})",
+    )
+
+
+def _thousands() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+
+
+def server_points(study: optuna.Study) -> list[tuple[float, float, bool]]:
+    """(target QPS, p99 ms, valid) of every Server LoadGen run of every measured trial."""
+    points = []
+    for t in _measured(study):
+        for run in t.user_attrs.get("loadgen_runs") or []:
+            if str(run.get("scenario", "")).lower() != "server":
+                continue
+            if run.get("target_qps") is None or run.get("p99_ms") is None:
+                continue
+            points.append((float(run["target_qps"]), float(run["p99_ms"]), bool(run.get("valid"))))
+    return points
+
+
+def plot_latency(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
+    """Server: p99 latency vs target QPS of every LoadGen run, with the latency bound."""
+    points = server_points(study)
+    if not points:
+        return None
+    fig, ax = _new_axes(figure_cls, study, "p99 latency vs target QPS (every Server run)")
+    ok = [(q, p) for q, p, v in points if v]
+    bad = [(q, p) for q, p, v in points if not v]
+    if ok:
+        ax.plot(
+            *zip(*ok, strict=True), "o", color="tab:green", alpha=0.8, label=f"VALID ({len(ok)})"
+        )
+    if bad:
+        ax.plot(
+            *zip(*bad, strict=True),
+            "x",
+            color="tab:red",
+            markersize=8,
+            mew=2,
+            label=f"INVALID ({len(bad)})",
+        )
+    bound = study.user_attrs.get("latency_ms")
+    if bound is not None:
+        pct = study.user_attrs.get("percentile") or 99
+        ax.axhline(
+            float(bound),
+            color="black",
+            linestyle="--",
+            label=f"bound: p{float(pct):g} <= {float(bound):g} ms",
+        )
+    lat = [p for _, p, _ in points] + ([float(bound)] if bound is not None else [])
+    if min(lat) > 0 and max(lat) / min(lat) > 30:
+        ax.set_yscale("log")
+    ax.set_xlabel("target QPS")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.xaxis.set_major_formatter(_thousands())
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_history(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
+    """Each trial's value (throughput), the running best, and where trials failed."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not trials:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _new_axes(figure_cls, study, "Optimization history")
+    good = [t for t in done if is_feasible(t)]
+    bad = [t for t in done if not is_feasible(t)]
+    ax.plot(
+        [t.number for t in good],
+        [t.values[0] for t in good],
+        "o",
+        color="tab:blue",
+        label="feasible",
+    )
+    if bad:
+        ax.plot(
+            [t.number for t in bad],
+            [t.values[0] for t in bad],
+            "o",
+            color="tab:blue",
+            markerfacecolor="none",
+            markersize=8,
+            label="infeasible",
+        )
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        ax.plot(
+            failed,
+            [0.0] * len(failed),
+            "x",
+            color="tab:red",
+            markersize=9,
+            mew=2,
+            clip_on=False,
+            label="failed",
+        )
+    steps = _running_best(trials)
+    if steps:
+        xs, ys = zip(*steps, strict=True)
+        ax.step(xs, ys, where="post", color="tab:orange", linewidth=2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"throughput ({unit(study)})")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def _running_best(trials: Iterable[FrozenTrial]) -> list[tuple[int, float]]:
+    """(trial number, best feasible throughput so far), from the first feasible trial on."""
+    best: float | None = None
+    steps = []
+    for t in trials:
+        if is_feasible(t) and (best is None or t.values[0] > best):
+            best = float(t.values[0])
+        if best is not None:
+            steps.append((t.number, best))
+    return steps
+
+
+def plot_best_vs_baseline(
+    figure_cls: type[Figure], study: optuna.Study, path: Path
+) -> Path | None:
+    """Two bars, baseline and best, with the speed-up written over the best."""
+    best, base = best_trial(study), _baseline(study)
+    if best is None or base is None:
+        return None
+    fig, ax = _new_axes(figure_cls, study, "Best configuration vs baseline")
+    labels = [
+        f"baseline (trial {base.number})\n{config_label(base.params)}",
+        f"best (trial {best.number})\n{config_label(best.params)}",
+    ]
+    heights = [float(base.values[0]), float(best.values[0])]
+    bars = ax.bar(labels, heights, color=["tab:gray", "tab:green"], width=0.55)
+    ax.bar_label(bars, [f"{h:,.1f} {unit(study)}" for h in heights], padding=3)
+    ratio = speed_up(study)
+    text = f"{ratio:.2f}x speed-up" if ratio else "speed-up n/a"
+    top = max(heights) or 1.0
+    ax.text(
+        1,
+        heights[1] / 2 or top * 0.1,
+        text,
+        ha="center",
+        va="center",
+        fontsize=16,
+        fontweight="bold",
+        color="white" if heights[1] > 0.25 * top else "black",
+    )
+    ax.set_ylim(0, top * 1.15)
+    ax.set_ylabel(f"throughput ({unit(study)})")
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.grid(False, axis="x")
+    return _save(fig, path)
+
+
+def plot_pareto(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
+    """Multi-objective: throughput vs p99 latency with the Pareto front highlighted."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return None
+    fig, ax = _new_axes(figure_cls, study, "Throughput vs p99 latency (Pareto front)")
+    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    on_front = {t.number for t in front}
+    rest = [t for t in done if t.number not in on_front]
+    good = [t for t in rest if is_feasible(t)]
+    bad = [t for t in rest if not is_feasible(t)]
+    ax.plot(
+        [t.values[1] for t in good],
+        [t.values[0] for t in good],
+        "o",
+        color="tab:gray",
+        alpha=0.7,
+        label="dominated",
+    )
+    if bad:
+        ax.plot(
+            [t.values[1] for t in bad],
+            [t.values[0] for t in bad],
+            "o",
+            color="tab:gray",
+            markerfacecolor="none",
+            markersize=8,
+            label="infeasible",
+        )
+    if front:
+        xs, ys = [t.values[1] for t in front], [t.values[0] for t in front]
+        ax.step(xs, ys, where="post", color="tab:red", alpha=0.5)
+        ax.plot(xs, ys, "o", color="tab:red", markersize=9, label=f"Pareto front ({len(front)})")
+        for t in front:
+            ax.annotate(
+                f"#{t.number} {config_label(t.params)}",
+                (t.values[1], t.values[0]),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+    ax.set_xlabel("p99 latency (ms), lower is better")
+    ax.set_ylabel(f"throughput ({unit(study)}), higher is better")
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Write `trials.csv` and the PNG plots under `out_dir`; return the paths written.
+
+    The CSV is written first, so it exists even when matplotlib is missing (TunerError).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / "trials.csv"
+    trials_frame(study).to_csv(csv, index=False)
+    figure_cls = _figure_class()
+    plots = [
+        (plot_throughput, "throughput_vs_batch.png"),
+        (plot_latency if is_server(study) else None, "p99_vs_target_qps.png"),
+        (plot_history, "history.png"),
+        (plot_best_vs_baseline, "best_vs_baseline.png"),
+        (plot_pareto if is_multi(study) else None, "pareto_front.png"),
+    ]
+    written = [csv]
+    for plot, name in plots:
+        path = plot(figure_cls, study, out_dir / name) if plot is not None else None
+        if path is not None:
+            written.append(path)
+    return written

@@ -1,0 +1,79 @@
+"""Optuna storage from a URL: SQLite by default, PostgreSQL for many workers. URLs are never
+printed with their password."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from harness.errors import ConfigError, TunerError
+
+#: Seconds SQLite waits on a lock held by another worker before failing.
+SQLITE_LOCK_TIMEOUT_S = 60
+HEARTBEAT_S = 60
+GRACE_S = 180
+
+
+def redact(url: str) -> str:
+    """`url` with its password masked (or unchanged if it does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """An RDBStorage for `url`, or a one-line TunerError saying what is wrong with it."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"storage: malformed URL {redact(url)!r}") from None
+    kwargs: dict[str, object] = {}
+    if parsed.drivername.startswith("sqlite"):
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            path = Path(database)
+            if not path.exists():
+                if not create:
+                    raise TunerError(f"storage: no database file {path}")
+                path.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                _check_sqlite(path)
+        kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"storage: {redact(url)} needs the {exc.name} driver "
+            "(pip install 'batch-tuner[postgres]')"
+        ) from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
+        raise ConfigError(f"storage: unsupported URL {redact(url)!r}") from None
+    except sqlalchemy.exc.OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else "cannot connect"
+        raise TunerError(f"storage: cannot open {redact(url)}: {first}") from None
+    except sqlalchemy.exc.DatabaseError as exc:
+        raise TunerError(
+            f"storage: {redact(url)} is not a usable study database: {exc.orig}"
+        ) from None
+
+
+def _check_sqlite(path: Path) -> None:
+    """Refuse a file that is not an SQLite database before SQLAlchemy touches it."""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise TunerError(f"storage: {path} is not an SQLite study database ({exc})") from None

@@ -1,0 +1,399 @@
+"""The Optuna side of a study: create or resume it, enqueue the baseline and starting points,
+run trials (each measured by the harness in a child process) and summarise the result."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.backends import BackendOptions, get_backend
+from harness.config import RunConfig, ScenarioSpec
+from harness.errors import ConfigError, TunerError
+from harness.models import resolve_model
+from tuner.child import ChildOutcome, measure_in_child
+from tuner.config import StudyConfig
+from tuner.space import Params, SearchSpace, resolve_space
+from tuner.storage import open_storage, redact
+
+log = logging.getLogger("tuner")
+
+#: Study attributes that must match when a study is resumed.
+_IDENTITY = ("model_sha256", "backend", "device", "scenario", "latency_ms", "percentile")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class TrialFailed(Exception):
+    """A trial's measurement failed; its reason is already stored on the trial."""
+
+
+def study_name(model: str, scenario: str, backend: str, device: str) -> str:
+    """`resnet50-offline-onnxruntime-amd-epyc-2-cores`: one study per model, scenario,
+    backend and device model."""
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    return f"{model}-{scenario}-{backend}-{slug}"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cfg: StudyConfig
+    study: optuna.Study
+    space: SearchSpace
+    attrs: dict[str, Any]
+
+
+def prepare(cfg: StudyConfig) -> Prepared:
+    """Validate everything, then create or load the study and enqueue its starting points."""
+    backend_cls = get_backend(cfg.backend)
+    space = resolve_space(cfg, backend_cls)
+    model = resolve_model(cfg.model, cfg.cache_dir)
+    probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
+    info = probe.info()
+    name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, info.device)
+    attrs: dict[str, Any] = {
+        "model": model.name,
+        "model_path": str(model.path),
+        "model_sha256": model.sha256,
+        "inputs": [
+            {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
+            for t in model.inputs
+        ],
+        "outputs": [
+            {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
+            for t in model.outputs
+        ],
+        "backend": cfg.backend,
+        "device": info.device,
+        "simulated": info.simulated,
+        "scenario": cfg.scenario,
+        "latency_ms": cfg.latency_ms if cfg.scenario == "server" else None,
+        "percentile": cfg.percentile if cfg.scenario == "server" else None,
+        "objectives": list(cfg.objectives),
+        "accuracy_floor": cfg.accuracy_floor,
+        "space": space.to_dict(),
+        "trials_budget": cfg.trials,
+        "duration_s": cfg.duration_s,
+    }
+    storage = open_storage(cfg.storage)
+    directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    directions = directions[: len(cfg.objectives)]
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(cfg, space),
+        directions=directions,
+        load_if_exists=True,
+    )
+    existing = study.user_attrs
+    for key in _IDENTITY:
+        if key in existing and existing[key] != attrs[key]:
+            raise ConfigError(
+                f"study {name!r} was made with {key}={existing[key]!r}, not {attrs[key]!r}; "
+                "name another study with --study"
+            )
+    if existing.get("objectives", attrs["objectives"]) != attrs["objectives"]:
+        raise ConfigError(f"study {name!r} has objectives {existing['objectives']}")
+    for key, value in attrs.items():
+        if existing.get(key) != value:
+            study.set_user_attr(key, value)
+    if cfg.multi_objective:
+        study.set_metric_names(["throughput", f"p{cfg.percentile:g} latency ms"])
+    else:
+        unit = "samples/s" if cfg.scenario == "offline" else "max VALID QPS"
+        study.set_metric_names([f"throughput ({unit})"])
+    points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue)]
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    if cfg.sampler == "grid":
+        _enqueue_grid(study, space, cfg)
+    return Prepared(cfg, study, space, attrs)
+
+
+def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> None:
+    """Grid search as enqueued trials: the points in a seeded order, as many as the budget
+    leaves, each exactly once however many workers share the study."""
+    seen = [
+        t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)
+    ]
+    pending = (
+        cfg.trials
+        - len(finished(study))
+        - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+    )
+    order = random.Random(cfg.seed).sample(space.points(), k=space.size)
+    for point in order:
+        if pending <= 0:
+            break
+        if point not in seen:
+            study.enqueue_trial(point, skip_if_exists=True)
+            pending -= 1
+
+
+def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    if cfg.sampler in ("grid", "random"):  # grid points are enqueued trials (see prepare)
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    startup = max(3, min(10, cfg.trials // 3))
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True)
+
+
+def finished(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def optimize(cfg: StudyConfig, on_trial: Callable[[str], None] | None = None) -> Prepared:
+    """Run the study until its trial budget (or `cfg.timeout_s`) is spent."""
+    prepared = prepare(cfg)
+    study = prepared.study
+    say = on_trial or (lambda line: log.info("%s", line))
+    remaining = cfg.trials - len(finished(study))
+    say(
+        f"study {study.study_name} in {redact(cfg.storage)}: "
+        f"{len(finished(study))} of {cfg.trials} trials done, {max(0, remaining)} to go "
+        f"(space of {prepared.space.size} configurations)"
+    )
+    if remaining <= 0:
+        return prepared
+    started = time.monotonic()
+    progress = _Progress(cfg, prepared, say, started)
+    objective = _Objective(prepared, say)
+    study.optimize(
+        objective,
+        n_trials=remaining,
+        timeout=cfg.timeout_s,
+        catch=(TrialFailed,),
+        callbacks=[
+            optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED),
+            progress,
+        ],
+        gc_after_trial=False,
+    )
+    return prepared
+
+
+class _Objective:
+    """Measure one trial's configuration and store everything measured on the trial."""
+
+    def __init__(self, prepared: Prepared, say: Callable[[str], None]) -> None:
+        self.prepared = prepared
+        self.say = say
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        cfg, space = self.prepared.cfg, self.prepared.space
+        params = space.suggest(trial)
+        self.say(f"trial {trial.number}: {params.label()} ...")
+        duplicate = _measured_before(trial, self.prepared.study)
+        if duplicate is not None:
+            return _reuse(trial, duplicate)
+        run, spec = trial_configs(cfg, params, self.prepared.study.study_name, trial.number)
+        outcome = measure_in_child(run, spec, cfg.trial_timeout_s)
+        trial.set_user_attr("trial_seconds", round(outcome.seconds, 2))
+        if outcome.result is None:
+            trial.set_user_attr("failure", outcome.failure)
+            trial.set_user_attr("fail_reason", outcome.reason)
+            if outcome.failure == "interrupted":
+                raise KeyboardInterrupt
+            raise TrialFailed(outcome.reason)
+        return record(trial, outcome, cfg)
+
+
+def trial_configs(
+    cfg: StudyConfig, params: Params, name: str, number: int
+) -> tuple[RunConfig, ScenarioSpec]:
+    """The harness inputs for one trial."""
+    run = RunConfig(
+        model=cfg.model,
+        backend=cfg.backend,
+        precision=params.precision,
+        batch_size=params.batch_size,
+        streams=params.streams,
+        device=cfg.device,
+        threads=cfg.threads,
+        deque_timeout_us=params.deque_timeout_us,
+        samples=cfg.samples,
+        data_dir=cfg.data_dir,
+        seed=cfg.seed,
+        cache_dir=cfg.cache_dir,
+        backend_options=dict(cfg.backend_options),
+    )
+    spec = ScenarioSpec(
+        scenario=cfg.scenario,
+        duration_s=cfg.duration_s,
+        find_max_qps=cfg.scenario == "server",
+        latency_ms=cfg.latency_ms,
+        percentile=cfg.percentile,
+        min_queries=cfg.min_queries,
+        out_dir=cfg.runs_dir / name / f"trial-{number:04d}",
+    )
+    return run, spec
+
+
+def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
+    """Store a measurement on the trial; return the objective value(s)."""
+    result = outcome.result
+    assert result is not None
+    latency = result.get("latency_ms") or {}
+    agreement = result.get("agreement") or {}
+    attrs: dict[str, Any] = {
+        "score": result["score"],
+        "valid": result["valid"],
+        "samples_per_second": result["samples_per_second"],
+        "qps": result["qps"],
+        "p50_ms": latency.get("p50"),
+        "p90_ms": latency.get("p90"),
+        "p99_ms": latency.get("p99"),
+        "latency_ms": latency,
+        "loadgen_runs": [_compact_run(r) for r in result["loadgen_runs"]],
+        "engine_build_s": result["engine_build_s"],
+        "warmup_batch_ms": result["warmup"]["batch_ms"],
+        "device": result["device"],
+        "backend": result["backend"],
+        "versions": result["versions"],
+        "simulated": result["simulated"],
+        "variant_sha256": result["variant_sha256"],
+        "variant_path": result["variant_path"],
+        "variant_build_s": result["variant_build_s"],
+        "note": result["note"],
+        "log_dir": str(Path(result["loadgen_runs"][-1]["log_dir"]).parent)
+        if result["loadgen_runs"]
+        else "",
+    }
+    if agreement:
+        attrs.update(
+            agreement_top1=agreement.get("top1"),
+            agreement_max_abs_error=agreement.get("max_abs_error"),
+            agreement_samples=agreement.get("samples"),
+        )
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    top1 = agreement.get("top1")
+    accurate = top1 is None or top1 != top1 or top1 >= cfg.accuracy_floor  # NaN: not classes
+    shortfall = 0.0 if accurate else cfg.accuracy_floor - float(top1)  # type: ignore[arg-type]
+    trial.set_constraint("accuracy", shortfall)
+    trial.set_constraint("valid", 0.0 if result["valid"] else 1.0)
+    score = float(result["score"]) if result["valid"] else 0.0
+    if cfg.multi_objective:
+        p = latency.get(f"p{cfg.percentile:g}") or latency.get("p99")
+        return score, float(p) if p is not None else float(cfg.latency_ms * 10)
+    return score
+
+
+def _compact_run(run: dict[str, Any]) -> dict[str, Any]:
+    lat = run.get("latency_ms") or {}
+    return {
+        "scenario": run.get("scenario"),
+        "target_qps": run.get("target_qps"),
+        "valid": run.get("valid"),
+        "samples_per_second": run.get("samples_per_second"),
+        "scheduled_qps": run.get("scheduled_qps"),
+        "completed_qps": run.get("completed_qps"),
+        "p99_ms": lat.get("p99"),
+        "invalid_reasons": run.get("invalid_reasons"),
+        "log_dir": run.get("log_dir"),
+    }
+
+
+def _measured_before(trial: optuna.Trial, study: optuna.Study) -> FrozenTrial | None:
+    """An earlier COMPLETE trial with the same parameters, if any."""
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.params == trial.params and "duplicate_of" not in other.user_attrs:
+            return other
+    return None
+
+
+def _reuse(trial: optuna.Trial, earlier: FrozenTrial) -> Any:
+    """Copy an identical configuration's measurement instead of measuring it again."""
+    for key, value in earlier.user_attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("duplicate_of", earlier.number)
+    for key, value in earlier.system_attrs.items():
+        if key.startswith("constraints:"):
+            trial.set_constraint(key.split(":", 1)[1], float(value))
+    values = earlier.values
+    return tuple(values) if len(values) > 1 else values[0]
+
+
+class _Progress:
+    """Prints one line per finished trial: n of N, its score, the best so far, time left."""
+
+    def __init__(
+        self, cfg: StudyConfig, prepared: Prepared, say: Callable[[str], None], started: float
+    ) -> None:
+        self.cfg = cfg
+        self.prepared = prepared
+        self.say = say
+        self.started = started
+        self.done_here = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.done_here += 1
+        done = len(finished(study))
+        elapsed = time.monotonic() - self.started
+        left = (self.cfg.trials - done) * elapsed / self.done_here
+        if self.cfg.timeout_s is not None:
+            left = min(left, max(0.0, self.cfg.timeout_s - elapsed))
+        unit = "samples/s" if self.cfg.scenario == "offline" else "QPS"
+        if trial.state == TrialState.COMPLETE:
+            what = f"{trial.values[0]:,.1f} {unit}"
+            if trial.user_attrs.get("duplicate_of") is not None:
+                what += f" (same as trial {trial.user_attrs['duplicate_of']})"
+            elif not trial.user_attrs.get("valid", True):
+                what += " INVALID"
+        else:
+            what = f"FAILED: {trial.user_attrs.get('fail_reason', trial.state.name)}"
+        best = best_trial(study)
+        best_text = (
+            f"best {best.values[0]:,.1f} (trial {best.number})"
+            if best is not None
+            else "no best yet"
+        )
+        self.say(
+            f"[{done}/{self.cfg.trials}] trial {trial.number}: {what} | {best_text} | "
+            f"elapsed {_clock(elapsed)}, ~{_clock(left)} left"
+        )
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best feasible trial (single objective), or None."""
+    if len(study.directions) > 1:
+        front = study.best_trials
+        return max(front, key=lambda t: t.values[0]) if front else None
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def baseline_trial(study: optuna.Study, space: dict[str, list[Any]]) -> FrozenTrial | None:
+    """The first COMPLETE trial at batch 1, 1 stream, fp32."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        p = trial.params
+        if p.get("batch_size") == 1 and p.get("streams") == 1 and p.get("precision") == "fp32":
+            return trial
+    return None
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    """An existing study, or a TunerError listing the studies that do exist."""
+    store = open_storage(storage, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=store)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        listing = ", ".join(names) if names else "none"
+        raise TunerError(
+            f"study {name!r} not found in {redact(storage)} (studies: {listing})"
+        ) from None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"

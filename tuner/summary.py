@@ -1,0 +1,68 @@
+"""The table `optimize` ends with: the best configuration, its score, and its speed-up over
+the baseline (batch 1, 1 stream, fp32)."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.cli_common import format_table
+from tuner.config import StudyConfig
+from tuner.storage import redact
+from tuner.study import baseline_trial, best_trial
+
+
+def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    simulated = " (simulated: null backend)" if study.user_attrs.get("simulated") else ""
+    lines = [
+        f"study {study.study_name}{simulated}: {len(trials)} trials, {complete} complete, "
+        f"{failed} failed",
+        f"model {study.user_attrs.get('model')} on {study.user_attrs.get('backend')} "
+        f"({study.user_attrs.get('device')}), {study.user_attrs.get('scenario')}",
+    ]
+    unit = "samples/s" if cfg.scenario == "offline" else "QPS"
+    best = best_trial(study)
+    base = baseline_trial(study, {})
+    rows = []
+    for label, trial in (("best", best), ("baseline", base)):
+        if trial is not None:
+            rows.append(_row(label, trial))
+    if not rows:
+        lines.append("no complete trial yet")
+        return "\n".join(lines)
+    header = ["", "trial", "batch", "streams", "precision", unit, "p99 ms", "top-1 vs fp32"]
+    if cfg.scenario == "server":
+        header.insert(5, "deque us")
+        for row, trial in zip(rows, [t for t in (best, base) if t is not None], strict=True):
+            row.insert(5, trial.params.get("deque_timeout_us"))
+    lines.append(format_table(rows, header))
+    if best is not None and base is not None and base.values[0] > 0:
+        lines.append(f"speed-up over the baseline: {best.values[0] / base.values[0]:.2f}x")
+    if best is None:
+        lines.append("no feasible trial: every configuration failed or broke a constraint")
+    elif cfg.multi_objective:
+        front = ", ".join(str(t.number) for t in study.best_trials)
+        lines.append(f"Pareto front (throughput vs p99): trials {front}")
+    url = redact(cfg.storage)
+    lines.append(
+        f"export: python -m tuner export --storage {url} --study {study.study_name} "
+        "--format json --out best.json"
+    )
+    return "\n".join(lines)
+
+
+def _row(label: str, trial: FrozenTrial) -> list[object]:
+    p, a = trial.params, trial.user_attrs
+    return [
+        label,
+        trial.number,
+        p.get("batch_size"),
+        p.get("streams"),
+        p.get("precision"),
+        trial.values[0],
+        a.get("p99_ms"),
+        a.get("agreement_top1"),
+    ]
