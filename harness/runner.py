@@ -25,7 +25,7 @@ from harness.dataset import SampleSet, default_sample_count, load_sample_folder,
 from harness.errors import BackendError
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
-from harness.precision import Agreement, Variant, agreement, make_variant
+from harness.precision import CALIBRATION_SAMPLES, Agreement, Variant, agreement, make_variant
 from harness.result import Result
 from harness.scenarios import Outcome, offline, server
 from harness.sut import BatchingSUT
@@ -58,7 +58,7 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     check_precision(backend_cls, run.precision, run.device)
     model = resolve_model(run.model, run.cache_dir)
     samples = _samples(run, model)
-    calibration = samples.head(64)
+    calibration = samples.head(CALIBRATION_SAMPLES)
     variant = make_variant(model, run.precision, calibration, run.cache_dir)
     options = BackendOptions(
         precision=run.precision,
@@ -178,14 +178,16 @@ def _agreement(
     import onnxruntime as ort
 
     n = min(run.agreement_samples, samples.count)
+    # Compare on samples the int8 calibration did not see, where the set is large enough.
+    first = CALIBRATION_SAMPLES if samples.count >= CALIBRATION_SAMPLES + n else 0
     options = ort.SessionOptions()
     reference_session = ort.InferenceSession(
         str(model.path), options, providers=["CPUExecutionProvider"]
     )
     reference: list[list[np.ndarray]] = []
     candidate: list[list[np.ndarray]] = []
-    for start in range(0, n, run.batch_size):
-        indices = np.arange(start, min(n, start + run.batch_size), dtype=np.intp)
+    for start in range(first, first + n, run.batch_size):
+        indices = np.arange(start, min(first + n, start + run.batch_size), dtype=np.intp)
         inputs = samples.gather(indices)
         reference.append(reference_session.run(None, inputs))
         candidate.append(backend.infer(inputs, 0))

@@ -127,7 +127,7 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--accuracy-floor",
         type=float,
-        help="least top-1 agreement with fp32 a precision must keep (default 0.99)",
+        help="least top-1 agreement with fp32 a precision must keep (default 0.8)",
     )
     g = p.add_argument_group("files")
     g.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
@@ -221,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
+    import optuna
+
     from tuner import config
     from tuner.study import optimize
     from tuner.summary import render_summary
@@ -261,6 +263,8 @@ def _optimize(args: argparse.Namespace) -> int:
     if args.cache_dir is None:
         overrides["cache_dir"] = default_cache_dir()
     cfg = config.build(args.config, **overrides)
+    # The progress lines of `optimize` say what Optuna's INFO log would, once; -q means quiet.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
     prepared = optimize(cfg, on_trial=None if not args.quiet else lambda _: None)
     print(render_summary(prepared.study, cfg))
     return 0

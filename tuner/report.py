@@ -611,7 +611,10 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     The CSV is written first, so it exists even when matplotlib is missing (TunerError).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunerError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
     csv = out_dir / "trials.csv"
     trials_frame(study).to_csv(csv, index=False)
     figure_cls = _figure_class()

@@ -4,6 +4,7 @@ printed with their password."""
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from pathlib import Path
 
 import optuna
@@ -42,18 +43,20 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
                     raise TunerError(f"storage: no database file {path}")
                 path.parent.mkdir(parents=True, exist_ok=True)
             else:
-                _check_sqlite(path)
+                _check_sqlite(path, need_study_tables=not create)
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
-        )
+        with warnings.catch_warnings():  # heartbeats are 'experimental'; not the user's concern
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"storage: {redact(url)} needs the {exc.name} driver "
@@ -70,10 +73,16 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         ) from None
 
 
-def _check_sqlite(path: Path) -> None:
-    """Refuse a file that is not an SQLite database before SQLAlchemy touches it."""
+def _check_sqlite(path: Path, need_study_tables: bool = False) -> None:
+    """Refuse a file that is not an SQLite database before SQLAlchemy touches it, and (for
+    commands that only read) one without Optuna's tables, which RDBStorage would add."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             conn.execute("select count(*) from sqlite_master").fetchone()
+            studies = conn.execute(
+                "select 1 from sqlite_master where type = 'table' and name = 'studies'"
+            ).fetchone()
     except sqlite3.DatabaseError as exc:
         raise TunerError(f"storage: {path} is not an SQLite study database ({exc})") from None
+    if need_study_tables and studies is None:
+        raise TunerError(f"storage: {path} is not a study database (it has no Optuna tables)")

@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +107,13 @@ def prepare(cfg: StudyConfig) -> Prepared:
         if existing.get(key) != value:
             study.set_user_attr(key, value)
     if cfg.multi_objective:
-        study.set_metric_names(["throughput", f"p{cfg.percentile:g} latency ms"])
+        metric_names = ["throughput", f"p{cfg.percentile:g} latency ms"]
     else:
         unit = "samples/s" if cfg.scenario == "offline" else "max VALID QPS"
-        study.set_metric_names([f"throughput ({unit})"])
+        metric_names = [f"throughput ({unit})"]
+    with warnings.catch_warnings():  # 'experimental' since Optuna 3.2; not the user's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names)
     points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue)]
     for point in points:
         study.enqueue_trial(point, skip_if_exists=True)

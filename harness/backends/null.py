@@ -43,13 +43,14 @@ class NullBackend(Backend):
         self.latency_ms = _non_negative(extra, "latency_ms", 1.0)
         self.per_sample_ms = _non_negative(extra, "per_sample_ms", 0.1)
         self.jitter = _non_negative(extra, "jitter", 0.0)
-        speedup = {**DEFAULT_SPEEDUP, **dict(extra.get("speedup", {}))}
-        self.speedup = float(speedup[options.precision])
-        self.oom_batch = extra.get("oom_batch")
-        capacity = extra.get("capacity")
-        self._capacity = threading.BoundedSemaphore(int(capacity)) if capacity else None
-        self.fail_after_batches = extra.get("fail_after_batches")
-        self._seed = int(extra.get("seed", 0))
+        self.speedup = _speedup(extra.get("speedup", {}), options.precision)
+        self.oom_batch = _optional_int(extra, "oom_batch", 0)
+        capacity = _optional_int(extra, "capacity", 1)
+        self._capacity = threading.BoundedSemaphore(capacity) if capacity else None
+        self.fail_after_batches = _optional_int(extra, "fail_after_batches", 0)
+        _optional_int(extra, "crash_at_batch", 1)
+        _optional_int(extra, "hang_at_batch", 1)
+        self._seed = _optional_int(extra, "seed", 0) or 0
         self._rngs: list[np.random.Generator] = []
         self._batches = 0
         self._lock = threading.Lock()
@@ -127,3 +128,29 @@ def _non_negative(extra: Mapping[str, object], key: str, default: float) -> floa
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"backend null: {key} must be a number >= 0, got {value!r}")
     return float(value)
+
+
+def _optional_int(extra: Mapping[str, object], key: str, minimum: int) -> int | None:
+    value = extra.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"backend null: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _speedup(value: object, precision: str) -> float:
+    """The speed-up of `precision`: DEFAULT_SPEEDUP overridden by a {precision: factor} map."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f'backend null: speedup must map precisions to factors, e.g. {{"int8": 3}}, '
+            f"got {value!r}"
+        )
+    for key, factor in value.items():
+        if key not in DEFAULT_SPEEDUP:
+            raise ConfigError(
+                f"backend null: speedup key {key!r} is not one of {', '.join(DEFAULT_SPEEDUP)}"
+            )
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ConfigError(f"backend null: speedup {key} must be a number > 0, got {factor!r}")
+    return float({**DEFAULT_SPEEDUP, **value}[precision])

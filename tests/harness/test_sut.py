@@ -133,6 +133,7 @@ def test_find_max_qps_brackets_the_capacity_of_a_deterministic_backend(tmp_path:
     assert outcome.valid and 0 < outcome.score < 500
     valid = [r.target_qps for r in outcome.runs if r.valid]
     invalid = [r.target_qps for r in outcome.runs if not r.valid]
-    assert outcome.score == max(valid)
-    assert all(q > outcome.score for q in invalid)
+    best = max((r for r in outcome.runs if r.valid), key=lambda r: r.target_qps or 0)
+    assert outcome.primary is best and outcome.score == best.scheduled_qps
+    assert all(q > (best.target_qps or 0) for q in invalid)
     assert len({round(q or 0, 3) for q in valid + invalid}) == len(outcome.runs)
