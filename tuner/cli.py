@@ -297,11 +297,13 @@ def _studies(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner.storage import open_storage
+    from tuner.study import best_trial
 
     storage = open_storage(_storage(args), create=False)
     rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        # The summary's best_trial ignores constraints and Pareto fronts; export does not.
+        best = best_trial(optuna.load_study(study_name=s.study_name, storage=storage))
         attrs = s.user_attrs
         rows.append(
             [

@@ -192,6 +192,30 @@ def test_studies_lists_the_study_and_its_best_value(
     assert f"batch_size={best.params['batch_size']}" in cells[7]
 
 
+def test_studies_shows_the_best_feasible_trial(
+    tmp_path: Path, offline_study: MadeStudy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An infeasible trial (an int8 variant below the accuracy floor) is never listed as the
+    best, just as export never picks it."""
+    copy = offline_study.copy_to(tmp_path)
+    study = copy.load()
+    best = study.best_trial
+    study.add_trial(
+        create_trial(
+            value=best.value * 10,
+            params=best.params,
+            distributions=best.distributions,
+            user_attrs=best.user_attrs,
+            constraints={"accuracy": 0.2, "valid": 0.0},
+        )
+    )
+    assert main(["studies", "--storage", copy.url]) == 0
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith(copy.name)]
+    cells = re.split(r"\s{2,}", row)
+    assert cells[5] == str(offline_study.trials + 1)
+    assert cells[6] == f"{best.value:,.2f}"
+
+
 def test_studies_on_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = sqlite_url(tmp_path / "empty.db")
     open_storage(url)  # a new database with Optuna's tables and no study
@@ -657,6 +681,9 @@ def test_multi_objective_server_study_exports_its_pareto_front(
     (trial,) = study.get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["valid"] is True
     capsys.readouterr()
+    assert main(["studies", "--storage", sqlite_url(db)]) == 0
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith(name)]
+    assert re.split(r"\s{2,}", row)[6] == f"{trial.values[0]:,.2f}"  # the front's throughput
 
     export = ["export", "--storage", sqlite_url(db), "--study", name]
     out = tmp_path / "front.json"
