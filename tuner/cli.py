@@ -7,6 +7,7 @@ line and an exit code (2 for usage errors, 1 otherwise) in one place, `run_guard
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,9 +22,12 @@ from harness.cli_common import (
     run_guarded,
     setup_logging,
 )
+from harness.config import check_int
 from tuner.config import DEFAULT_STORAGE, OBJECTIVES, SAMPLERS
+from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
 
 STORAGE_ENV = "TUNER_STORAGE"
+log = logging.getLogger("tuner")
 
 
 def _int_list(text: str) -> list[int]:
@@ -129,10 +133,52 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="least top-1 agreement with fp32 a precision must keep (default 0.8)",
     )
+    g = p.add_argument_group("workers")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes sharing the study (default 1)",
+    )
+    _heartbeat_flag(g)
     g = p.add_argument_group("files")
     g.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
     g.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
     p.set_defaults(action=_optimize)
+
+
+def _heartbeat_flag(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--heartbeat-s",
+        type=int,
+        default=HEARTBEAT_S,
+        help=f"heartbeat of a running trial; one silent {GRACE_FACTOR}x as long belonged to a "
+        f"killed worker and is failed, then retried once (default {HEARTBEAT_S})",
+    )
+
+
+def add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        parents=[common_flags()],
+        help="join an existing study and run its trials",
+        description="Join a study made by `optimize` and run trials until its budget is spent. "
+        "Start as many as you like, on any host that reaches the storage (PostgreSQL for "
+        "several hosts; SQLite only for workers on one host).",
+    )
+    _storage_flag(p)
+    p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
+    p.add_argument(
+        "--trial-timeout",
+        dest="trial_timeout_s",
+        type=float,
+        help="fail a trial that runs longer (default: the study's)",
+    )
+    _heartbeat_flag(p)
+    p.add_argument("--worker-name", default="", help="prefix of this worker's progress lines")
+    p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
+    p.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
+    p.set_defaults(action=_worker)
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -198,6 +244,7 @@ def add_dashboard(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "optimize": add_optimize,
+    "worker": add_worker,
     "export": add_export,
     "report": add_report,
     "studies": add_studies,
@@ -224,7 +271,7 @@ def _optimize(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import config
-    from tuner.study import optimize
+    from tuner.study import prepare, work
     from tuner.summary import render_summary
 
     fields = (
@@ -265,8 +312,60 @@ def _optimize(args: argparse.Namespace) -> int:
     cfg = config.build(args.config, **overrides)
     # The progress lines of `optimize` say what Optuna's INFO log would, once; -q means quiet.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
-    prepared = optimize(cfg, on_trial=None if not args.quiet else lambda _: None)
+    check_int("--workers", args.workers, 1)
+    prepared = prepare(cfg, args.heartbeat_s)
+    if args.workers > 1:
+        from tuner.workers import run_workers
+
+        code = run_workers(
+            args.workers,
+            cfg.storage,
+            prepared.study.study_name,
+            cfg.cache_dir,
+            cfg.runs_dir,
+            args.heartbeat_s,
+            args.quiet,
+        )
+        print(render_summary(prepared.study, cfg))
+        return code
+    try:
+        work(prepared, (lambda _: None) if args.quiet else (lambda line: log.info("%s", line)))
+    except KeyboardInterrupt:
+        print(render_summary(prepared.study, cfg))
+        print(
+            "tuner: interrupted; the running trial is stored as FAIL (interrupted); "
+            "re-run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(render_summary(prepared.study, cfg))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.study import join, work
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
+    local = {
+        "cache_dir": args.cache_dir or default_cache_dir(),
+        "runs_dir": args.runs_dir,
+        "trial_timeout_s": args.trial_timeout_s,
+    }
+    prepared = join(_storage(args), args.study, args.heartbeat_s, **local)
+    prefix = f"{args.worker_name}: " if args.worker_name else ""
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            log.info("%s%s", prefix, line)
+
+    try:
+        ran = work(prepared, say)
+    except KeyboardInterrupt:
+        say("interrupted: the running trial is stored as FAIL (interrupted)")
+        return 130
+    say(f"done: ran {ran} trial(s)")
     return 0
 
 

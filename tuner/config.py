@@ -15,9 +15,10 @@ Layout of a study file (every key optional):
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,33 @@ _SECTIONS: dict[str, dict[str, str]] = {
 }
 _SPACE_KEYS = {f.name for f in fields(Space)}
 _POINT_KEYS = ("batch_size", "streams", "precision", "deque_timeout_us")
+
+
+#: Fields that describe this host, not the study: never stored with it (the storage URL may
+#: hold a password).
+_LOCAL_FIELDS = ("storage", "cache_dir", "runs_dir")
+
+
+def to_stored(cfg: StudyConfig) -> dict[str, Any]:
+    """The study's configuration as JSON-safe data, for workers that join it later."""
+    data = asdict(cfg)
+    for key in _LOCAL_FIELDS:
+        data.pop(key)
+    return json.loads(json.dumps(data, default=str))
+
+
+def from_stored(data: Mapping[str, Any], **local: Any) -> StudyConfig:
+    """A StudyConfig from `to_stored` data plus this host's storage, cache and runs folders."""
+    values = dict(data)
+    space = values.pop("space", {}) or {}
+    space_values = {k: tuple(v) if isinstance(v, list) else v for k, v in space.items()}
+    values["space"] = Space(**space_values)  # type: ignore[arg-type]  # checked in StudyConfig
+    values["objectives"] = tuple(values.get("objectives", ("throughput",)))
+    values["enqueue"] = tuple(values.get("enqueue", ()))
+    if values.get("data_dir"):
+        values["data_dir"] = Path(values["data_dir"])
+    values.update({k: v for k, v in local.items() if v is not None})
+    return StudyConfig(**values)
 
 
 def load_file(path: Path) -> dict[str, Any]:

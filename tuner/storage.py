@@ -15,8 +15,10 @@ from harness.errors import ConfigError, TunerError
 
 #: Seconds SQLite waits on a lock held by another worker before failing.
 SQLITE_LOCK_TIMEOUT_S = 60
+#: A running trial records a heartbeat this often; one silent for GRACE_FACTOR times as long
+#: belonged to a killed worker and is failed (then retried once).
 HEARTBEAT_S = 60
-GRACE_S = 180
+GRACE_FACTOR = 3
 
 
 def redact(url: str) -> str:
@@ -27,7 +29,9 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, create: bool = True, heartbeat_s: int = HEARTBEAT_S
+) -> optuna.storages.RDBStorage:
     """An RDBStorage for `url`, or a one-line TunerError saying what is wrong with it."""
     try:
         parsed = make_url(url)
@@ -51,8 +55,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
+                heartbeat_interval=heartbeat_s,
+                grace_period=GRACE_FACTOR * heartbeat_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=1
                 ),

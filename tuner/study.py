@@ -22,15 +22,15 @@ from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
 from tuner.child import ChildOutcome, measure_in_child
-from tuner.config import StudyConfig
+from tuner.config import StudyConfig, from_stored, to_stored
+from tuner.loop import budget_used, exclusive, run_trials
 from tuner.space import Params, SearchSpace, resolve_space
-from tuner.storage import open_storage, redact
+from tuner.storage import HEARTBEAT_S, open_storage, redact
 
 log = logging.getLogger("tuner")
 
 #: Study attributes that must match when a study is resumed.
 _IDENTITY = ("model_sha256", "backend", "device", "scenario", "latency_ms", "percentile")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class TrialFailed(Exception):
@@ -52,7 +52,7 @@ class Prepared:
     attrs: dict[str, Any]
 
 
-def prepare(cfg: StudyConfig) -> Prepared:
+def prepare(cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S) -> Prepared:
     """Validate everything, then create or load the study and enqueue its starting points."""
     backend_cls = get_backend(cfg.backend)
     space = resolve_space(cfg, backend_cls)
@@ -82,9 +82,10 @@ def prepare(cfg: StudyConfig) -> Prepared:
         "accuracy_floor": cfg.accuracy_floor,
         "space": space.to_dict(),
         "trials_budget": cfg.trials,
+        "config": to_stored(cfg),
         "duration_s": cfg.duration_s,
     }
-    storage = open_storage(cfg.storage)
+    storage = open_storage(cfg.storage, heartbeat_s=heartbeat_s)
     directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
     directions = directions[: len(cfg.objectives)]
     study = optuna.create_study(
@@ -115,10 +116,11 @@ def prepare(cfg: StudyConfig) -> Prepared:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
     points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue)]
-    for point in points:
-        study.enqueue_trial(point, skip_if_exists=True)
-    if cfg.sampler == "grid":
-        _enqueue_grid(study, space, cfg)
+    with exclusive(study):  # several `optimize` processes may start the same study at once
+        for point in points:
+            study.enqueue_trial(point, skip_if_exists=True)
+        if cfg.sampler == "grid":
+            _enqueue_grid(study, space, cfg)
     return Prepared(cfg, study, space, attrs)
 
 
@@ -130,7 +132,7 @@ def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> 
     ]
     pending = (
         cfg.trials
-        - len(finished(study))
+        - budget_used(study)
         - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
     )
     order = random.Random(cfg.seed).sample(space.points(), k=space.size)
@@ -149,38 +151,35 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True)
 
 
-def finished(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
-
-
-def optimize(cfg: StudyConfig, on_trial: Callable[[str], None] | None = None) -> Prepared:
+def optimize(
+    cfg: StudyConfig,
+    on_trial: Callable[[str], None] | None = None,
+    heartbeat_s: int = HEARTBEAT_S,
+) -> Prepared:
     """Run the study until its trial budget (or `cfg.timeout_s`) is spent."""
-    prepared = prepare(cfg)
-    study = prepared.study
+    prepared = prepare(cfg, heartbeat_s)
     say = on_trial or (lambda line: log.info("%s", line))
-    remaining = cfg.trials - len(finished(study))
-    say(
-        f"study {study.study_name} in {redact(cfg.storage)}: "
-        f"{len(finished(study))} of {cfg.trials} trials done, {max(0, remaining)} to go "
-        f"(space of {prepared.space.size} configurations)"
-    )
-    if remaining <= 0:
-        return prepared
-    started = time.monotonic()
-    progress = _Progress(cfg, prepared, say, started)
-    objective = _Objective(prepared, say)
-    study.optimize(
-        objective,
-        n_trials=remaining,
-        timeout=cfg.timeout_s,
-        catch=(TrialFailed,),
-        callbacks=[
-            optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED),
-            progress,
-        ],
-        gc_after_trial=False,
-    )
+    work(prepared, say)
     return prepared
+
+
+def work(prepared: Prepared, say: Callable[[str], None]) -> int:
+    """This process's share of the study: trials until the budget is spent."""
+    cfg, study = prepared.cfg, prepared.study
+    used = budget_used(study)
+    say(
+        f"study {study.study_name} in {redact(cfg.storage)}: {used} of {cfg.trials} trials "
+        f"done, {max(0, cfg.trials - used)} to go (space of {prepared.space.size} configurations)"
+    )
+    progress = _Progress(cfg, prepared, say, time.monotonic())
+    return run_trials(
+        study,
+        _Objective(prepared, say),
+        budget=cfg.trials,
+        timeout_s=cfg.timeout_s,
+        on_done=progress,
+        failed=(TrialFailed,),
+    )
 
 
 class _Objective:
@@ -339,7 +338,7 @@ class _Progress:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.done_here += 1
-        done = len(finished(study))
+        done = budget_used(study)
         elapsed = time.monotonic() - self.started
         left = (self.cfg.trials - done) * elapsed / self.done_here
         if self.cfg.timeout_s is not None:
@@ -385,9 +384,36 @@ def baseline_trial(study: optuna.Study, space: dict[str, list[Any]]) -> FrozenTr
     return None
 
 
-def load(storage: str, name: str) -> optuna.Study:
+def join(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S, **local: Any) -> Prepared:
+    """An existing study, ready for this process to run its trials (as a worker).
+
+    `local` overrides this host's settings (cache_dir, runs_dir, trial_timeout_s)."""
+    study = load(storage, name, heartbeat_s)
+    stored = study.user_attrs.get("config")
+    if not isinstance(stored, dict):
+        raise TunerError(f"study {name!r} was not made by `python -m tuner optimize`")
+    cfg = from_stored(stored, storage=storage, name=name, **local)
+    backend_cls = get_backend(cfg.backend)
+    space = resolve_space(cfg, backend_cls)
+    model = resolve_model(cfg.model, cfg.cache_dir)
+    probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
+    device = probe.info().device
+    if model.sha256 != study.user_attrs.get("model_sha256"):
+        raise ConfigError(
+            f"study {name!r}: this host's {cfg.model} differs from the study's model"
+        )
+    if device != study.user_attrs.get("device"):
+        raise ConfigError(
+            f"study {name!r} belongs to {study.user_attrs.get('device')!r}; this worker's "
+            f"device is {device!r}"
+        )
+    study.sampler = make_sampler(cfg, space)
+    return Prepared(cfg, study, space, dict(study.user_attrs))
+
+
+def load(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
     """An existing study, or a TunerError listing the studies that do exist."""
-    store = open_storage(storage, create=False)
+    store = open_storage(storage, create=False, heartbeat_s=heartbeat_s)
     try:
         return optuna.load_study(study_name=name, storage=store)
     except KeyError:
