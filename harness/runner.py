@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.backends import BackendOptions, check_precision, get_backend
-from harness.backends.base import Backend
+from harness.backends.base import Backend, BackendInfo
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet, default_sample_count, load_sample_folder, synthetic_samples
 from harness.errors import BackendError
@@ -217,15 +217,12 @@ def _result(
     spec: ScenarioSpec,
     model: ModelInfo,
     variant: Variant,
-    info: object,
+    info: BackendInfo,
     build_s: float,
     warm: Warmup,
     agree: Agreement | None,
     outcome: Outcome,
 ) -> Result:
-    from harness.backends.base import BackendInfo
-
-    assert isinstance(info, BackendInfo)
     primary: LoadgenRun | None = outcome.primary
     latency = dict(primary.latency_ms) if primary is not None else {}
     offline_mode = spec.scenario == "offline"

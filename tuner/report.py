@@ -186,7 +186,7 @@ def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _baseline(study: optuna.Study) -> FrozenTrial | None:
-    return baseline_trial(study, dict(study.user_attrs.get("space") or {}))
+    return baseline_trial(study)
 
 
 def speed_up(study: optuna.Study) -> float | None:
@@ -209,7 +209,7 @@ def context(study: optuna.Study) -> str:
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
     text = f"{trial.values[0]:,.1f} {unit(study)}"
     p99 = trial.user_attrs.get("p99_ms")
-    if p99 is not None:
+    if p99 is not None and study.user_attrs.get("scenario") == "server":  # Offline: meaningless
         text += f", p99 {p99:,.2f} ms"
     return text
 

@@ -3,6 +3,7 @@ printed with their password."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import warnings
 from pathlib import Path
@@ -81,7 +82,7 @@ def _check_sqlite(path: Path, need_study_tables: bool = False) -> None:
     """Refuse a file that is not an SQLite database before SQLAlchemy touches it, and (for
     commands that only read) one without Optuna's tables, which RDBStorage would add."""
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             conn.execute("select count(*) from sqlite_master").fetchone()
             studies = conn.execute(
                 "select 1 from sqlite_master where type = 'table' and name = 'studies'"

@@ -375,7 +375,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def baseline_trial(study: optuna.Study, space: dict[str, list[Any]]) -> FrozenTrial | None:
+def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     """The first COMPLETE trial at batch 1, 1 stream, fp32."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         p = trial.params

@@ -25,7 +25,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     ]
     unit = "samples/s" if cfg.scenario == "offline" else "QPS"
     best = best_trial(study)
-    base = baseline_trial(study, {})
+    base = baseline_trial(study)
     rows = []
     for label, trial in (("best", best), ("baseline", base)):
         if trial is not None:
