@@ -22,6 +22,8 @@ class Result:
     variant_sha256: str
     variant_path: str
     variant_build_s: float
+    #: The precision variant was already cached: this measurement built nothing.
+    engine_cached: bool
     backend: str
     device: str
     precision: str

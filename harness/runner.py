@@ -26,6 +26,7 @@ from harness.errors import BackendError
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
 from harness.precision import CALIBRATION_SAMPLES, Agreement, Variant, agreement, make_variant
+from harness.queueing import SutModel, predict_max_qps
 from harness.result import Result
 from harness.scenarios import Outcome, offline, server
 from harness.sut import BatchingSUT
@@ -41,6 +42,8 @@ WARMUP_S = 0.5
 class Warmup:
     batch_ms: float
     samples_per_second: float
+    #: Every timed full-batch latency (seconds, all streams): the queueing model's service.
+    batch_latencies_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,30 @@ def _server(ctx: _Context) -> Outcome:
     bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
     upper = bound.score
     log.info("upper bound from Offline: %.1f samples/s", upper)
-    found = server.find_max_qps(ctx.sut, spec, upper, ctx.out_dir)
+    guess = _predicted_max_qps(ctx, upper)
+    found = server.find_max_qps(ctx.sut, spec, upper, ctx.out_dir, first_guess=guess)
     return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
+
+
+def _predicted_max_qps(ctx: _Context, upper: float) -> float | None:
+    """The queueing model's max QPS for the warm-up's batch latencies (at most `upper`), the
+    search's first probe; None when the model has nothing to go on or finds no QPS."""
+    latencies = ctx.warmup.batch_latencies_s
+    if not latencies or not upper > 0 or min(latencies) <= 0:
+        return None
+    spec, run = ctx.spec, ctx.run
+    model = SutModel(run.batch_size, run.streams, run.deque_timeout_us / 1e6, latencies)
+    guess = predict_max_qps(
+        model,
+        spec.latency_ms,
+        spec.percentile,
+        upper_qps=upper,
+        tolerance=spec.qps_tolerance,
+        min_queries=spec.server_min_queries,
+        min_duration_s=spec.min_duration_s,
+    )
+    log.info("model: ~%.1f QPS meet p%g <= %g ms", guess, spec.percentile, spec.latency_ms)
+    return guess or None
 
 
 #: Scenario name -> how to measure it.
@@ -168,7 +193,11 @@ def _warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
     if real:
         error = real[0]
         raise error if isinstance(error, BackendError) else BackendError(repr(error)) from error
-    return Warmup(batch_ms=statistics.median(latencies) * 1000.0, samples_per_second=sum(rates))
+    return Warmup(
+        batch_ms=statistics.median(latencies) * 1000.0,
+        samples_per_second=sum(rates),
+        batch_latencies_s=tuple(latencies),
+    )
 
 
 def _agreement(
@@ -239,6 +268,7 @@ def _result(
         variant_sha256=variant.sha256,
         variant_path=str(variant.path),
         variant_build_s=round(variant.build_seconds, 4),
+        engine_cached=variant.cached,
         backend=run.backend,
         device=info.device,
         precision=run.precision,

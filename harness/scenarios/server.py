@@ -5,6 +5,7 @@ target between 0 and an upper bound (the Offline throughput), to a relative tole
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from harness.config import ScenarioSpec
@@ -15,9 +16,12 @@ from harness.sut import BatchingSUT
 
 log = logging.getLogger("harness")
 
-#: The first probe, as a share of the upper bound; then halving down until a VALID run.
+#: The first probe without a guess, as a share of the upper bound.
 FIRST_PROBE = 0.85
-STEP_DOWN = 0.6
+#: Each step away from the first probe is GROWTH x the previous one, starting at the tolerance
+#: (confirming a guess); without a guess, at GROWTH**BLIND_STEPS x the tolerance.
+GROWTH = 2.0
+BLIND_STEPS = 3
 #: Give up (no VALID QPS) below this share of the upper bound.
 FLOOR = 0.01
 
@@ -64,38 +68,78 @@ def find_max_qps(
 ) -> Outcome:
     """The largest target QPS LoadGen reports VALID, within `spec.qps_tolerance`.
 
-    `upper_qps` (the Offline throughput) brackets the answer from above. Probes step down
-    geometrically until one is VALID, then bisect the VALID/INVALID bracket.
+    `upper_qps` (the Offline throughput) brackets the answer from above and is never probed.
+    The first probe is `first_guess` (e.g. `harness.queueing.predict_max_qps`, capped below
+    the bound) or FIRST_PROBE x the bound. From there probes step away, up while VALID and down
+    while INVALID, by steps growing from the tolerance (so a good guess costs two runs: VALID
+    at the guess, INVALID one tolerance above it); once a VALID and an INVALID run bracket the
+    answer, they bisect it.
     """
-    low, low_run = 0.0, None
-    high = upper_qps
-    qps = first_guess if first_guess and 0 < first_guess < upper_qps else FIRST_PROBE * high
+    tol = spec.qps_tolerance
+    search = _Bracket(upper_qps, tol, first_guess)
+    qps = search.first
     runs: list[LoadgenRun] = []
     while len(runs) < spec.max_search_runs:
         result = run_at(sut, spec, qps, out_dir / f"server-{len(runs) + 1:02d}")
         runs.append(result)
-        if result.valid:
-            low, low_run = qps, result
-        else:
-            high = qps
-        if low > 0 and high - low <= spec.qps_tolerance * low:
+        search.record(qps, result.valid, result)
+        if search.converged():
             break
-        if low > 0:
-            qps = (low + high) / 2
-        else:
-            qps = high * STEP_DOWN
-            too_long = not spec.compliance and spec.server_min_queries / qps > spec.max_run_s
-            if qps < FLOOR * upper_qps or too_long:
-                break
+        next_qps = search.next_probe()
+        too_long = not spec.compliance and spec.server_min_queries / next_qps > spec.max_run_s
+        if search.low_run is None and (next_qps >= qps or too_long):
+            break  # the floor was probed and missed, or the next run would take too long
+        qps = next_qps
+    low, low_run = search.low, search.low_run
     if low_run is None:
         return Outcome(
             valid=False,
             score=0.0,
             primary=runs[-1] if runs else None,
             runs=tuple(runs),
-            note=f"no VALID target QPS found down to {high:.1f}",
+            note=f"no VALID target QPS found down to {search.high:.1f}",
         )
-    note = "" if high - low <= spec.qps_tolerance * low else "search stopped at the run limit"
+    note = "" if search.converged() else "search stopped at the run limit"
     # MLPerf reports a Server result as LoadGen's "Scheduled samples per second".
     score = low_run.scheduled_qps or low
     return Outcome(valid=True, score=score, primary=low_run, runs=tuple(runs), note=note)
+
+
+class _Bracket:
+    """The search's state: the largest VALID target (`low`), the smallest INVALID one or the
+    bound (`high`), and how many steps it has taken away from the first probe."""
+
+    def __init__(self, upper: float, tolerance: float, guess: float | None) -> None:
+        self.upper, self.tolerance = upper, tolerance
+        self.low, self.high = 0.0, upper
+        self.low_run: LoadgenRun | None = None
+        if guess is not None and guess > 0:
+            self.first, self.steps = min(guess, upper / (1 + tolerance)), 0
+        else:
+            self.first, self.steps = FIRST_PROBE * upper, BLIND_STEPS
+
+    def record(self, qps: float, valid: bool, run: LoadgenRun) -> None:
+        if valid and qps > self.low:
+            self.low, self.low_run = qps, run
+        elif not valid and qps < self.high:
+            self.high = qps
+
+    def converged(self) -> bool:
+        # The slack absorbs rounding: a step of exactly the tolerance converges.
+        return self.low > 0 and self.high - self.low <= self.tolerance * self.low * (1 + 1e-9)
+
+    def next_probe(self) -> float:
+        """Up from a VALID guess, down from an INVALID one, else the bracket's midpoint."""
+        low, high = self.low, self.high
+        step = 1 + self.tolerance * GROWTH**self.steps
+        if low > 0 and high < self.upper:
+            return _midpoint(low, high)
+        self.steps += 1
+        if low > 0:  # nothing INVALID yet: never past the midpoint of the bound
+            return min(low * step, _midpoint(low, high))
+        return max(high / step, FLOOR * self.upper)
+
+
+def _midpoint(low: float, high: float) -> float:
+    """Geometric while the bracket spans over 2x, arithmetic once it is narrower."""
+    return math.sqrt(low * high) if high > 2 * low else (low + high) / 2

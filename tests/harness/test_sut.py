@@ -79,7 +79,7 @@ def test_server_run_at_low_qps_is_valid_and_batches_wait_for_the_timeout(tmp_pat
     assert run is not None and outcome.valid
     assert run.query_count is not None and run.query_count >= 600
     p99 = run.percentile_ms(99)
-    assert p99 is not None and p99 < 50.0  # generous: the point is validity at low load, not the tail
+    assert p99 is not None and p99 < 50.0  # generous: validity at low load, not the tail
 
 
 def test_engine_error_mid_run_fails_the_measurement_without_hanging(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ no way to run on this machine is skipped with a reason (so a new backend shows u
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ FEATURES = 16
 RUNNABLE: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "onnxruntime": (True, False, {"graph_optimization": "basic"}),
     "null": (False, True, {"latency_ms": 0.2, "per_sample_ms": 0.0}),
+    "replay": (False, True, {"seed": 3}),
 }
 
 Factory = Callable[..., Backend]
@@ -41,7 +43,26 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make(backend_name: str, mlp_model: Path) -> Iterator[Factory]:
+def required(backend_name: str, tmp_path: Path) -> dict[str, Any]:
+    """Options a backend cannot run without: the replay backend's landscape (0.1-0.25 ms)."""
+    if backend_name != "replay":
+        return {}
+    points = [
+        {
+            "params": {"precision": p, "batch_size": b, "streams": s},
+            "repeats": [{"warmup_batch_ms": 0.1 + 0.05 * b}],
+        }
+        for p in PRECISIONS
+        for b in (1, 2, 3)
+        for s in (1, 2, 3)
+    ]
+    path = tmp_path / "landscape.json"
+    path.write_text(json.dumps({"device": "test CPU", "points": points}))
+    return {"landscape": str(path)}
+
+
+@pytest.fixture
+def make(backend_name: str, mlp_model: Path, required: dict[str, Any]) -> Iterator[Factory]:
     """Build a (not loaded) backend; everything it built is closed at teardown."""
     made: list[Backend] = []
 
@@ -49,7 +70,11 @@ def make(backend_name: str, mlp_model: Path) -> Iterator[Factory]:
         streams: int = 1, max_batch: int = 3, precision: str = "fp32", **extra: Any
     ) -> Backend:
         options = BackendOptions(
-            precision=precision, max_batch=max_batch, streams=streams, device="cpu", extra=extra
+            precision=precision,
+            max_batch=max_batch,
+            streams=streams,
+            device="cpu",
+            extra={**required, **extra},
         )
         backend = BACKENDS[backend_name](mlp_model, options)
         made.append(backend)
@@ -68,10 +93,13 @@ def batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 # --- construction and info ---------------------------------------------------------------
 
 
-def test_constructor_does_no_work_before_load(backend_name: str, tmp_path: Path) -> None:
+def test_constructor_does_no_work_before_load(
+    backend_name: str, tmp_path: Path, required: dict[str, Any]
+) -> None:
     """A missing model file is only noticed by load() (for backends that read the file)."""
     missing = tmp_path / "missing.onnx"
-    backend = BACKENDS[backend_name](missing, BackendOptions(max_batch=2, streams=2))
+    options = BackendOptions(max_batch=2, streams=2, extra=required)
+    backend = BACKENDS[backend_name](missing, options)
     assert backend.model_path == missing
     assert backend.options.streams == 2
     needs_file = RUNNABLE[backend_name][0]
