@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.pg import PostgresServer, find_bin_dir
 
 
 def _has_cuda() -> bool:
@@ -60,3 +63,28 @@ def make_mlp(path: Path, features: int = 16, classes: int = 10, seed: int = 0) -
 @pytest.fixture
 def mlp_model(tmp_path: Path) -> Path:
     return make_mlp(tmp_path / "mlp.onnx")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (skipped where PostgreSQL is absent;
+    .ci/run installs it). `create_database()` gives a test its own database."""
+    pytest.importorskip("psycopg", reason="needs psycopg (pip install 'batch-tuner[postgres]')")
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(
+            "PostgreSQL is not installed: no initdb/pg_ctl on PATH nor in "
+            "/usr/lib/postgresql/*/bin (.ci/run installs the Debian package)"
+        )
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """`postgresql+psycopg://...` URL of a database on the session's server."""
+    return postgres_server.create_database()

@@ -133,6 +133,17 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="least top-1 agreement with fp32 a precision must keep (default 0.8)",
     )
+    g.add_argument(
+        "--confirm-runs",
+        type=int,
+        help="once the budget is spent, measure each top configuration this many more times; "
+        "the best median wins (default 2; 0: the best single run wins)",
+    )
+    g.add_argument(
+        "--confirm-top",
+        type=int,
+        help="how many of the best configurations to confirm (default 3)",
+    )
     g = p.add_argument_group("workers")
     g.add_argument(
         "--workers",
@@ -271,6 +282,7 @@ def _optimize(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import config
+    from tuner.confirm import confirm
     from tuner.study import prepare, work
     from tuner.summary import render_summary
 
@@ -300,6 +312,8 @@ def _optimize(args: argparse.Namespace) -> int:
         "seed",
         "objectives",
         "accuracy_floor",
+        "confirm_runs",
+        "confirm_top",
         "cache_dir",
         "runs_dir",
     )
@@ -314,6 +328,9 @@ def _optimize(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
     check_int("--workers", args.workers, 1)
     prepared = prepare(cfg, args.heartbeat_s)
+    say: Callable[[str], None] = (
+        (lambda _: None) if args.quiet else (lambda line: log.info("%s", line))
+    )
     if args.workers > 1:
         from tuner.workers import run_workers
 
@@ -326,15 +343,27 @@ def _optimize(args: argparse.Namespace) -> int:
             args.heartbeat_s,
             args.quiet,
         )
-        print(render_summary(prepared.study, cfg))
-        return code
+        if code != 0:
+            print(render_summary(prepared.study, cfg))
+            return code
+    else:
+        try:
+            work(prepared, say)
+        except KeyboardInterrupt:
+            print(render_summary(prepared.study, cfg))
+            print(
+                "tuner: interrupted; the running trial is stored as FAIL (interrupted); "
+                "re-run the same command to continue",
+                file=sys.stderr,
+            )
+            return 130
     try:
-        work(prepared, (lambda _: None) if args.quiet else (lambda line: log.info("%s", line)))
+        confirm(prepared, say)
     except KeyboardInterrupt:
         print(render_summary(prepared.study, cfg))
         print(
-            "tuner: interrupted; the running trial is stored as FAIL (interrupted); "
-            "re-run the same command to continue",
+            "tuner: interrupted while confirming the best configurations; the runs measured "
+            "so far are kept: re-run the same command to finish",
             file=sys.stderr,
         )
         return 130
@@ -396,7 +425,7 @@ def _studies(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner.storage import open_storage
-    from tuner.study import best_trial
+    from tuner.study import best_trial, robust_value
 
     storage = open_storage(_storage(args), create=False)
     rows = []
@@ -412,7 +441,7 @@ def _studies(args: argparse.Namespace) -> int:
                 attrs.get("backend"),
                 attrs.get("device"),
                 s.n_trials,
-                best.values[0] if best is not None and best.values else None,
+                robust_value(best) if best is not None and best.values else None,
                 _params_text(best.params) if best is not None else None,
             ]
         )

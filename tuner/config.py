@@ -4,7 +4,8 @@ frozen `StudyConfig`. Unknown keys and bad values raise ConfigError naming the k
 Layout of a study file (every key optional):
 
     [study]      name, storage, trials, timeout_s, trial_timeout_s, sampler, seed,
-                 objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor
+                 objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor,
+                 confirm_runs, confirm_top
     [model]      name (built-in or ONNX path), data_dir, samples
     [backend]    name, device, threads, options = {...}
     [scenario]   name, latency_ms, percentile, duration_s, min_queries
@@ -62,6 +63,10 @@ class StudyConfig:
     #: synthetic weights and inputs with small logit margins (int8 agrees on ~80-90% of
     #: samples); with a real model and real data, 0.99 mirrors MLPerf's 99%-of-fp32 rule.
     accuracy_floor: float = 0.8
+    #: Extra measurements of each of the `confirm_top` best configurations once the budget is
+    #: spent; the best median wins (0: the best single run wins).
+    confirm_runs: int = 2
+    confirm_top: int = 3
     model: str = "resnet50"
     data_dir: Path | None = None
     samples: int | None = None
@@ -98,6 +103,8 @@ class StudyConfig:
                 "(Offline latencies measure the whole query, not a sample)"
             )
         check_float("study.accuracy_floor", self.accuracy_floor, -1e-9, 1.0 + 1e-9)
+        check_int("study.confirm_runs", self.confirm_runs, 0)
+        check_int("study.confirm_top", self.confirm_top, 1)
         check_choice("scenario.name", self.scenario, SCENARIO_NAMES)
         check_float("scenario.latency_ms", self.latency_ms, 0.0)
         check_float("scenario.percentile", self.percentile, 0.0, 100.0)
@@ -129,6 +136,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "seed": "seed",
         "objectives": "objectives",
         "accuracy_floor": "accuracy_floor",
+        "confirm_runs": "confirm_runs",
+        "confirm_top": "confirm_top",
     },
     "model": {"name": "model", "data_dir": "data_dir", "samples": "samples"},
     "backend": {

@@ -35,6 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, TunerError
+from tuner.study import CONFIRM_SCORES, CONFIRMED_SCORE, best_trial, robust_value
 
 Renderer = Callable[[Mapping[str, Any], FrozenTrial], str]
 
@@ -71,15 +72,16 @@ _GPU_WORDS = re.compile(
 
 
 def choose_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
-    """Trial `number`, else the best feasible trial, else the single Pareto-optimal one."""
+    """Trial `number`, else the best feasible trial (the confirmed winner where the study has
+    one, see tuner.confirm), else the single Pareto-optimal one."""
     name = study.study_name
     if number is not None:
         return _numbered(study, number)
     if len(study.directions) == 1:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise TunerError(f"study {name!r} has no complete feasible trial") from None
+        best = best_trial(study)
+        if best is None:
+            raise TunerError(f"study {name!r} has no complete feasible trial")
+        return best
     front = sorted(study.best_trials, key=lambda t: t.number)
     if not front:
         raise TunerError(f"study {name!r} has no complete feasible trial")
@@ -168,6 +170,9 @@ def render_json(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
             "number": trial.number,
             "state": trial.state.name,
             "params": trial.params,
+            # the throughput this export stands for: the confirmed median where there is one
+            "value": robust_value(trial) if trial.values else None,
+            "confirmed": _confirmation(trial),
             "values": trial.values,
             "constraints": trial.constraints,
             "feasible": all(v <= 0 for v in trial.constraints.values()),
@@ -178,6 +183,15 @@ def render_json(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         },
     }
     return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
+
+
+def _confirmation(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's confirmation runs and their median, or None when it was not confirmed."""
+    median = trial.user_attrs.get(CONFIRMED_SCORE)
+    if median is None:
+        return None
+    scores = list(trial.user_attrs.get(CONFIRM_SCORES) or [])
+    return {"median": median, "runs": len(scores), "scores": scores}
 
 
 def _json_safe(value: Any) -> Any:
@@ -209,7 +223,7 @@ def render_user_conf(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         f'# load with TestSettings().FromConfig(path, "{model}", "{scenario}")',
     ]
     if scenario == "Offline":
-        lines.append(f"# target_qps: measured samples/s of trial {trial.number}")
+        lines.append(f"# target_qps: {_measured(trial, 'samples/s')}")
         lines.append(f"{model}.Offline.target_qps = {rate!r}")
     else:
         latency = float(_need(attrs, "latency_ms"))
@@ -221,7 +235,7 @@ def render_user_conf(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
             raise TunerError(
                 f"study latency_ms {latency:g} is under LoadGen's 1 ms target_latency unit"
             )
-        lines.append(f"# target_qps: largest VALID Server QPS measured by trial {trial.number}")
+        lines.append(f"# target_qps: {_measured(trial, 'largest VALID Server QPS')}")
         if whole != latency:
             lines.append(
                 f"# study bound {latency:g} ms; LoadGen reads target_latency as whole ms, "
@@ -443,10 +457,24 @@ def _scenario(attrs: Mapping[str, Any]) -> str:
     return _SCENARIOS[scenario]
 
 
+def _measured(trial: FrozenTrial, what: str) -> str:
+    """`samples/s measured by trial 5`, or `median samples/s of 3 runs of trial 5` for a
+    confirmed trial."""
+    runs = len(trial.user_attrs.get(CONFIRM_SCORES) or [])
+    if trial.user_attrs.get(CONFIRMED_SCORE) is not None and runs:
+        return f"median {what} of {runs} runs of trial {trial.number}"
+    return f"{what} measured by trial {trial.number}"
+
+
 def _throughput(attrs: Mapping[str, Any], trial: FrozenTrial) -> float:
-    """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial."""
+    """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial: the median of
+    its confirmation runs where it was confirmed."""
     key = "samples_per_second" if attrs.get("scenario") == "offline" else "qps"
-    value = trial.user_attrs.get(key)
+    value = trial.user_attrs.get(CONFIRMED_SCORE)
+    if value is not None:
+        key = CONFIRMED_SCORE
+    else:
+        value = trial.user_attrs.get(key)
     if value is None and trial.values:
         value = trial.values[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)):

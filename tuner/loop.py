@@ -27,7 +27,17 @@ from harness.errors import TunerError
 
 def budget_used(study: optuna.Study) -> int:
     """Finished trials that count against the budget (a FAIL that was retried does not)."""
+    return _used(study.get_trials(deepcopy=False))
+
+
+def committed(study: optuna.Study) -> int:
+    """`budget_used` plus the RUNNING trials, from one read of the study: two reads miss a
+    trial that another worker finishes in between, and the budget is overspent."""
     trials = study.get_trials(deepcopy=False)
+    return _used(trials) + sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def _used(trials: list[FrozenTrial]) -> int:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     return sum(
         t.state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -41,11 +51,13 @@ def running(study: optuna.Study) -> int:
 
 
 @contextlib.contextmanager
-def exclusive(study: optuna.Study) -> Iterator[None]:
+def exclusive(study: optuna.Study, purpose: str = "") -> Iterator[None]:
     """Hold a lock on `study` shared by every worker: an advisory lock on PostgreSQL, a file
-    lock beside an SQLite database (only workers on this host can share one)."""
+    lock beside an SQLite database (only workers on this host can share one). A `purpose`
+    names a separate lock (`confirm`) that trials never wait for."""
     engine = _engine(study)
-    key = zlib.crc32(study.study_name.encode())
+    suffix = f".{purpose}" if purpose else ""
+    key = zlib.crc32(f"{study.study_name}{suffix}".encode())
     if engine is None:
         yield
     elif engine.url.get_backend_name() == "postgresql":
@@ -56,7 +68,7 @@ def exclusive(study: optuna.Study) -> Iterator[None]:
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     elif engine.url.get_backend_name() == "sqlite" and engine.url.database not in ("", ":memory:"):
-        lock_path = Path(f"{engine.url.database}.lock")
+        lock_path = Path(f"{engine.url.database}{suffix}.lock")
         with open(lock_path, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -126,7 +138,7 @@ def run_trials(
         with exclusive(study):
             if interval:
                 fail_stale(study)
-            if budget_used(study) + running(study) >= budget:
+            if committed(study) >= budget:
                 break
             with warnings.catch_warnings():  # this loop keeps the heartbeat itself
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")

@@ -16,14 +16,30 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import TunerError
-from tuner.study import baseline_trial, best_trial
+from tuner.study import (
+    CONFIRM_SCORES,
+    baseline_trial,
+    best_trial,
+    confirmed_trial,
+    engine_builds,
+    robust_value,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 PARAMS = ("batch_size", "streams", "precision", "deque_timeout_us")
-_TAIL = ("p50_ms", "p90_ms", "p99_ms", "agreement_top1", "engine_build_s", "trial_seconds")
+_TAIL = (
+    "confirmed_score",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "agreement_top1",
+    "engine_cached",
+    "engine_build_s",
+    "trial_seconds",
+)
 _INT_COLUMNS = ("number", "batch_size", "streams", "deque_timeout_us", "duplicate_of")
 PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
 STREAM_STYLES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
@@ -124,9 +140,11 @@ def _table_spec(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str
         ("valid", "valid", _yes_no),
         ("feasible", "feasible", _yes_no),
         (throughput_key(study), unit(study), _num(1)),
+        ("confirmed_score", "median", _num(1)),
         ("p50_ms", "p50 ms", _num(2)),
         ("p99_ms", "p99 ms", _num(2)),
         ("agreement_top1", "top1", _num(3)),
+        ("engine_cached", "engine", lambda v: "cached" if v else "built"),
         ("engine_build_s", "build s", _num(1)),
         ("trial_seconds", "trial s", _num(1)),
         ("duplicate_of", "dup of", _num(0)),
@@ -190,11 +208,12 @@ def _baseline(study: optuna.Study) -> FrozenTrial | None:
 
 
 def speed_up(study: optuna.Study) -> float | None:
-    """Best throughput over the baseline's, or None when either is missing (or zero)."""
+    """Best throughput over the baseline's (confirmed medians where there are some), or None
+    when either is missing (or zero)."""
     best, base = best_trial(study), _baseline(study)
-    if best is None or base is None or not base.values or not base.values[0]:
+    if best is None or base is None or not base.values or not robust_value(base):
         return None
-    return float(best.values[0]) / float(base.values[0])
+    return robust_value(best) / robust_value(base)
 
 
 def context(study: optuna.Study) -> str:
@@ -207,7 +226,7 @@ def context(study: optuna.Study) -> str:
 
 
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
-    text = f"{trial.values[0]:,.1f} {unit(study)}"
+    text = f"{robust_value(trial):,.1f} {unit(study)}"
     p99 = trial.user_attrs.get("p99_ms")
     if p99 is not None and study.user_attrs.get("scenario") == "server":  # Offline: meaningless
         text += f", p99 {p99:,.2f} ms"
@@ -239,6 +258,14 @@ def summary_lines(study: optuna.Study) -> list[str]:
         )
     ratio = speed_up(study)
     lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
+    confirmed = confirmed_trial(study)
+    if confirmed is not None and best is not None and confirmed.number == best.number:
+        scores = ", ".join(f"{float(s):,.1f}" for s in best.user_attrs.get(CONFIRM_SCORES) or [])
+        runs = len(best.user_attrs.get(CONFIRM_SCORES) or [])
+        lines.append(f"confirmed: median of {runs} runs ({scores} {unit(study)})")
+    builds = engine_builds(study)
+    if builds is not None:
+        lines.append(f"engine builds: {builds}")
     if is_multi(study):
         front = sorted(t.number for t in study.best_trials)
         lines.append("Pareto front: trials " + (", ".join(map(str, front)) or "none"))
@@ -534,7 +561,7 @@ def plot_best_vs_baseline(
         f"baseline (trial {base.number})\n{config_label(base.params)}",
         f"best (trial {best.number})\n{config_label(best.params)}",
     ]
-    heights = [float(base.values[0]), float(best.values[0])]
+    heights = [robust_value(base), robust_value(best)]
     bars = ax.bar(labels, heights, color=["tab:gray", "tab:green"], width=0.55)
     ax.bar_label(bars, [f"{h:,.1f} {unit(study)}" for h in heights], padding=3)
     ratio = speed_up(study)

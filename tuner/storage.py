@@ -4,12 +4,17 @@ printed with their password."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import sqlite3
 import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.pool
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from harness.errors import ConfigError, TunerError
@@ -20,6 +25,8 @@ SQLITE_LOCK_TIMEOUT_S = 60
 #: belonged to a killed worker and is failed (then retried once).
 HEARTBEAT_S = 60
 GRACE_FACTOR = 3
+#: PostgreSQL advisory lock held while Optuna creates its tables (see `_schema_lock`).
+_SCHEMA_LOCK_KEY = zlib.crc32(b"tuner: optuna schema")
 
 
 def redact(url: str) -> str:
@@ -39,6 +46,7 @@ def open_storage(
     except Exception:
         raise ConfigError(f"storage: malformed URL {redact(url)!r}") from None
     kwargs: dict[str, object] = {}
+    sqlite_file: Path | None = None
     if parsed.drivername.startswith("sqlite"):
         database = parsed.database or ""
         if database and database != ":memory:":
@@ -49,9 +57,13 @@ def open_storage(
                 path.parent.mkdir(parents=True, exist_ok=True)
             else:
                 _check_sqlite(path, need_study_tables=not create)
+            sqlite_file = path
         kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
     try:
-        with warnings.catch_warnings():  # heartbeats are 'experimental'; not the user's concern
+        with (
+            _schema_lock(url, sqlite_file),
+            warnings.catch_warnings(),  # heartbeats are 'experimental'; not the user's concern
+        ):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
@@ -76,6 +88,35 @@ def open_storage(
         raise TunerError(
             f"storage: {redact(url)} is not a usable study database: {exc.orig}"
         ) from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, sqlite_file: Path | None) -> Iterator[None]:
+    """Serialize RDBStorage's table creation: processes opening a fresh database at the same
+    moment otherwise collide there (duplicate key / UNIQUE constraint failed) and all but one
+    fail. A file lock beside an SQLite database, an advisory lock on PostgreSQL."""
+    if sqlite_file is not None:
+        with contextlib.ExitStack() as stack:
+            try:  # the file loop.exclusive locks too; closing it releases the lock
+                handle = stack.enter_context(open(f"{sqlite_file}.lock", "a"))
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:  # a read-only folder: no one creates a study there
+                pass
+            yield
+        return
+    if make_url(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite(path: Path, need_study_tables: bool = False) -> None:

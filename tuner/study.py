@@ -8,7 +8,7 @@ import random
 import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,13 @@ log = logging.getLogger("tuner")
 
 #: Study attributes that must match when a study is resumed.
 _IDENTITY = ("model_sha256", "backend", "device", "scenario", "latency_ms", "percentile")
+
+#: Trial attributes of a confirmed candidate (tuner.confirm): its own value then each repeat's
+#: score (0 for a failed or INVALID repeat), and their median once every repeat has run.
+CONFIRM_SCORES = "confirm_scores"
+CONFIRMED_SCORE = "confirmed_score"
+#: Study attribute: the number of the trial with the best confirmed median.
+CONFIRMED_BEST = "confirmed_best"
 
 
 class TrialFailed(Exception):
@@ -135,13 +142,30 @@ def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> 
         - budget_used(study)
         - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
     )
-    order = random.Random(cfg.seed).sample(space.points(), k=space.size)
-    for point in order:
+    for point in grid_order(space, cfg.seed, first=seen):
         if pending <= 0:
             break
         if point not in seen:
             study.enqueue_trial(point, skip_if_exists=True)
             pending -= 1
+
+
+def grid_order(
+    space: SearchSpace, seed: int, first: Sequence[Mapping[str, Any] | None] = ()
+) -> list[dict[str, Any]]:
+    """Every grid point in a seeded order, points sharing an engine (precision and batch size)
+    next to each other, as NVIDIA's autotuner does: streams and deque timeouts vary within a
+    group. Groups holding a point of `first` (already in the study, like the baseline) lead."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for point in random.Random(seed).sample(space.points(), k=space.size):
+        groups.setdefault(_engine_key(point), []).append(point)
+    started = {_engine_key(p) for p in first if p}
+    ordered = sorted(groups.items(), key=lambda item: item[0] not in started)
+    return [point for _, points in ordered for point in points]
+
+
+def _engine_key(point: Mapping[str, Any]) -> tuple[str, int]:
+    return str(point.get("precision")), int(point.get("batch_size", 0))
 
 
 def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -156,10 +180,14 @@ def optimize(
     on_trial: Callable[[str], None] | None = None,
     heartbeat_s: int = HEARTBEAT_S,
 ) -> Prepared:
-    """Run the study until its trial budget (or `cfg.timeout_s`) is spent."""
+    """Run the study until its trial budget (or `cfg.timeout_s`) is spent, then confirm the
+    best configurations (tuner.confirm)."""
+    from tuner.confirm import confirm
+
     prepared = prepare(cfg, heartbeat_s)
     say = on_trial or (lambda line: log.info("%s", line))
     work(prepared, say)
+    confirm(prepared, say)
     return prepared
 
 
@@ -264,6 +292,7 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
         "variant_sha256": result["variant_sha256"],
         "variant_path": result["variant_path"],
         "variant_build_s": result["variant_build_s"],
+        "engine_cached": result["engine_cached"],
         "note": result["note"],
         "log_dir": str(Path(result["loadgen_runs"][-1]["log_dir"]).parent)
         if result["loadgen_runs"]
@@ -315,7 +344,8 @@ def _measured_before(trial: optuna.Trial, study: optuna.Study) -> FrozenTrial | 
 def _reuse(trial: optuna.Trial, earlier: FrozenTrial) -> Any:
     """Copy an identical configuration's measurement instead of measuring it again."""
     for key, value in earlier.user_attrs.items():
-        trial.set_user_attr(key, value)
+        if key not in (CONFIRM_SCORES, CONFIRMED_SCORE):  # the repeats belong to `earlier`
+            trial.set_user_attr(key, value)
     trial.set_user_attr("duplicate_of", earlier.number)
     for key, value in earlier.system_attrs.items():
         if key.startswith("constraints:"):
@@ -354,7 +384,7 @@ class _Progress:
             what = f"FAILED: {trial.user_attrs.get('fail_reason', trial.state.name)}"
         best = best_trial(study)
         best_text = (
-            f"best {best.values[0]:,.1f} (trial {best.number})"
+            f"best {robust_value(best):,.1f} (trial {best.number})"
             if best is not None
             else "no best yet"
         )
@@ -365,14 +395,55 @@ class _Progress:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible trial (single objective), or None."""
+    """The best feasible trial, or None: with one objective the confirmed winner (the best
+    median of repeated runs, see tuner.confirm) where there is one, else the best single value;
+    with several, the Pareto-optimal trial of highest throughput."""
     if len(study.directions) > 1:
         front = study.best_trials
         return max(front, key=lambda t: t.values[0]) if front else None
+    confirmed = confirmed_trial(study)
+    if confirmed is not None:
+        return confirmed
     try:
         return study.best_trial
     except ValueError:
         return None
+
+
+def confirmed_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's `confirmed_best` trial while it is still COMPLETE and feasible, else None."""
+    number = study.user_attrs.get(CONFIRMED_BEST)
+    if len(study.directions) > 1 or not isinstance(number, int):
+        return None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.number == number:
+            return trial if is_feasible(trial) else None
+    return None
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """COMPLETE with every constraint <= 0."""
+    return trial.state == TrialState.COMPLETE and all(v <= 0.0 for v in trial.constraints.values())
+
+
+def robust_value(trial: FrozenTrial) -> float:
+    """The trial's throughput to report and export: the median of its confirmation runs where
+    it was confirmed, else its single measured value."""
+    confirmed = trial.user_attrs.get(CONFIRMED_SCORE)
+    if isinstance(confirmed, (int, float)) and not isinstance(confirmed, bool):
+        return float(confirmed)
+    return float(trial.values[0])
+
+
+def engine_builds(study: optuna.Study) -> int | None:
+    """Measured trials that built their precision variant (engine) instead of finding it
+    cached; None when no trial recorded it (a study older than `engine_cached`)."""
+    known = [
+        t.user_attrs["engine_cached"]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "engine_cached" in t.user_attrs and t.user_attrs.get("duplicate_of") is None
+    ]
+    return sum(not cached for cached in known) if known else None
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

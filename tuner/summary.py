@@ -1,5 +1,6 @@
-"""The table `optimize` ends with: the best configuration, its score, and its speed-up over
-the baseline (batch 1, 1 stream, fp32)."""
+"""The table `optimize` ends with: the best configuration, its score (the median of its
+confirmation runs where it was confirmed), its speed-up over the baseline (batch 1, 1 stream,
+fp32) and how many engines the study built."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.cli_common import format_table
 from tuner.config import StudyConfig
 from tuner.storage import redact
-from tuner.study import baseline_trial, best_trial
+from tuner.study import (
+    CONFIRM_SCORES,
+    baseline_trial,
+    best_trial,
+    confirmed_trial,
+    engine_builds,
+    robust_value,
+)
 
 
 def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
@@ -43,8 +51,18 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         for row in rows:
             del row[6]
     lines.append(format_table(rows, header))
-    if best is not None and base is not None and base.values[0] > 0:
-        lines.append(f"speed-up over the baseline: {best.values[0] / base.values[0]:.2f}x")
+    if best is not None and base is not None and robust_value(base) > 0:
+        lines.append(f"speed-up over the baseline: {robust_value(best) / robust_value(base):.2f}x")
+    confirmed = confirmed_trial(study)
+    if confirmed is not None and best is not None and confirmed.number == best.number:
+        scores = confirmed.user_attrs.get(CONFIRM_SCORES) or []
+        runs = ", ".join(f"{float(s):,.1f}" for s in scores)
+        lines.append(f"confirmed: median of {len(scores)} runs ({runs} {unit})")
+    elif best is not None and not cfg.multi_objective:
+        lines.append("not confirmed: the best of single runs (noise can make a lucky one win)")
+    builds = engine_builds(study)
+    if builds is not None:
+        lines.append(f"engine builds: {builds}")
     if best is None:
         lines.append("no feasible trial: every configuration failed or broke a constraint")
     elif cfg.multi_objective:
@@ -66,7 +84,7 @@ def _row(label: str, trial: FrozenTrial) -> list[object]:
         p.get("batch_size"),
         p.get("streams"),
         p.get("precision"),
-        trial.values[0],
+        robust_value(trial),
         a.get("p99_ms"),
         a.get("agreement_top1"),
     ]

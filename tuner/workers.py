@@ -58,4 +58,9 @@ def run_workers(
         codes = [p.wait() for p in procs]
     if interrupted or 130 in codes:
         return 130
-    return max(codes, default=0)
+    failed = [code for code in codes if code != 0]
+    if not failed:
+        return 0
+    # Popen says -N for a worker killed by signal N (max() would call that success); the
+    # shell's 128 + N instead.
+    return max(128 - code if code < 0 else code for code in failed)

@@ -41,7 +41,8 @@ class MadeStudy:
 
 @pytest.fixture(scope="session")
 def offline_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> MadeStudy:
-    """`optimize` on the simulated backend: 3 COMPLETE Offline trials in a fresh SQLite file."""
+    """`optimize` on the simulated backend: 3 COMPLETE Offline trials in a fresh SQLite file,
+    the top 3 confirmed by one more run each."""
     folder = tmp_path_factory.mktemp("offline-study")
     db = folder / "study.db"
     argv = [
@@ -60,6 +61,8 @@ def offline_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
         "per_sample_ms=0.05",
         "--trials",
         str(SHARED_TRIALS),
+        "--confirm-runs",  # confirmed: the tests read the winner and its median
+        "1",
         "--storage",
         f"sqlite:///{db}",
         "--cache-dir",

@@ -22,6 +22,8 @@ def common(tmp_path: Path, cache_dir: Path, db: str = "study.db") -> list[str]:
         str(tmp_path / "runs"),
         "--duration-s",
         "0.3",
+        "--confirm-runs",  # confirmation has tests of its own (test_confirm.py)
+        "0",
     ]
 
 

@@ -51,7 +51,7 @@ def test_dashboard_polling_a_running_sqlite_study(tmp_path: Path, cache_dir: Pat
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(0.1)
-        out, err = tuner.communicate(timeout=120)
+        _out, err = tuner.communicate(timeout=120)
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)

@@ -1,0 +1,417 @@
+"""Confirmed winners and engine builds: `optimize` re-measures its top configurations and the
+best median wins; grid search keeps points sharing an engine together; the summary counts the
+engines built. Null backend (jittered) or ONNX Runtime on a tiny model, through `main([...])`.
+
+Where a test needs a lucky run or a failing repeat it replaces the confirmation's
+`measure_in_child` (the trials themselves are measured for real)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.config import RunConfig, ScenarioSpec
+from harness.errors import ConfigError
+from tuner import config
+from tuner.child import ChildOutcome
+from tuner.cli import main
+from tuner.space import SearchSpace
+from tuner.study import best_trial, engine_builds, grid_order, prepare, robust_value
+
+TRIALS = 5
+
+
+def optimize_args(db: Path, cache_dir: Path, runs: Path, *extra: str) -> list[str]:
+    """A jittered null-backend Offline study: 4 batch sizes x 2 streams x 3 precisions."""
+    return [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--batch-sizes",
+        "1,2,4,8",
+        "--streams",
+        "1,2",
+        "--backend-option",
+        "latency_ms=1",
+        "--backend-option",
+        "per_sample_ms=0.05",
+        "--backend-option",
+        "jitter=0.3",
+        "--seed",
+        "3",
+        "--trials",
+        str(TRIALS),
+        "--storage",
+        f"sqlite:///{db}",
+        "--cache-dir",
+        str(cache_dir),
+        "--runs-dir",
+        str(runs),
+        "--duration-s",
+        "0.3",
+        "--quiet",
+        *extra,
+    ]
+
+
+def load(db: Path) -> optuna.Study:
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
+    return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+
+
+def top(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The k best distinct feasible configurations by single-run value (what gets confirmed)."""
+    done = [
+        t
+        for t in study.get_trials(states=(TrialState.COMPLETE,))
+        if "duplicate_of" not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
+    ]
+    chosen: list[FrozenTrial] = []
+    for t in sorted(done, key=lambda t: (-t.values[0], t.number)):
+        if all(c.params != t.params for c in chosen):
+            chosen.append(t)
+    return chosen[:k]
+
+
+@pytest.fixture(scope="module")
+def unconfirmed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, str]:
+    """A finished study run with `--confirm-runs 0`, and its summary."""
+    folder = tmp_path_factory.mktemp("unconfirmed")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(
+            optimize_args(folder / "s.db", cache_dir, folder / "runs", "--confirm-runs", "0")
+        )
+    assert code == 0
+    return folder / "s.db", out.getvalue()
+
+
+@pytest.fixture
+def study_db(unconfirmed: tuple[Path, str], tmp_path: Path) -> Path:
+    """A private copy of the unconfirmed study."""
+    db = tmp_path / "s.db"
+    shutil.copyfile(unconfirmed[0], db)
+    return db
+
+
+Fake = Callable[[RunConfig, ScenarioSpec, float], ChildOutcome]
+
+
+def fake_measure(
+    study: optuna.Study, scores: Callable[[FrozenTrial, int], ChildOutcome | float]
+) -> tuple[Fake, list[str]]:
+    """A stand-in for the confirmation's measure_in_child: `scores(trial, i)` for repeat i of
+    the configuration of `trial`; also returns the list of log folders it was asked for."""
+    calls: list[str] = []
+
+    def measure(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+        calls.append(spec.out_dir.name)
+        params = {"batch_size": run.batch_size, "streams": run.streams, "precision": run.precision}
+        (trial,) = [t for t in top(study, 99) if t.params == params]
+        got = scores(trial, int(spec.out_dir.name.rsplit("-", 1)[1]))
+        if isinstance(got, ChildOutcome):
+            return got
+        return ChildOutcome({"score": got, "valid": True}, seconds=0.1)
+
+    return measure, calls
+
+
+def no_measuring(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+    raise AssertionError(f"measured {spec.out_dir.name} again")
+
+
+def test_confirm_runs_0_keeps_the_best_single_run(unconfirmed: tuple[Path, str]) -> None:
+    db, out = unconfirmed
+    study = load(db)
+    assert "confirmed_best" not in study.user_attrs
+    assert not any("confirm_scores" in t.user_attrs for t in study.get_trials())
+    assert not list((db.parent / "runs").glob("*/confirm-*"))
+    assert best_trial(study).number == study.best_trial.number  # type: ignore[union-attr]
+    assert "not confirmed" in out and "confirmed: median" not in out
+
+
+def test_optimize_confirms_the_top_configurations(
+    study_db: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real repeats: each candidate gets 1 + N scores, the best median wins everywhere."""
+    runs = tmp_path / "runs"
+    argv = optimize_args(study_db, cache_dir, runs, "--confirm-runs", "2", "--confirm-top", "2")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    study = load(study_db)
+    candidates = top(study, 2)
+    assert study.user_attrs["confirmed_top"] == [t.number for t in candidates]
+    assert study.user_attrs["confirmed_at"]
+    for trial in candidates:
+        scores = trial.user_attrs["confirm_scores"]
+        assert len(scores) == 3 and scores[0] == trial.values[0]
+        assert trial.user_attrs["confirmed_score"] == statistics.median(scores)
+        assert {p.name for p in runs.glob("*/confirm-*")} >= {
+            f"confirm-{trial.number:04d}-{i}" for i in (1, 2)
+        }
+    winner = max(candidates, key=lambda t: (t.user_attrs["confirmed_score"], -t.number))
+    assert study.user_attrs["confirmed_best"] == winner.number
+    best = best_trial(study)
+    assert best is not None and best.number == winner.number
+    assert robust_value(best) == winner.user_attrs["confirmed_score"]
+    assert "confirmed: median of 3 runs" in out
+    assert f"best      {winner.number} " in out
+    assert len(study.get_trials()) == TRIALS  # confirmation adds no trials
+
+    exported = tmp_path / "best.json"
+    export = ["export", "--storage", f"sqlite:///{study_db}", "--study", study.study_name]
+    assert main([*export, "--out", str(exported)]) == 0
+    doc = json.loads(exported.read_text())["trial"]
+    assert doc["number"] == winner.number
+    assert doc["value"] == pytest.approx(winner.user_attrs["confirmed_score"])
+    assert doc["confirmed"]["runs"] == 3
+
+
+def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
+    study_db: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = load(study_db)
+    lucky, runner_up, third = top(study, 3)
+    assert best_trial(study).number == lucky.number  # type: ignore[union-attr]
+
+    def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
+        if trial.number != lucky.number:
+            return trial.values[0] * (0.9 if i == 1 else 0.95)
+        if i == 1:
+            return ChildOutcome(None, "crash", "crashed: killed by SIGSEGV", 0.1)
+        return ChildOutcome({"score": trial.values[0] * 1.2, "valid": False}, seconds=0.1)
+
+    fake, calls = fake_measure(study, scores)
+    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
+    assert main(argv) == 0  # the defaults: 2 more runs of the top 3
+    out = capsys.readouterr().out
+    assert sorted(calls) == sorted(
+        f"confirm-{t.number:04d}-{i}" for t in (lucky, runner_up, third) for i in (1, 2)
+    )
+    study = load(study_db)
+    attrs = {t.number: t.user_attrs for t in study.get_trials()}
+    assert attrs[lucky.number]["confirm_scores"] == [lucky.values[0], 0.0, 0.0]
+    assert attrs[lucky.number]["confirmed_score"] == 0.0
+    median = runner_up.values[0] * 0.95
+    assert attrs[runner_up.number]["confirmed_score"] == pytest.approx(median)
+    assert study.user_attrs["confirmed_best"] == runner_up.number
+    assert best_trial(study).number == runner_up.number  # type: ignore[union-attr]
+    assert f"best      {runner_up.number} " in out and "confirmed: median of 3 runs" in out
+
+    # Every export, the report and the listing use the confirmed winner and its median.
+    export = ["export", "--storage", f"sqlite:///{study_db}", "--study", study.study_name]
+    assert main([*export, "--out", str(tmp_path / "b.json")]) == 0
+    doc = json.loads((tmp_path / "b.json").read_text())["trial"]
+    assert doc["number"] == runner_up.number and doc["value"] == pytest.approx(median)
+    assert main([*export, "--format", "user.conf", "--out", str(tmp_path / "user.conf")]) == 0
+    conf = (tmp_path / "user.conf").read_text()
+    assert f"tiny.Offline.target_qps = {median!r}\n" in conf and "median samples/s" in conf
+    assert main([*export, "--format", "nvidia", "--out", str(tmp_path / "nv.json")]) == 0
+    nvidia = json.loads((tmp_path / "nv.json").read_text())["tiny"]
+    assert nvidia["gpu_offline_expected_qps"] == round(median, 1)
+    capsys.readouterr()
+    report = ["report", "--storage", f"sqlite:///{study_db}", "--study", study.study_name]
+    assert main([*report, "--out", str(tmp_path / "report")]) == 0
+    text = capsys.readouterr().out
+    assert f"best: trial {runner_up.number}," in text and f"{median:,.1f} samples/s" in text
+    assert "confirmed: median of 3 runs" in text
+    assert main(["studies", "--storage", f"sqlite:///{study_db}"]) == 0
+    assert f"{median:,.2f}" in capsys.readouterr().out
+
+    # The same command again: the top set is unchanged, nothing is measured.
+    before = dict(load(study_db).user_attrs)
+    monkeypatch.setattr("tuner.confirm.measure_in_child", no_measuring)
+    assert main(argv) == 0
+    again = load(study_db)
+    assert dict(again.user_attrs) == before
+    assert {t.number: t.user_attrs for t in again.get_trials()} == attrs
+
+    # A larger budget: only a new configuration in the top set is measured.
+    confirmed = set(before["confirmed_top"])
+    fake, calls = fake_measure(again, lambda t, i: t.values[0])
+    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    assert main([*argv[:-1], "--trials", str(TRIALS + 2)]) == 0
+    new = {int(c.split("-")[1]) for c in calls}
+    assert not new & confirmed and all(n >= TRIALS for n in new)
+    assert load(study_db).user_attrs["confirmed_best"] is not None
+
+
+def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
+    study_db: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = load(study_db)
+    first = top(study, 1)[0]
+
+    def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
+        if i == 2:
+            return ChildOutcome(None, "interrupted", "interrupted", 0.1)
+        return trial.values[0]
+
+    fake, calls = fake_measure(study, scores)
+    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert captured.out.startswith("study tiny-offline-null-simulated-cpu")  # the summary
+    assert "interrupted while confirming" in captured.err
+    assert calls == [f"confirm-{first.number:04d}-1", f"confirm-{first.number:04d}-2"]
+    study = load(study_db)
+    assert study.user_attrs.get("confirmed_best") is None
+    (trial,) = [t for t in study.get_trials() if t.number == first.number]
+    assert trial.user_attrs["confirm_scores"] == [first.values[0]] * 2  # kept
+    assert "confirmed_score" not in trial.user_attrs
+
+    fake, calls = fake_measure(study, lambda t, i: t.values[0])
+    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    assert main(argv) == 0
+    assert len(calls) == 3 * 2 - 1  # the repeat that was interrupted, and the rest
+    assert load(study_db).user_attrs["confirmed_best"] == first.number
+
+
+def test_with_workers_the_parent_confirms_after_they_finish(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, runs = tmp_path / "w.db", tmp_path / "runs"
+    argv = optimize_args(db, cache_dir, runs, "--workers", "2", "--confirm-runs", "1")
+    argv[argv.index("--trials") + 1] = "3"
+    assert main([*argv, "--confirm-top", "2"]) == 0
+    study = load(db)
+    candidates = top(study, 2)
+    assert study.user_attrs["confirmed_top"] == [t.number for t in candidates]
+    assert all(len(t.user_attrs["confirm_scores"]) == 2 for t in candidates)
+    assert study.user_attrs["confirmed_best"] in {t.number for t in candidates}
+    assert len(list(runs.glob("*/confirm-*"))) == 2
+    assert "confirmed: median of 2 runs" in capsys.readouterr().out
+
+
+def test_confirm_settings_are_checked_and_read_from_a_study_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[study]\nconfirm_runs = 4\nconfirm_top = 5\n")
+    cfg = config.build(path)
+    assert (cfg.confirm_runs, cfg.confirm_top) == (4, 5)
+    assert config.build(path, confirm_runs=0).confirm_runs == 0  # a flag overrides the file
+    assert (config.build().confirm_runs, config.build().confirm_top) == (2, 3)
+    with pytest.raises(ConfigError, match=r"study\.confirm_runs"):
+        config.build(confirm_runs=-1)
+    with pytest.raises(ConfigError, match=r"study\.confirm_top"):
+        config.build(confirm_top=0)
+
+
+# ---------------------------------------------------------------------------- engines
+
+
+def test_grid_order_keeps_points_sharing_an_engine_together() -> None:
+    space = SearchSpace((1, 2, 4, 8), (1, 2, 3), ("fp32", "fp16", "int8"), (500, 2000))
+    for seed in range(5):
+        order = grid_order(space, seed)
+        assert sorted(map(str, order)) == sorted(map(str, space.points()))
+        engines = [(p["precision"], p["batch_size"]) for p in order]
+        groups = [e for i, e in enumerate(engines) if i == 0 or engines[i - 1] != e]
+        assert len(groups) == len(set(engines)) == 12  # each engine's points in one run
+        assert grid_order(space, seed) == order  # seeded
+    assert grid_order(space, 0) != grid_order(space, 1)
+    first = grid_order(space, 0, first=[{"batch_size": 4, "streams": 1, "precision": "int8"}])
+    assert {(p["precision"], p["batch_size"]) for p in first[:6]} == {("int8", 4)}
+
+
+def test_a_grid_study_enqueues_the_baseline_engine_first_then_one_engine_at_a_time(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    cfg = config.build(
+        model="tiny",
+        backend="null",
+        sampler="grid",
+        batch_sizes=[1, 2, 4],
+        streams=[1, 2],
+        precisions=["fp32", "int8"],
+        trials=12,
+        storage=f"sqlite:///{tmp_path / 'grid.db'}",
+        cache_dir=cache_dir,
+        runs_dir=tmp_path / "runs",
+    )
+    study = prepare(cfg).study
+    queued = [
+        t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))
+    ]
+    assert queued[0] == {"batch_size": 1, "streams": 1, "precision": "fp32"}
+    assert len(queued) == 12 and len({str(p) for p in queued}) == 12
+    engines = [(p["precision"], p["batch_size"]) for p in queued]
+    groups = [e for i, e in enumerate(engines) if i == 0 or engines[i - 1] != e]
+    assert groups[0] == ("fp32", 1) and len(groups) == len(set(engines)) == 6
+
+
+def test_engine_builds_onnxruntime_int8_builds_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fp32 is the model itself; the first int8 trial builds the variant, the next finds it."""
+    argv = [
+        "optimize",
+        "--model",
+        "tiny",
+        "--batch-sizes",
+        "1",
+        "--streams",
+        "1,2",
+        "--precisions",
+        "fp32,int8",
+        "--sampler",
+        "grid",
+        "--trials",
+        "4",
+        "--confirm-runs",
+        "0",
+        "--storage",
+        f"sqlite:///{tmp_path / 'ort.db'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),  # fresh: nothing built yet
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--duration-s",
+        "0.3",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    study = load(tmp_path / "ort.db")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    built = [(t.params["precision"], t.user_attrs["engine_cached"]) for t in trials]
+    int8 = [cached for precision, cached in built if precision == "int8"]
+    assert int8 == [False, True]
+    assert all(cached for precision, cached in built if precision == "fp32")
+    assert engine_builds(study) == 1
+    assert "engine builds: 1" in out
+    report = ["report", "--storage", f"sqlite:///{tmp_path / 'ort.db'}"]
+    assert main([*report, "--study", study.study_name, "--out", str(tmp_path / "report")]) == 0
+    assert "engine builds: 1" in capsys.readouterr().out
+
+
+def test_engine_builds_is_unknown_for_trials_that_did_not_record_it() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"score": 1.0}))
+    assert engine_builds(study) is None
+    attrs: dict[str, Any] = {"engine_cached": False}
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs=attrs))
+    study.add_trial(optuna.trial.create_trial(value=2.0, user_attrs={**attrs, "duplicate_of": 1}))
+    assert engine_builds(study) == 1
