@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import signal
 import threading
 import time
 import warnings
@@ -135,16 +136,16 @@ def run_trials(
     storage: Any = study._storage
     interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
     while timeout_s is None or time.monotonic() - started < timeout_s:
-        with exclusive(study):
-            if interval:
-                fail_stale(study)
-            if committed(study) >= budget:
-                break
-            with warnings.catch_warnings():  # this loop keeps the heartbeat itself
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = study.ask()
+        with _interrupt_deferred() as interrupted:
+            trial = _next_trial(study, budget, interval)
+        if trial is None:
+            if interrupted:
+                raise KeyboardInterrupt
+            break
         state, values = TrialState.FAIL, None
         try:
+            if interrupted:
+                raise KeyboardInterrupt
             with heartbeat(study, trial, interval or 0):
                 values = objective(trial)
             state = TrialState.COMPLETE
@@ -160,6 +161,37 @@ def run_trials(
         done += 1
         on_done(study, study._storage.get_trial(trial._trial_id))
     return done
+
+
+def _next_trial(study: optuna.Study, budget: int, interval: int | None) -> optuna.Trial | None:
+    """A new trial (asked under the study-wide lock, with a first heartbeat), or None when the
+    budget is spent."""
+    with exclusive(study):
+        if interval:
+            fail_stale(study)
+        if committed(study) >= budget:
+            return None
+        with warnings.catch_warnings():  # run_trials keeps the heartbeat itself
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        if interval:  # from now on a killed worker leaves a stale trial, not a RUNNING one
+            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+        return trial
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[list[int]]:
+    """Hold Ctrl-C back while a trial is created: one landing inside `study.ask()` would leave
+    the new trial RUNNING and untold. The list says whether one came; the caller raises it."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def check_budget(budget: int) -> None:

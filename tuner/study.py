@@ -4,12 +4,13 @@ run trials (each measured by the harness in a child process) and summarise the r
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -478,7 +479,9 @@ def join(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S, **local: Any) 
             f"study {name!r} belongs to {study.user_attrs.get('device')!r}; this worker's "
             f"device is {device!r}"
         )
-    study.sampler = make_sampler(cfg, space)
+    # Workers seeded alike would all draw the same first configurations; each gets its own.
+    worker_cfg = replace(cfg, seed=(cfg.seed * 1_000_003 + os.getpid()) % 2**31)
+    study.sampler = make_sampler(worker_cfg, space)
     return Prepared(cfg, study, space, dict(study.user_attrs))
 
 
