@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, required=True, help="study file (studies/*.toml)")
     parser.add_argument("--out", type=Path, required=True, help="landscape JSON to write")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", help="override the study file's model")
     parser.add_argument("--batch-sizes", type=_ints)
     parser.add_argument("--streams", type=_ints)
     parser.add_argument("--precisions", type=_strs)
@@ -84,6 +85,7 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config.build(
         args.config,
+        model=args.model,
         batch_sizes=args.batch_sizes,
         streams=args.streams,
         precisions=args.precisions,

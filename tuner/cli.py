@@ -350,25 +350,28 @@ def _optimize(args: argparse.Namespace) -> int:
         try:
             work(prepared, say)
         except KeyboardInterrupt:
-            print(render_summary(prepared.study, cfg))
-            print(
-                "tuner: interrupted; the running trial is stored as FAIL (interrupted); "
+            return _interrupted(
+                render_summary(prepared.study, cfg),
+                "interrupted; the running trial is stored as FAIL (interrupted); "
                 "re-run the same command to continue",
-                file=sys.stderr,
             )
-            return 130
     try:
         confirm(prepared, say)
     except KeyboardInterrupt:
-        print(render_summary(prepared.study, cfg))
-        print(
-            "tuner: interrupted while confirming the best configurations; the runs measured "
-            "so far are kept: re-run the same command to finish",
-            file=sys.stderr,
+        return _interrupted(
+            render_summary(prepared.study, cfg),
+            "interrupted while confirming the best configurations; the runs measured so far "
+            "are kept: re-run the same command to finish",
         )
-        return 130
     print(render_summary(prepared.study, cfg))
     return 0
+
+
+def _interrupted(summary: str, message: str) -> int:
+    """Ctrl-C: print what was finished, say what happened, exit 130."""
+    print(summary)
+    print(f"tuner: {message}", file=sys.stderr)
+    return 130
 
 
 def _worker(args: argparse.Namespace) -> int:
