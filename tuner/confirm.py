@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuner.child import measure_in_child
-from tuner.loop import budget_used, exclusive, running
+from tuner.loop import committed, exclusive
 from tuner.space import Params
 from tuner.study import (
     CONFIRM_SCORES,
@@ -71,7 +71,7 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
     cfg, study = prepared.cfg, prepared.study
     if cfg.confirm_runs == 0 or cfg.multi_objective:
         return None
-    if budget_used(study) + running(study) < cfg.trials:
+    if committed(study) < cfg.trials:
         say("the budget is not spent: the best configurations are not confirmed yet")
         return None
     with exclusive(study, "confirm"):  # a second `optimize` waits, then finds it done

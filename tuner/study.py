@@ -24,7 +24,7 @@ from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
 from tuner.child import ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
-from tuner.loop import budget_used, exclusive, run_trials
+from tuner.loop import budget_used, committed, exclusive, run_trials
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
 
@@ -138,11 +138,8 @@ def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> 
     seen = [
         t.params or t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)
     ]
-    pending = (
-        cfg.trials
-        - budget_used(study)
-        - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
-    )
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    pending = cfg.trials - committed(study) - waiting
     for point in grid_order(space, cfg.seed, first=seen):
         if pending <= 0:
             break
