@@ -113,7 +113,14 @@ def start(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell that starts the test run in the background ignores SIGINT, and children
+        # inherit that; the tuner must see Ctrl-C as a terminal user's tuner would.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
