@@ -11,7 +11,8 @@ from typing import Any
 
 from harness.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+#: bf16 has no ONNX variant: a backend that runs it (torch) casts the fp32 model itself.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SCENARIO_NAMES = ("offline", "server")
 
 #: MLPerf v0.5 Server minimum query count for image models, and the minimum run length.

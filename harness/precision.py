@@ -77,14 +77,16 @@ def make_variant(
 ) -> Variant:
     """Return `model` at `precision`, building it into `cache_dir / "variants"` unless cached.
 
-    fp32 is the model file itself. fp16 keeps float32 inputs and outputs so the harness feeds
-    the same data. int8 is calibrated on the first `CALIBRATION_SAMPLES` of `calibration`
-    (arrays per input name, axis 0 = samples); `calibration` is ignored for other precisions.
+    fp32 is the model file itself, and so is bf16: no ONNX variant is built for it, the
+    backends that run it (torch) cast the fp32 model themselves. fp16 keeps float32 inputs and
+    outputs so the harness feeds the same data. int8 is calibrated on the first
+    `CALIBRATION_SAMPLES` of `calibration` (arrays per input name, axis 0 = samples);
+    `calibration` is ignored for other precisions.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return Variant("fp32", model.path, model.sha256, model.sha256, 0.0, cached=True)
+    if precision in ("fp32", "bf16"):
+        return Variant(precision, model.path, model.sha256, model.sha256, 0.0, cached=True)
 
     feeds = _calibration_feeds(model, calibration) if precision == "int8" else {}
     key_parts = [model.sha256, precision, RECIPE_VERSION]

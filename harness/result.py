@@ -38,6 +38,9 @@ class Result:
     percentile: float | None = None
     note: str = ""
     backend_details: dict[str, Any] = field(default_factory=dict)
+    #: GPU telemetry while LoadGen ran (harness.gpus.GpuSampler.telemetry); None on a CPU or a
+    #: simulated backend, or where NVML is absent.
+    gpu: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

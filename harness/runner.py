@@ -13,7 +13,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from harness.backends.base import Backend, BackendInfo
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet, default_sample_count, load_sample_folder, synthetic_samples
 from harness.errors import BackendError
+from harness.gpus import GpuSampler, cuda_ordinal, sampler_for
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
 from harness.precision import CALIBRATION_SAMPLES, Agreement, Variant, agreement, make_variant
@@ -60,9 +61,10 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     backend_cls = get_backend(run.backend)
     check_precision(backend_cls, run.precision, run.device)
     model = resolve_model(run.model, run.cache_dir)
-    samples = _samples(run, model)
+    samples = load_samples(run, model)
     calibration = samples.head(CALIBRATION_SAMPLES)
-    variant = make_variant(model, run.precision, calibration, run.cache_dir)
+    source = "fp32" if backend_cls.casts_precision else run.precision
+    variant = make_variant(model, source, calibration, run.cache_dir)
     options = BackendOptions(
         precision=run.precision,
         max_batch=run.batch_size,
@@ -70,6 +72,7 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
         device=run.device,
         threads=run.threads,
         extra=run.backend_options,
+        cache_dir=run.cache_dir,
     )
     backend = backend_cls(variant.path, options)
     info = backend.info()
@@ -77,7 +80,7 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     with backend:
         build_s = time.perf_counter() - started
         log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, info.device, build_s)
-        warm = _warmup(backend, samples, run)
+        warm = run_warmup(backend, samples, run)
         log.info(
             "warm-up: %.2f ms per batch of %d, ~%.1f samples/s",
             warm.batch_ms,
@@ -87,13 +90,29 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
         agree = None
         if not info.simulated and (run.precision != "fp32" or run.backend != "onnxruntime"):
             agree = _agreement(backend, model, samples, run)
-        with BatchingSUT(
-            backend, samples, run.batch_size, run.streams, run.deque_timeout_us
-        ) as sut:
+        sampler = gpu_sampler([run.device], info.simulated)
+        with (
+            BatchingSUT(
+                backend, samples, run.batch_size, run.streams, run.deque_timeout_us
+            ) as sut,
+            sampler,
+        ):
             ctx = _Context(run, spec, sut, warm, spec.out_dir)
             outcome = SCENARIOS[spec.scenario](ctx)
         info = backend.info()
-    return _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
+    result = _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
+    return replace(result, gpu=sampler.telemetry())
+
+
+def gpu_sampler(devices: list[str], simulated: bool) -> GpuSampler:
+    """The telemetry sampler of the GPUs a measurement runs on: one that samples nothing on
+    a CPU, on a simulated backend, or where NVML is absent (the reason is logged)."""
+    if simulated or any(cuda_ordinal(d) is None for d in devices):
+        return GpuSampler([])
+    sampler = sampler_for(devices)
+    if sampler.error:
+        log.info("%s", sampler.error)
+    return sampler
 
 
 def _offline(ctx: _Context) -> Outcome:
@@ -144,7 +163,8 @@ def _predicted_max_qps(ctx: _Context, upper: float) -> float | None:
 SCENARIOS: dict[str, Callable[[_Context], Outcome]] = {"offline": _offline, "server": _server}
 
 
-def _samples(run: RunConfig, model: ModelInfo) -> SampleSet:
+def load_samples(run: RunConfig, model: ModelInfo) -> SampleSet:
+    """The QSL's samples: the data folder's, else synthetic ones."""
     if run.data_dir is not None:
         return load_sample_folder(run.data_dir, model, run.samples)
     count = run.samples or default_sample_count(model)
@@ -155,7 +175,7 @@ def _batch_indices(samples: SampleSet, batch: int, offset: int = 0) -> np.ndarra
     return (np.arange(batch, dtype=np.intp) + offset) % samples.count
 
 
-def _warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
+def run_warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
     """One untimed batch per stream, then all streams at once for WARMUP_S (an estimate)."""
     latencies: list[float] = []
     rates = [0.0] * run.streams
@@ -268,7 +288,8 @@ def _result(
         variant_sha256=variant.sha256,
         variant_path=str(variant.path),
         variant_build_s=round(variant.build_seconds, 4),
-        engine_cached=variant.cached,
+        # An engine-building backend (TensorRT) says whether it found its engine cached.
+        engine_cached=bool(info.details.get("engine_cached", variant.cached)),
         backend=run.backend,
         device=info.device,
         precision=run.precision,

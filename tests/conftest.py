@@ -15,7 +15,7 @@ from tests.pg import PostgresServer, find_bin_dir
 
 def _has_cuda() -> bool:
     try:
-        import torch  # type: ignore[import-not-found]
+        import torch
 
         return bool(torch.cuda.is_available())
     except Exception:

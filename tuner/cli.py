@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli_common import (
     Parser,
@@ -23,8 +24,13 @@ from harness.cli_common import (
     setup_logging,
 )
 from harness.config import check_int
+from harness.errors import ConfigError
 from tuner.config import DEFAULT_STORAGE, OBJECTIVES, SAMPLERS
 from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
+
+if TYPE_CHECKING:
+    from tuner.config import StudyConfig
+    from tuner.workers import GpuGroup
 
 STORAGE_ENV = "TUNER_STORAGE"
 log = logging.getLogger("tuner")
@@ -75,7 +81,11 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
     _storage_flag(p)
     g = p.add_argument_group("model and device")
     g.add_argument("--model", help="built-in (resnet50, mobilenet, tiny) or an ONNX path")
-    g.add_argument("--backend", help="onnxruntime (default) or null (simulated, for tests)")
+    g.add_argument(
+        "--backend",
+        help="onnxruntime (default, CPU or CUDA), tensorrt (NVIDIA GPU, the gpu extra), torch "
+        "(CUDA or CPU, the torch extra), null or replay (simulated, for tests and benchmarks)",
+    )
     g.add_argument("--device", help="cpu (default), cuda or cuda:N")
     g.add_argument("--threads", type=int, help="intra-op threads per stream")
     g.add_argument("--data", dest="data_dir", type=Path, help="folder of .npy/.npz samples")
@@ -151,6 +161,11 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="local worker processes sharing the study (default 1)",
     )
+    g.add_argument(
+        "--gpus",
+        help="all, or nvidia-smi indices like 0,2: one worker per GPU (GPU backends); GPUs of "
+        "one model share a study, each model gets its own",
+    )
     _heartbeat_flag(g)
     g = p.add_argument_group("files")
     g.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
@@ -190,6 +205,28 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
     p.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
     p.set_defaults(action=_worker)
+
+
+def add_system(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "system",
+        parents=[common_flags()],
+        help="measure the best configuration on several GPUs at once",
+        description="Run the study's best per-GPU configuration on all the selected GPUs "
+        "together as one LoadGen test (one backend, its streams and batcher per GPU, one SUT "
+        "dispatching to them), print the system score and each GPU's share, and store it on "
+        "the study as `system_result`.",
+    )
+    _storage_flag(p)
+    p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
+    p.add_argument("--gpus", default="all", help="all (default), or nvidia-smi indices like 0,2")
+    p.add_argument("--scenario", choices=("offline", "server"), help="default: the study's")
+    p.add_argument("--latency-ms", type=float, help="Server latency bound (default: the study's)")
+    p.add_argument("--duration-s", type=float, help="LoadGen min duration (default: the study's)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="give up after this many s")
+    p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
+    p.add_argument("--runs-dir", type=Path, help="LoadGen logs (default runs/)")
+    p.set_defaults(action=_system)
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -256,6 +293,7 @@ def add_dashboard(sub: argparse._SubParsersAction) -> None:
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "optimize": add_optimize,
     "worker": add_worker,
+    "system": add_system,
     "export": add_export,
     "report": add_report,
     "studies": add_studies,
@@ -327,10 +365,12 @@ def _optimize(args: argparse.Namespace) -> int:
     # The progress lines of `optimize` say what Optuna's INFO log would, once; -q means quiet.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
     check_int("--workers", args.workers, 1)
-    prepared = prepare(cfg, args.heartbeat_s)
     say: Callable[[str], None] = (
         (lambda _: None) if args.quiet else (lambda line: log.info("%s", line))
     )
+    if args.gpus is not None:
+        return _optimize_gpus(args, cfg, say)
+    prepared = prepare(cfg, args.heartbeat_s)
     if args.workers > 1:
         from tuner.workers import run_workers
 
@@ -367,6 +407,83 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimize_gpus(args: argparse.Namespace, cfg: StudyConfig, say: Callable[[str], None]) -> int:
+    """`optimize --gpus`: one study per GPU model, one worker per GPU (CUDA_VISIBLE_DEVICES
+    set to it, device cuda:0 inside), all at once; then each study's confirmation, on a GPU of
+    its model."""
+    from dataclasses import replace
+
+    from harness import gpus as nvml
+    from harness.models import resolve_model
+    from tuner.confirm import confirm
+    from tuner.study import Prepared, study_name
+    from tuner.summary import render_summary
+    from tuner.workers import (
+        SIMULATED_GPU_BACKENDS,
+        check_gpu_backend,
+        gpu_commands,
+        group_by_model,
+        prepare_elsewhere,
+        run_processes,
+        select_gpus,
+        visible_devices,
+    )
+
+    check_gpu_backend(cfg.backend)
+    if args.workers != 1:
+        raise ConfigError("--workers: --gpus starts one worker per GPU; give one or the other")
+    if args.device not in (None, "cuda", "cuda:0"):
+        raise ConfigError(
+            f"--device: each --gpus worker runs on cuda:0 of its own GPU, not {args.device!r}"
+        )
+    found = nvml.discover()
+    groups = group_by_model(select_gpus(args.gpus, found.gpus, found.reason))
+    if cfg.name and len(groups) > 1:
+        models = ", ".join(g.model for g in groups)
+        raise ConfigError(
+            f"--study: one name for GPUs of {len(groups)} models ({models}); each model gets "
+            "its own study: leave --study out or pick GPUs of one model"
+        )
+    model = resolve_model(cfg.model, cfg.cache_dir)
+    plans: list[tuple[GpuGroup, Prepared]] = []
+    for group in groups:
+        options = dict(cfg.backend_options)
+        if cfg.backend in SIMULATED_GPU_BACKENDS:  # the simulation stands in for this model
+            options["device_name"] = group.model
+        name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, group.model)
+        group_cfg = replace(cfg, name=name, device="cuda:0", backend_options=options)
+        with visible_devices(group.visible):  # the study's device is a GPU of this model
+            prepared = prepare_elsewhere(group_cfg, args.heartbeat_s)
+        plans.append((replace(group, study=name), prepared))
+        indices = ", ".join(str(g.index) for g in group.gpus)
+        say(f"study {name}: {len(group.gpus)} x {group.model} (GPU {indices})")
+
+    def summaries() -> str:
+        return "\n\n".join(render_summary(p.study, p.cfg) for _, p in plans)
+
+    groups = [g for g, _ in plans]
+    code = run_processes(
+        gpu_commands(
+            groups, cfg.storage, cfg.cache_dir, cfg.runs_dir, args.heartbeat_s, args.quiet
+        )
+    )
+    if code != 0:
+        print(summaries())
+        return code
+    try:
+        for group, prepared in plans:
+            with visible_devices(group.visible):
+                confirm(prepared, say)
+    except KeyboardInterrupt:
+        return _interrupted(
+            summaries(),
+            "interrupted while confirming the best configurations; the runs measured so far "
+            "are kept: re-run the same command to finish",
+        )
+    print(summaries())
+    return 0
+
+
 def _interrupted(summary: str, message: str) -> int:
     """Ctrl-C: print what was finished, say what happened, exit 130."""
     print(summary)
@@ -398,6 +515,32 @@ def _worker(args: argparse.Namespace) -> int:
         say("interrupted: the running trial is stored as FAIL (interrupted)")
         return 130
     say(f"done: ran {ran} trial(s)")
+    return 0
+
+
+def _system(args: argparse.Namespace) -> int:
+    import optuna
+
+    from harness import gpus as nvml
+    from tuner.system import SystemRequest, render, run_system
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
+    request = SystemRequest(
+        storage=_storage(args),
+        study=args.study,
+        gpus=args.gpus,
+        scenario=args.scenario,
+        latency_ms=args.latency_ms,
+        duration_s=args.duration_s,
+        timeout_s=args.timeout_s,
+        quiet=args.quiet,
+    )
+    local = {"cache_dir": args.cache_dir or default_cache_dir(), "runs_dir": args.runs_dir}
+    found = nvml.discover()
+    result = run_system(
+        request, found.gpus, found.reason, local, lambda line: log.info("%s", line)
+    )
+    print(render(result))
     return 0
 
 

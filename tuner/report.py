@@ -41,7 +41,12 @@ _TAIL = (
     "trial_seconds",
 )
 _INT_COLUMNS = ("number", "batch_size", "streams", "deque_timeout_us", "duplicate_of")
-PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "int8": "tab:green"}
+PRECISION_COLORS = {
+    "fp32": "tab:blue",
+    "fp16": "tab:orange",
+    "bf16": "tab:red",
+    "int8": "tab:green",
+}
 STREAM_STYLES = (("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--"))
 INSTALL_HINT = "plots need matplotlib: pip install 'batch-tuner[report]'"
 

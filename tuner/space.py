@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from harness.backends import Backend
+from harness.config import PRECISIONS
 from harness.errors import ConfigError
 from tuner.config import StudyConfig
 
@@ -115,7 +116,7 @@ def resolve_space(cfg: StudyConfig, backend: type[Backend]) -> SearchSpace:
     return SearchSpace(
         batch_sizes=_with(batch_sizes, 1),
         streams=_with(streams, 1),
-        precisions=tuple(sorted({*precisions, "fp32"}, key=("fp32", "fp16", "int8").index)),
+        precisions=tuple(sorted({*precisions, "fp32"}, key=PRECISIONS.index)),
         deque_timeout_us=deque,
     )
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 from harness.backends.base import Backend, BackendInfo, BackendOptions, check_precision
 from harness.backends.null import NullBackend
 from harness.backends.onnxruntime import OnnxRuntimeBackend
+from harness.backends.pytorch import TorchBackend
 from harness.backends.replay import ReplayBackend
+from harness.backends.tensorrt import TensorRTBackend
 from harness.errors import ConfigError
 
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
     NullBackend.name: NullBackend,
     ReplayBackend.name: ReplayBackend,
+    TensorRTBackend.name: TensorRTBackend,
+    TorchBackend.name: TorchBackend,
 }
 
 

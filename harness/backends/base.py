@@ -28,6 +28,8 @@ class BackendOptions:
     #: Intra-op threads per stream; None lets the backend split the cores among the streams.
     threads: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Where a backend keeps what it builds (engines, timing caches); the run's cache folder.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     #: Extra options this backend accepts in `BackendOptions.extra`.
     option_names: ClassVar[tuple[str, ...]] = ()
+    #: True when the backend runs every precision from the fp32 model, casting it itself
+    #: (torch), instead of loading the precision's ONNX variant (harness.precision).
+    casts_precision: ClassVar[bool] = False
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         unknown = sorted(set(options.extra) - set(self.option_names))

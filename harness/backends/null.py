@@ -1,6 +1,10 @@
 """A deterministic simulated backend (MLPerf's `backend_null`): a batch of n samples takes
 `latency_ms + per_sample_ms * n`, divided by the precision's speed-up, optionally jittered, on
 at most `capacity` concurrent batches. It runs no model and its results are labelled simulated.
+
+Its device is "cpu", "cuda" or "cuda:N", all simulated (no GPU is touched): a stand-in for a GPU
+backend in tests of the multi-GPU orchestration. `device_name` (e.g. "Tesla T4") names the GPU
+model it stands in for, so simulated GPUs of different models make different studies.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from harness.backends.base import Backend, BackendInfo, BackendOptions
 from harness.config import PRECISIONS
 from harness.errors import BackendError, ConfigError, OutOfMemory
 
-DEFAULT_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "int8": 3.0}
+DEFAULT_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 3.0}
 
 
 class NullBackend(Backend):
@@ -35,11 +39,17 @@ class NullBackend(Backend):
         "crash_at_batch",
         "hang_at_batch",
         "seed",
+        "device_name",
     )
 
     def __init__(self, model_path: object, options: BackendOptions) -> None:
         super().__init__(model_path, options)  # type: ignore[arg-type]
+        _check_device(options.device)
         extra = options.extra
+        name = extra.get("device_name", "")
+        if not isinstance(name, str):
+            raise ConfigError(f"backend null: device_name must be a string, got {name!r}")
+        self.device_name = name
         self.latency_ms = _non_negative(extra, "latency_ms", 1.0)
         self.per_sample_ms = _non_negative(extra, "per_sample_ms", 0.1)
         self.jitter = _non_negative(extra, "jitter", 0.0)
@@ -58,6 +68,7 @@ class NullBackend(Backend):
 
     @classmethod
     def precisions(cls, device: str) -> tuple[str, ...]:
+        _check_device(device)
         return PRECISIONS
 
     def load(self) -> None:
@@ -111,7 +122,9 @@ class NullBackend(Backend):
     def info(self) -> BackendInfo:
         return BackendInfo(
             backend=self.name,
-            device=f"simulated ({self.options.device})",
+            device=f"simulated {self.device_name} ({self.options.device})"
+            if self.device_name
+            else f"simulated ({self.options.device})",
             versions={"null": "1"},
             simulated=True,
             details={
@@ -120,6 +133,15 @@ class NullBackend(Backend):
                 "jitter": self.jitter,
                 "speedup": self.speedup,
             },
+        )
+
+
+def _check_device(device: str) -> None:
+    """cpu, cuda or cuda:N: the devices the simulation stands in for."""
+    kind, sep, number = device.partition(":")
+    if not (device in ("cpu", "cuda") or (kind == "cuda" and sep and number.isdigit())):
+        raise ConfigError(
+            f"backend null: device must be cpu, cuda or cuda:N (simulated), got {device!r}"
         )
 
 

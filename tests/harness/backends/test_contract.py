@@ -6,6 +6,7 @@ no way to run on this machine is skipped with a reason (so a new backend shows u
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -29,7 +30,10 @@ RUNNABLE: dict[str, tuple[bool, bool, dict[str, Any]]] = {
     "onnxruntime": (True, False, {"graph_optimization": "basic"}),
     "null": (False, True, {"latency_ms": 0.2, "per_sample_ms": 0.0}),
     "replay": (False, True, {"seed": 3}),
+    "torch": (True, False, {"cuda_graphs": False}),
 }
+#: Backends whose runtime is an optional extra: (modules it imports, the extra).
+OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {"torch": (("torch", "onnx2torch"), "torch")}
 
 Factory = Callable[..., Backend]
 
@@ -39,6 +43,9 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name not in RUNNABLE:
         pytest.skip(f"backend {name} has no contract case runnable on this machine")
+    modules, extra = OPTIONAL.get(name, ((), ""))
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        pytest.skip(f"backend {name} needs {', '.join(modules)} (the {extra} extra)")
     return name
 
 

@@ -1,0 +1,246 @@
+"""GPU-free parts of the TensorRT backend: device and option parsing, engine cache keys and
+paths, optimization-profile shapes, atomic writes, and the mapping of TensorRT / CUDA failures
+onto the project's errors (out of memory becomes `OutOfMemory`, so a trial fails as "out of
+memory"). Also the CUDA-graph calls, made through the CUDA driver with ctypes because the
+released pycuda (2026.1) wraps no stream capture; libcuda is opened only when graphs are used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
+from harness.models.info import ModelInfo
+
+PRECISIONS = ("fp32", "fp16", "int8")
+KEY_VERSION = 1
+"""Bump when the build recipe changes, so engines built by the old one are not reused."""
+INSTALL_HINT = "install the gpu extra: pip install 'batch-tuner[gpu]'"
+_OOM = re.compile(
+    r"out of memory|out_of_memory|outofmemory|memoryallocation|could not be allocated"
+    r"|not (be )?enough (free )?memory|insufficient (device )?memory",
+    re.IGNORECASE,
+)
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def parse_cuda_device(device: str) -> int:
+    """'cuda' -> 0, 'cuda:N' -> N; anything else (cpu included) is a ConfigError naming it."""
+    kind, sep, index = device.partition(":")
+    if kind == "cuda" and (not sep or index.isdigit()):
+        return int(index or 0)
+    raise ConfigError(f"device: backend tensorrt runs on cuda or cuda:N, not {device!r}")
+
+
+@dataclass(frozen=True)
+class TrtSettings:
+    """The backend's extra options, validated: where engines are cached, the builder's
+    workspace limit (None: TensorRT's default, the device memory) and CUDA graphs."""
+
+    cache_dir: Path = Path(".cache")
+    workspace_mb: int | None = None
+    cuda_graphs: bool = False
+
+
+def parse_settings(extra: Mapping[str, Any]) -> TrtSettings:
+    cache_dir = extra.get("cache_dir", ".cache")
+    if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
+        raise ConfigError(f"backend tensorrt: cache_dir must be a folder path, got {cache_dir!r}")
+    workspace = extra.get("workspace_mb")
+    if workspace is not None and (
+        isinstance(workspace, bool) or not isinstance(workspace, int) or workspace < 1
+    ):
+        raise ConfigError(
+            f"backend tensorrt: workspace_mb must be an integer >= 1, got {workspace!r}"
+        )
+    graphs = extra.get("cuda_graphs", False)
+    if not isinstance(graphs, bool):
+        raise ConfigError(f"backend tensorrt: cuda_graphs must be true or false, got {graphs!r}")
+    return TrtSettings(Path(cache_dir), workspace, graphs)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What an engine depends on; equal keys may share one serialized engine file."""
+
+    model_sha256: str
+    precision: str
+    max_batch: int
+    gpu_name: str
+    compute_capability: tuple[int, int]
+    trt_version: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([KEY_VERSION, *astuple(self)]).encode()).hexdigest()
+
+    def engine_path(self, cache_dir: Path) -> Path:
+        """`cache_dir/engines/<precision>-b<batch>-<gpu>-sm<cc>-trt<version>-<digest>.plan`."""
+        name = (
+            f"{self.precision}-b{self.max_batch}-{_slug(self.gpu_name)}-sm{_cc(self)}"
+            f"-trt{self.trt_version}-{self.digest()[:16]}.plan"
+        )
+        return Path(cache_dir) / "engines" / name
+
+    def timing_cache_path(self, cache_dir: Path) -> Path:
+        """One timing cache per GPU model and TensorRT version, shared by all models."""
+        name = f"timing-{_slug(self.gpu_name)}-sm{_cc(self)}-trt{self.trt_version}.cache"
+        return Path(cache_dir) / "engines" / name
+
+
+def _cc(key: EngineKey) -> str:
+    return "".join(str(v) for v in key.compute_capability)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "gpu"
+
+
+def profile_shapes(model: ModelInfo, max_batch: int) -> Shapes:
+    """min / opt / max shape of every input: batch 1 .. max_batch, optimized for max_batch."""
+    return {
+        t.name: ((1, *t.sample_shape), (max_batch, *t.sample_shape), (max_batch, *t.sample_shape))
+        for t in model.inputs
+    }
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path` (readers and
+    concurrent writers of the same key never see a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def import_runtime() -> tuple[Any, Any]:
+    """`(tensorrt, pycuda.driver)`, or BackendUnavailable saying which extra to install."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there, libnvinfer is not
+        raise BackendUnavailable(
+            f"backend tensorrt: cannot import tensorrt ({_one_line(exc)}); {INSTALL_HINT}"
+        ) from exc
+    try:
+        import pycuda.driver as cuda
+    except (ImportError, OSError) as exc:
+        raise BackendUnavailable(
+            f"backend tensorrt: cannot import pycuda ({_one_line(exc)}); {INSTALL_HINT}"
+        ) from exc
+    return tensorrt, cuda
+
+
+def numpy_dtype(nptype: Callable[[Any], Any], trt_dtype: Any, tensor: str) -> np.dtype:
+    """The NumPy dtype of a TensorRT tensor (`trt.nptype`), BackendError where it has none."""
+    try:
+        return np.dtype(nptype(trt_dtype))
+    except TypeError as exc:
+        raise BackendError(
+            f"tensorrt: tensor {tensor!r} has type {trt_dtype}, which has no NumPy equivalent"
+        ) from exc
+
+
+def is_out_of_memory(text: str) -> bool:
+    return bool(_OOM.search(text))
+
+
+def backend_error(
+    what: str, exc: BaseException | None = None, log: Iterable[str] = ()
+) -> BackendError:
+    """OutOfMemory when `exc` (pycuda's or Python's MemoryError, or its text) or one of the
+    TensorRT error `log` lines says the device ran out of memory; BackendError otherwise."""
+    lines = list(log)
+    text = _one_line(exc) if exc is not None else (lines[-1] if lines else "no detail")
+    oom = exc is not None and (type(exc).__name__ == "MemoryError" or isinstance(exc, MemoryError))
+    oom = oom or is_out_of_memory(text) or any(is_out_of_memory(line) for line in lines)
+    if oom:
+        detail = next((line for line in lines if is_out_of_memory(line)), text)
+        return OutOfMemory(f"out of memory: tensorrt: {what}: {_one_line(detail)}")
+    return BackendError(f"tensorrt: {what}: {text}")
+
+
+def parser_error(model: Path, errors: Iterable[str]) -> ModelError:
+    found = [_one_line(e) for e in errors] or ["no error reported"]
+    return ModelError(
+        f"tensorrt cannot parse {model.name}: {len(found)} error(s): " + " | ".join(found)
+    )
+
+
+def _one_line(value: object) -> str:
+    text = " ".join(str(value).split()) or type(value).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class CudaGraphs:
+    """Capture and replay of CUDA graphs on a stream, through the CUDA driver API
+    (cuStreamBeginCapture_v2, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch)."""
+
+    THREAD_LOCAL = 1  # CU_STREAM_CAPTURE_MODE_THREAD_LOCAL: other threads' streams run on
+
+    def __init__(self, library: str = "libcuda.so.1") -> None:
+        try:
+            self._lib = ctypes.CDLL(library)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"backend tensorrt: cuda_graphs needs {library} ({exc})"
+            ) from exc
+        p, ptr = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+        signatures: dict[str, list[Any]] = {
+            "cuStreamBeginCapture_v2": [p, ctypes.c_int],
+            "cuStreamEndCapture": [p, ptr],
+            "cuGraphInstantiateWithFlags": [ptr, p, ctypes.c_ulonglong],
+            "cuGraphLaunch": [p, p],
+            "cuGraphDestroy": [p],
+            "cuGraphExecDestroy": [p],
+            "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+        }
+        for name, argtypes in signatures.items():
+            func = getattr(self._lib, name)
+            func.argtypes, func.restype = argtypes, ctypes.c_int
+
+    def capture(self, stream_handle: int, enqueue: Callable[[], None]) -> int:
+        """Record what `enqueue()` puts on the stream; returns an executable graph handle."""
+        stream = ctypes.c_void_p(stream_handle)
+        self._check("cuStreamBeginCapture_v2", stream, self.THREAD_LOCAL)
+        graph = ctypes.c_void_p()
+        try:
+            enqueue()
+        finally:
+            self._check("cuStreamEndCapture", stream, ctypes.byref(graph))
+        executable = ctypes.c_void_p()
+        try:
+            self._check("cuGraphInstantiateWithFlags", ctypes.byref(executable), graph, 0)
+        finally:
+            self._check("cuGraphDestroy", graph)
+        return int(executable.value or 0)
+
+    def launch(self, executable: int, stream_handle: int) -> None:
+        self._check("cuGraphLaunch", ctypes.c_void_p(executable), ctypes.c_void_p(stream_handle))
+
+    def destroy(self, executable: int) -> None:
+        self._check("cuGraphExecDestroy", ctypes.c_void_p(executable))
+
+    def _check(self, name: str, *args: Any) -> None:
+        code = getattr(self._lib, name)(*args)
+        if code:
+            text = ctypes.c_char_p()
+            self._lib.cuGetErrorName(code, ctypes.byref(text))
+            label = text.value.decode() if text.value else f"CUresult {code}"
+            raise backend_error(f"CUDA graph: {name}", RuntimeError(label))
