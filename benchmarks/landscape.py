@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--precisions", type=_strs)
     parser.add_argument("--deque-timeouts-us", type=_ints)
     parser.add_argument("--latency-ms", type=float)
+    parser.add_argument("--percentile", type=float)
+    parser.add_argument("--min-queries", type=int)
     parser.add_argument("--duration-s", type=float)
     args = parser.parse_args()
     cfg = config.build(
@@ -91,6 +93,8 @@ def main() -> int:
         precisions=args.precisions,
         deque_timeout_us=args.deque_timeouts_us,
         latency_ms=args.latency_ms,
+        percentile=args.percentile,
+        min_queries=args.min_queries,
         duration_s=args.duration_s,
         cache_dir=default_cache_dir(),
         runs_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "landscape-runs",

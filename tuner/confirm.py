@@ -138,7 +138,8 @@ def _measure_again(
     name = study.study_name
     run, spec = trial_configs(cfg, Params.from_mapping(trial.params), name, trial.number)
     spec = replace(spec, out_dir=cfg.runs_dir / name / f"confirm-{trial.number:04d}-{index}")
-    outcome = measure_in_child(run, spec, cfg.trial_timeout_s)
+    measure = prepared.measure or measure_in_child
+    outcome = measure(run, spec, cfg.trial_timeout_s)
     unit = "samples/s" if cfg.scenario == "offline" else "QPS"
     what = f"confirm trial {trial.number} run {index}/{cfg.confirm_runs}"
     if outcome.result is None:

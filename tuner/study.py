@@ -25,6 +25,7 @@ from harness.models import resolve_model
 from tuner.child import ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import budget_used, committed, exclusive, run_trials
+from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
 
@@ -52,15 +53,24 @@ def study_name(model: str, scenario: str, backend: str, device: str) -> str:
     return f"{model}-{scenario}-{backend}-{slug}"
 
 
+#: How a trial is measured: (run, spec, timeout_s) -> outcome. None on a `Prepared` means
+#: `measure_in_child` (the real harness in a child process); benchmarks that replay a
+#: landscape pass their own (tuner.replay).
+Measure = Callable[[RunConfig, ScenarioSpec, float], ChildOutcome]
+
+
 @dataclass(frozen=True)
 class Prepared:
     cfg: StudyConfig
     study: optuna.Study
     space: SearchSpace
     attrs: dict[str, Any]
+    measure: Measure | None = None
 
 
-def prepare(cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S) -> Prepared:
+def prepare(
+    cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S, measure: Measure | None = None
+) -> Prepared:
     """Validate everything, then create or load the study and enqueue its starting points."""
     backend_cls = get_backend(cfg.backend)
     space = resolve_space(cfg, backend_cls)
@@ -129,7 +139,7 @@ def prepare(cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S) -> Prepared:
             study.enqueue_trial(point, skip_if_exists=True)
         if cfg.sampler == "grid":
             _enqueue_grid(study, space, cfg)
-    return Prepared(cfg, study, space, attrs)
+    return Prepared(cfg, study, space, attrs, measure)
 
 
 def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> None:
@@ -167,22 +177,30 @@ def _engine_key(point: Mapping[str, Any]) -> tuple[str, int]:
 
 
 def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    if cfg.sampler in ("grid", "random"):  # grid points are enqueued trials (see prepare)
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    startup = max(3, min(10, cfg.trials // 3))
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=True)
+    """TPE or random sampling, never proposing a configuration the study already holds
+    (tuner.sampling); grid points are enqueued trials (see prepare)."""
+    inner: optuna.samplers.BaseSampler
+    if cfg.sampler in ("grid", "random"):
+        inner = optuna.samplers.RandomSampler(seed=cfg.seed)
+    else:
+        startup = max(3, min(10, cfg.trials // 3))
+        inner = optuna.samplers.TPESampler(
+            seed=cfg.seed, n_startup_trials=startup, multivariate=True
+        )
+    return NoRepeatSampler(inner, space, seed=cfg.seed)
 
 
 def optimize(
     cfg: StudyConfig,
     on_trial: Callable[[str], None] | None = None,
     heartbeat_s: int = HEARTBEAT_S,
+    measure: Measure | None = None,
 ) -> Prepared:
     """Run the study until its trial budget (or `cfg.timeout_s`) is spent, then confirm the
     best configurations (tuner.confirm)."""
     from tuner.confirm import confirm
 
-    prepared = prepare(cfg, heartbeat_s)
+    prepared = prepare(cfg, heartbeat_s, measure)
     say = on_trial or (lambda line: log.info("%s", line))
     work(prepared, say)
     confirm(prepared, say)
@@ -223,7 +241,8 @@ class _Objective:
         if duplicate is not None:
             return _reuse(trial, duplicate)
         run, spec = trial_configs(cfg, params, self.prepared.study.study_name, trial.number)
-        outcome = measure_in_child(run, spec, cfg.trial_timeout_s)
+        measure = self.prepared.measure or measure_in_child
+        outcome = measure(run, spec, cfg.trial_timeout_s)
         trial.set_user_attr("trial_seconds", round(outcome.seconds, 2))
         if outcome.result is None:
             trial.set_user_attr("failure", outcome.failure)
@@ -302,6 +321,8 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
             agreement_max_abs_error=agreement.get("max_abs_error"),
             agreement_samples=agreement.get("samples"),
         )
+    if result.get("gpu") is not None:  # GPU telemetry (harness.gpus); absent on CPU
+        attrs["gpu"] = result["gpu"]
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     top1 = agreement.get("top1")

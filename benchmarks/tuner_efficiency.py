@@ -1,0 +1,212 @@
+"""How cheaply does each search strategy find the best configuration of a recorded landscape?
+
+The tuner's own study code (`tuner.study.optimize`: samplers, enqueued baseline, duplicate reuse,
+confirmation, SQLite storage) runs on each landscape of `benchmarks/landscapes/`, its trials
+answered by `tuner.replay.LandscapeReplay` (a recorded repeat drawn at random, so the recorded
+noise is in it). For every strategy and seed it runs two studies:
+
+- a long one (budget = the grid's size, no confirmation): the number of trials until the first
+  one whose configuration is truly within 2% of the landscape's best ("trials to 98%"; the true
+  value of a configuration is the median of its recorded repeats);
+- one with the default budget and confirmation, as `python -m tuner optimize` runs: the true
+  value of what it finally declares best, as a share of the true best.
+
+The studies live in Optuna's in-memory storage (SQLite commits every user attribute and would
+make this an hour's run); nothing else of the study code is replaced.
+
+    python benchmarks/tuner_efficiency.py                      # every landscape, 20 seeds
+    python benchmarks/tuner_efficiency.py --seeds 5 --landscape benchmarks/landscapes/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import tuner.study
+from tuner.config import SAMPLERS, Space, StudyConfig
+from tuner.replay import LandscapeReplay, params_of
+from tuner.study import best_trial, optimize
+
+HERE = Path(__file__).resolve().parent
+#: Within this share of the true best counts as found.
+NEAR = 0.98
+DEFAULT = StudyConfig().sampler
+
+
+def study_config(
+    path: Path, data: dict[str, Any], sampler: str, seed: int, trials: int, confirm: bool, db: Path
+) -> StudyConfig:
+    space = data["space"]
+    deque = space.get("deque_timeout_us")
+    return StudyConfig(
+        name=f"{path.stem}-{sampler}-{seed}-{trials}",
+        storage=f"sqlite:///{db}",
+        trials=trials,
+        sampler=sampler,
+        seed=seed,
+        confirm_runs=StudyConfig().confirm_runs if confirm else 0,
+        model=data["model"],
+        backend="replay",
+        backend_options={"landscape": str(path)},
+        scenario=data["scenario"],
+        latency_ms=data.get("latency_ms") or StudyConfig().latency_ms,
+        percentile=data.get("percentile") or StudyConfig().percentile,
+        space=Space(
+            batch_sizes=tuple(space["batch_size"]),
+            streams=tuple(space["streams"]),
+            precisions=tuple(space["precision"]),
+            deque_timeout_us=tuple(deque) if deque else None,
+        ),
+        runs_dir=db.parent / "runs",
+    )
+
+
+def trials_to_near(study: optuna.Study, replay: LandscapeReplay, floor: float, best: float) -> int:
+    """1-based count of trials until one truly within NEAR of `best`; 0 when none was."""
+    for count, trial in enumerate(sorted(study.get_trials(), key=lambda t: t.number), 1):
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
+        if params and replay.truth(params, floor) >= NEAR * best:
+            return count
+    return 0
+
+
+def in_memory(url: str, **_: Any) -> optuna.storages.InMemoryStorage:
+    """A fresh in-memory storage for each study, in place of `tuner.storage.open_storage`."""
+    return optuna.storages.InMemoryStorage()
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def run_landscape(
+    path: Path, strategies: list[str], seeds: int, budget: int, work: Path
+) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    probe = LandscapeReplay(path)
+    floor = StudyConfig().accuracy_floor
+    best_key, best = probe.best(floor)
+    grid = len(probe.repeats)
+    near = sum(probe.truth(params_of(k), floor) >= NEAR * best for k in probe.repeats)
+    print(
+        f"\n{path.name}: {data['scenario']}, {grid} configurations, true best {best:,.2f} "
+        f"({best_key[0]}, batch {best_key[1]}, {best_key[2]} stream(s)"
+        f"{'' if best_key[3] is None else f', deque {best_key[3]} us'}); "
+        f"{near} configuration(s) within {1 - NEAR:.0%} of it",
+        flush=True,
+    )
+    rows: dict[str, Any] = {}
+    for sampler in strategies:
+        started = time.monotonic()
+        reached: list[float] = []
+        declared: list[float] = []
+        measurements: list[int] = []
+        builds: list[int] = []
+        for seed in range(seeds):
+            db = work / f"{path.stem}-{sampler}-{seed}.db"
+            long_cfg = study_config(path, data, sampler, seed, grid, False, db)
+            replay = LandscapeReplay(path, seed)
+            prepared = optimize(long_cfg, on_trial=lambda line: None, measure=replay)
+            count = trials_to_near(prepared.study, replay, floor, best)
+            reached.append(count if count else math.inf)
+
+            cfg = replace(long_cfg, name=f"{long_cfg.name}-short", trials=budget)
+            cfg = replace(cfg, confirm_runs=StudyConfig().confirm_runs)
+            replay = LandscapeReplay(path, 1000 + seed)
+            prepared = optimize(cfg, on_trial=lambda line: None, measure=replay)
+            winner = best_trial(prepared.study)
+            declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
+            measurements.append(replay.calls)
+            builds.append(len(replay._engines))
+        label = f"{sampler} (default)" if sampler == DEFAULT else sampler
+        row = {
+            "median_trials": statistics.median(reached),
+            "p90_trials": nearest_rank(reached, 0.9),
+            "reached": sum(math.isfinite(r) for r in reached),
+            "declared_median": statistics.median(declared),
+            "declared_min": min(declared),
+            "declared_ok": sum(d >= NEAR for d in declared),
+            "measurements": statistics.median(measurements),
+            "engines": statistics.median(builds),
+            "seconds": round(time.monotonic() - started, 1),
+            "trials_to_near": reached,
+            "declared": declared,
+        }
+        rows[sampler] = row
+        print(_line(label, row, grid, seeds, budget), flush=True)
+    return {"grid": grid, "best": best, "best_config": best_key, "strategies": rows}
+
+
+def _trials(value: float, grid: int) -> str:
+    if not math.isfinite(value):
+        return f">{grid} (not reached)"
+    return f"{value:g} ({value / grid:.0%})"
+
+
+def _line(name: str, row: dict[str, Any], grid: int, seeds: int, budget: int) -> str:
+    return (
+        f"  {name:<15} trials to {NEAR:.0%}: median {_trials(row['median_trials'], grid)}, "
+        f"p90 {_trials(row['p90_trials'], grid)}, reached in {row['reached']}/{seeds} | "
+        f"declared best after {budget} trials + confirmation: median "
+        f"{row['declared_median']:.1%}, worst {row['declared_min']:.1%}, >= {NEAR:.0%} in "
+        f"{row['declared_ok']}/{seeds}; {row['measurements']:g} measurements, "
+        f"{row['engines']:g} engines | {row['seconds']:.0f} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--landscape",
+        type=Path,
+        action="append",
+        help="landscape JSON (repeatable; default: every file in benchmarks/landscapes)",
+    )
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument(
+        "--strategies",
+        default=",".join(SAMPLERS),
+        help=f"comma-separated samplers (default: all of {', '.join(SAMPLERS)}; the default "
+        f"strategy is {DEFAULT})",
+    )
+    parser.add_argument("--budget", type=int, default=StudyConfig().trials)
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for name in strategies:
+        if name not in SAMPLERS:
+            parser.error(f"--strategies: unknown {name!r} (valid: {', '.join(SAMPLERS)})")
+    paths = args.landscape or sorted((HERE / "landscapes").glob("*.json"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tuner.study.open_storage = in_memory  # type: ignore[assignment]
+    logging.getLogger("tuner").setLevel(logging.WARNING)
+    print(
+        f"{args.seeds} seeds per strategy; the default strategy is {DEFAULT}; budget "
+        f"{args.budget} trials, confirmation {StudyConfig().confirm_runs} more runs of the top "
+        f"{StudyConfig().confirm_top}; target for the default: median <= max(10% of the grid, 6) "
+        f"trials, p90 <= max(20%, 10), declared >= {NEAR:.0%} of the true best in >= 19/20 seeds"
+    )
+    results = {}
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as t:
+        for path in paths:
+            results[path.name] = run_landscape(path, strategies, args.seeds, args.budget, Path(t))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

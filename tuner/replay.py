@@ -1,0 +1,137 @@
+"""Replayed trials: answer a trial from a recorded landscape (`benchmarks/landscape.py`) instead
+of running the harness, so the tuner's own study code (samplers, duplicate reuse, confirmation)
+runs hundreds of times in minutes (`benchmarks/tuner_efficiency.py`).
+
+Each answer is one of the configuration's recorded repeats, drawn at random: the landscape's own
+noise, nothing invented. Results are marked `simulated` and their device `(replayed)`. The
+`replay` backend (harness/backends/replay.py) is the other half: it replays a landscape's
+latencies through the real SUT and LoadGen, for the Server search benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.backends.replay import read_landscape
+from harness.config import RunConfig, ScenarioSpec
+from harness.errors import ConfigError
+from tuner.child import ChildOutcome
+
+#: A configuration as a landscape point names it: (precision, batch_size, streams, deque_us);
+#: deque_us is None in landscapes whose space has no deque timeouts (Offline).
+Key = tuple[str, int, int, int | None]
+
+
+class LandscapeReplay:
+    """A `tuner.study.Measure` answering from `path`; `seed` drives the draws."""
+
+    def __init__(self, path: Path, seed: int = 0) -> None:
+        self.path = Path(path)
+        self.data = read_landscape(self.path)
+        self.offline = self.data.get("scenario") == "offline"
+        self.deque = "deque_timeout_us" in (self.data.get("space") or {})
+        self.repeats: dict[Key, list[dict[str, Any]]] = {}
+        for point in self.data["points"]:
+            recorded = [r for r in point.get("repeats", []) if isinstance(r, dict)]
+            if recorded:
+                self.repeats[self.key(point["params"])] = recorded
+        if not self.repeats:
+            raise ConfigError(f"replay: landscape {self.path} has no recorded repeats")
+        self._rng = random.Random(seed)
+        self._engines: set[tuple[str, int]] = set()
+        self.calls = 0
+
+    def key(self, params: Mapping[str, Any]) -> Key:
+        deque = params.get("deque_timeout_us") if self.deque else None
+        return (
+            str(params["precision"]),
+            int(params["batch_size"]),
+            int(params["streams"]),
+            None if deque is None else int(deque),
+        )
+
+    def truth(self, params: Mapping[str, Any], accuracy_floor: float = 0.0) -> float:
+        """The configuration's true objective: the median over its recorded repeats of what a
+        trial would score (0 for a failed or INVALID repeat, or one below the accuracy floor)."""
+        found = self.repeats.get(self.key(params))
+        if not found:
+            raise ConfigError(f"replay: {dict(params)} is not in landscape {self.path}")
+        return statistics.median(_objective(r, accuracy_floor) for r in found)
+
+    def best(self, accuracy_floor: float = 0.0) -> tuple[Key, float]:
+        """The landscape's true best configuration and its value."""
+        values = {k: self.truth(params_of(k), accuracy_floor) for k in self.repeats}
+        key = max(values, key=lambda k: values[k])
+        return key, values[key]
+
+    def __call__(self, run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+        self.calls += 1
+        params = {
+            "precision": run.precision,
+            "batch_size": run.batch_size,
+            "streams": run.streams,
+            "deque_timeout_us": run.deque_timeout_us,
+        }
+        found = self.repeats.get(self.key(params))
+        if not found:
+            return ChildOutcome(None, "error", f"not in landscape {self.path.name}: {params}")
+        repeat = self._rng.choice(found)
+        seconds = float(repeat.get("seconds") or 0.0)
+        if "score" not in repeat:
+            failure = str(repeat.get("failure") or "error")
+            return ChildOutcome(None, failure, str(repeat.get("reason", "")), seconds)
+        engine = (run.precision, run.batch_size)
+        cached = engine in self._engines
+        self._engines.add(engine)
+        return ChildOutcome(self._result(repeat, run, cached), seconds=seconds)
+
+    def _result(self, repeat: Mapping[str, Any], run: RunConfig, cached: bool) -> dict[str, Any]:
+        """A `harness.result.Result.to_dict()`-shaped record of one recorded repeat."""
+        score = float(repeat["score"])
+        top1 = repeat.get("agreement_top1")
+        return {
+            "score": score,
+            "valid": bool(repeat["valid"]),
+            "samples_per_second": score if self.offline else None,
+            "qps": None if self.offline else score,
+            "latency_ms": {"p50": repeat.get("p50_ms"), "p99": repeat.get("p99_ms")},
+            "loadgen_runs": [],
+            "engine_build_s": 0.0 if cached else float(repeat.get("engine_build_s") or 0.0),
+            "warmup": {"batch_ms": repeat.get("warmup_batch_ms")},
+            "device": f"{self.data.get('device', 'unknown device')} (replayed)",
+            "backend": "replay",
+            "versions": dict(self.data.get("versions") or {}),
+            "simulated": True,
+            "variant_sha256": None,
+            "variant_path": None,
+            "variant_build_s": 0.0,
+            "engine_cached": cached,
+            "note": f"replayed from {self.path.name}",
+            "agreement": {"top1": top1} if top1 is not None else None,
+            "precision": run.precision,
+            "batch_size": run.batch_size,
+            "streams": run.streams,
+        }
+
+
+def _objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:
+    if "score" not in repeat or not repeat.get("valid"):
+        return 0.0
+    top1 = repeat.get("agreement_top1")
+    if top1 is not None and top1 < accuracy_floor:
+        return 0.0
+    return float(repeat["score"])
+
+
+def params_of(key: Key) -> dict[str, Any]:
+    precision, batch, streams, deque = key
+    return {
+        "precision": precision,
+        "batch_size": batch,
+        "streams": streams,
+        "deque_timeout_us": deque,
+    }

@@ -1,0 +1,111 @@
+"""Samplers that never spend a trial on a configuration the study already holds.
+
+A tuning space is small and discrete (a few dozen configurations), and every trial costs a
+LoadGen run; TPE and random sampling draw with replacement, so in a 12-trial study a quarter of
+the proposals can be repeats (seen: 3 of 12). `NoRepeatSampler` wraps any sampler: it samples
+every parameter jointly (one relative sample over the whole space) and, when the inner sampler
+proposes a configuration some trial already has (finished, running or waiting), it takes instead
+the unproposed configuration nearest to it (fewest differing parameters, then ordinal distance
+in batch size and streams), ties broken by its own seeded draw. Once every configuration is
+taken it lets repeats through; the study answers those from the earlier trial.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.space import SearchSpace
+
+
+class NoRepeatSampler(BaseSampler):
+    def __init__(self, inner: BaseSampler, space: SearchSpace, seed: int | None = None) -> None:
+        self.inner = inner
+        self.space = space
+        self._grid = space.grid()
+        self._rng = random.Random(seed)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {name: CategoricalDistribution(choices) for name, choices in self._grid.items()}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        proposed = self.inner.sample_relative(study, trial, search_space)
+        if set(proposed) != set(search_space):  # e.g. TPE before its startup trials are in
+            proposed = {
+                name: proposed[name]
+                if name in proposed
+                else self.inner.sample_independent(study, trial, name, dist)
+                for name, dist in search_space.items()
+            }
+        taken = _taken(study, trial)
+        if _key(proposed) not in taken:
+            return proposed
+        fresh = [p for p in self.space.points() if _key(p) not in taken]
+        if not fresh:
+            return proposed
+        distance = {_key(p): self._distance(proposed, p) for p in fresh}
+        nearest = min(distance.values())
+        return self._rng.choice([p for p in fresh if distance[_key(p)] == nearest])
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+        self._rng = random.Random()
+
+    def _distance(self, a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int]:
+        differing = sum(a[name] != b[name] for name in self._grid)
+        ordinal = sum(
+            abs(choices.index(a[name]) - choices.index(b[name]))
+            for name, choices in self._grid.items()
+            if name != "precision"
+        )
+        return differing, ordinal
+
+
+def _taken(study: optuna.Study, current: FrozenTrial) -> set[str]:
+    """Configurations of every other trial of the study: measured, running or enqueued."""
+    taken = set()
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == current.number:
+            continue
+        params = trial.params or trial.system_attrs.get("fixed_params")
+        if params:
+            taken.add(_key(params))
+    return taken
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
