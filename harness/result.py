@@ -32,7 +32,7 @@ class Result:
     simulated: bool
     versions: dict[str, str]
     engine_build_s: float
-    warmup: dict[str, float]
+    warmup: dict[str, float | None]
     agreement: dict[str, float] | None = None
     latency_bound_ms: float | None = None
     percentile: float | None = None

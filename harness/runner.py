@@ -37,6 +37,8 @@ log = logging.getLogger("harness")
 #: Seconds of timed warm-up (after one untimed batch per stream); sizes the Offline query and
 #: checks that one batch fits the latency bound. Never used as a score.
 WARMUP_S = 0.5
+#: One-sample batches each stream times after the warm-up of a Server search.
+SINGLE_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,18 @@ class Warmup:
     samples_per_second: float
     #: Every timed full-batch latency (seconds, all streams): the queueing model's service.
     batch_latencies_s: tuple[float, ...] = ()
+    #: Median latency of a one-sample batch under the same load (None when not measured): how
+    #: much of a batch's cost is fixed, which the queueing model needs for partial batches.
+    single_ms: float | None = None
+
+    def fixed_fraction(self, batch_size: int) -> float:
+        """Share of a full batch's latency that a batch of any size pays, from the one-sample
+        latency (t1 = tB * (f + (1 - f) / B)); 1.0 (every batch costs a full one: the
+        conservative model) when unmeasured."""
+        if self.single_ms is None or batch_size <= 1 or self.batch_ms <= 0:
+            return 1.0
+        share = (self.single_ms / self.batch_ms - 1 / batch_size) / (1 - 1 / batch_size)
+        return min(1.0, max(0.0, share))
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     with backend:
         build_s = time.perf_counter() - started
         log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, info.device, build_s)
-        warm = run_warmup(backend, samples, run)
+        warm = run_warmup(backend, samples, run, single=spec.find_max_qps)
         log.info(
             "warm-up: %.2f ms per batch of %d, ~%.1f samples/s",
             warm.batch_ms,
@@ -145,7 +159,13 @@ def _predicted_max_qps(ctx: _Context, upper: float) -> float | None:
     if not latencies or not upper > 0 or min(latencies) <= 0:
         return None
     spec, run = ctx.spec, ctx.run
-    model = SutModel(run.batch_size, run.streams, run.deque_timeout_us / 1e6, latencies)
+    model = SutModel(
+        run.batch_size,
+        run.streams,
+        run.deque_timeout_us / 1e6,
+        latencies,
+        fixed_fraction=ctx.warmup.fixed_fraction(run.batch_size),
+    )
     guess = predict_max_qps(
         model,
         spec.latency_ms,
@@ -175,9 +195,13 @@ def _batch_indices(samples: SampleSet, batch: int, offset: int = 0) -> np.ndarra
     return (np.arange(batch, dtype=np.intp) + offset) % samples.count
 
 
-def run_warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
-    """One untimed batch per stream, then all streams at once for WARMUP_S (an estimate)."""
+def run_warmup(
+    backend: Backend, samples: SampleSet, run: RunConfig, single: bool = False
+) -> Warmup:
+    """One untimed batch per stream, then all streams at once for WARMUP_S (an estimate);
+    with `single`, then SINGLE_RUNS one-sample batches per stream, all streams at once."""
     latencies: list[float] = []
+    singles: list[float] = []
     rates = [0.0] * run.streams
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -200,6 +224,13 @@ def run_warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
                 if t1 - start >= WARMUP_S:
                     break
             rates[stream] = done / (t1 - start)
+            if single and run.batch_size > 1:
+                one = samples.gather(_batch_indices(samples, 1, stream))
+                for _ in range(SINGLE_RUNS):
+                    t0 = time.perf_counter()
+                    backend.infer(one, stream)
+                    with lock:
+                        singles.append(time.perf_counter() - t0)
         except BaseException as exc:
             errors.append(exc)
             barrier.abort()
@@ -217,6 +248,7 @@ def run_warmup(backend: Backend, samples: SampleSet, run: RunConfig) -> Warmup:
         batch_ms=statistics.median(latencies) * 1000.0,
         samples_per_second=sum(rates),
         batch_latencies_s=tuple(latencies),
+        single_ms=statistics.median(singles) * 1000.0 if singles else None,
     )
 
 
@@ -298,7 +330,11 @@ def _result(
         simulated=info.simulated,
         versions={**_versions(), **info.versions},
         engine_build_s=round(build_s, 4),
-        warmup={"batch_ms": warm.batch_ms, "samples_per_second": warm.samples_per_second},
+        warmup={
+            "batch_ms": warm.batch_ms,
+            "samples_per_second": warm.samples_per_second,
+            "single_ms": warm.single_ms,
+        },
         agreement=agree.to_dict() if agree is not None else None,
         latency_bound_ms=None if offline_mode else spec.latency_ms,
         percentile=None if offline_mode else spec.percentile,

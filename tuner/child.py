@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -33,9 +34,22 @@ class ChildOutcome:
 
 def measure_in_child(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
     """`harness.measure(run, spec)` in a spawned process, killed after `timeout_s`."""
+    return call_in_child(_measure, (run, spec), timeout_s)
+
+
+def call_in_child(
+    target: Callable[..., dict[str, Any]],
+    args: tuple[Any, ...],
+    timeout_s: float | None,
+    quiet: bool = True,
+) -> ChildOutcome:
+    """`target(*args)` (a module-level function returning JSON-safe data) in a spawned process,
+    killed after `timeout_s` (None: no limit)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(run, spec, sender), name="trial", daemon=True)
+    process = context.Process(
+        target=_child, args=(target, args, quiet, sender), name="trial", daemon=True
+    )
     started = time.monotonic()
     process.start()
     sender.close()
@@ -66,17 +80,23 @@ def measure_in_child(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> Ch
     return ChildOutcome(None, message["failure"], message["reason"], seconds)
 
 
-def _child(run: RunConfig, spec: ScenarioSpec, sender: Connection) -> None:
-    """The child's body: measure, send JSON, exit. Ctrl-C is the parent's business."""
+def _measure(run: RunConfig, spec: ScenarioSpec) -> dict[str, Any]:
+    from harness.runner import measure
+
+    return measure(run, spec).to_dict()
+
+
+def _child(
+    target: Callable[..., dict[str, Any]], args: tuple[Any, ...], quiet: bool, sender: Connection
+) -> None:
+    """The child's body: run, send JSON, exit. Ctrl-C is the parent's business."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from harness.cli_common import setup_logging
     from harness.errors import OutOfMemory, TunerError
-    from harness.runner import measure
 
-    setup_logging(debug=False, quiet=True)
+    setup_logging(debug=False, quiet=quiet)
     try:
-        result = measure(run, spec)
-        message: dict[str, Any] = {"ok": True, "result": result.to_dict()}
+        message: dict[str, Any] = {"ok": True, "result": target(*args)}
     except OutOfMemory as exc:
         message = {"ok": False, "failure": "out of memory", "reason": str(exc)}
     except TunerError as exc:

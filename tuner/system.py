@@ -5,20 +5,16 @@ is measured. The result is stored on the study (`system_result`) and printed as 
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
 from typing import Any
 
 from harness.cli_common import format_table
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, ScenarioError, TunerError
 from harness.gpus import GpuInfo
+from tuner.child import call_in_child
 from tuner.config import from_stored
 from tuner.space import Params
 from tuner.study import best_trial, is_feasible, load, trial_configs
@@ -151,59 +147,19 @@ def _measure_in_child(
 ) -> dict[str, Any]:
     """harness.system.measure_system in a spawned process (it inherits CUDA_VISIBLE_DEVICES),
     so a native crash or a hung GPU is an error message, not a dead CLI."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_child, args=(run, spec, devices, quiet, sender), name="system", daemon=True
-    )
-    started = time.monotonic()
-    process.start()
-    sender.close()
-    finished = False
-    try:
-        if not receiver.poll(timeout_s):
-            raise ScenarioError(f"the system run timed out after {timeout_s:g} s")
-        payload = receiver.recv_bytes()
-        finished = True
-    except EOFError:
-        process.join()
+    outcome = call_in_child(_measure_system, (run, spec, devices), timeout_s, quiet)
+    if outcome.result is not None:
+        return outcome.result
+    if outcome.failure == "interrupted":
+        raise KeyboardInterrupt
+    if outcome.failure in ("timeout", "crash"):
         raise ScenarioError(
-            f"the system run crashed (exit code {process.exitcode}) after "
-            f"{time.monotonic() - started:.0f} s"
-        ) from None
-    finally:
-        receiver.close()
-        if finished:
-            process.join(10)
-        if process.is_alive():
-            process.terminate()
-            process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
-    message = json.loads(payload.decode())
-    if not message["ok"]:
-        raise TunerError(f"system run failed: {message['reason']}")
-    result: dict[str, Any] = message["result"]
-    return result
+            f"the system run stopped after {outcome.seconds:.0f} s: {outcome.reason}"
+        )
+    raise TunerError(f"system run failed: {outcome.reason}")
 
 
-def _child(
-    run: RunConfig, spec: ScenarioSpec, devices: list[str], quiet: bool, sender: Connection
-) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    from harness.cli_common import setup_logging
+def _measure_system(run: RunConfig, spec: ScenarioSpec, devices: list[str]) -> dict[str, Any]:
     from harness.system import measure_system
 
-    setup_logging(debug=False, quiet=quiet)
-    try:
-        message: dict[str, Any] = {
-            "ok": True,
-            "result": measure_system(run, spec, devices).to_dict(),
-        }
-    except TunerError as exc:
-        message = {"ok": False, "reason": str(exc)}
-    except Exception as exc:
-        message = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
-    sender.send_bytes(json.dumps(message, default=str, allow_nan=True).encode())
-    sender.close()
+    return measure_system(run, spec, devices).to_dict()

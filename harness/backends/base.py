@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from harness.device import cpu_count
 from harness.errors import ConfigError
 
 
@@ -113,3 +114,13 @@ def check_precision(backend: type[Backend], precision: str, device: str) -> None
             f"precision: {precision} is not supported by backend {backend.name} on {device} "
             f"(supported: {', '.join(supported)})"
         )
+
+
+def threads_per_stream(options: BackendOptions, on_cpu: bool) -> int:
+    """Intra-op threads of each stream: `options.threads` where given, else the CPU's cores
+    split among the streams (1 when the work runs on an accelerator)."""
+    if options.threads is not None:
+        return options.threads
+    if not on_cpu:
+        return 1
+    return max(1, cpu_count() // options.streams)

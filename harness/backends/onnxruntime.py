@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, BackendInfo, BackendOptions
-from harness.device import cpu_count, cpu_name
+from harness.backends.base import Backend, BackendInfo, BackendOptions, threads_per_stream
+from harness.device import cpu_name
 from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
 
 CPU_PRECISIONS = ("fp32", "int8")
@@ -47,11 +47,7 @@ class OnnxRuntimeBackend(Backend):
         return CPU_PRECISIONS if kind == "cpu" else CUDA_PRECISIONS
 
     def intra_threads(self) -> int:
-        if self.options.threads is not None:
-            return self.options.threads
-        if self.kind != "cpu":
-            return 1
-        return max(1, cpu_count() // self.options.streams)
+        return threads_per_stream(self.options, self.kind == "cpu")
 
     def providers(self) -> list[Any]:
         if self.kind == "cpu":

@@ -19,9 +19,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, BackendInfo, BackendOptions, check_precision
+from harness.backends.base import (
+    Backend,
+    BackendInfo,
+    BackendOptions,
+    check_precision,
+    threads_per_stream,
+)
 from harness.backends.onnxruntime import parse_device
-from harness.device import cpu_count, cpu_name
+from harness.device import cpu_name
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 
 CPU_PRECISIONS = ("fp32",)
@@ -88,11 +94,7 @@ class TorchBackend(Backend):
         return CPU_PRECISIONS if kind == "cpu" else CUDA_PRECISIONS
 
     def intra_threads(self) -> int:
-        if self.options.threads is not None:
-            return self.options.threads
-        if self.kind != "cpu":
-            return 1
-        return max(1, cpu_count() // self.options.streams)
+        return threads_per_stream(self.options, self.kind == "cpu")
 
     # --- load / infer / close ---------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """A simulated backend that replays a recorded landscape (`benchmarks/landscape.py`): a batch
-sleeps for the latency recorded for this configuration, jittered by the recorded repeats' spread.
+sleeps for the latency recorded for this configuration, jittered by the recorded repeats' spread,
+times the `time_scale` option (default 1.0; e.g. 0.1 runs a landscape ten times faster).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -50,7 +52,7 @@ class ReplayBackend(Backend):
     concurrently: a latency recorded with several streams already holds their contention."""
 
     name: ClassVar[str] = "replay"
-    option_names: ClassVar[tuple[str, ...]] = ("landscape", "seed")
+    option_names: ClassVar[tuple[str, ...]] = ("landscape", "seed", "time_scale")
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
@@ -63,8 +65,15 @@ class ReplayBackend(Backend):
         seed = options.extra.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"backend replay: seed must be an integer >= 0, got {seed!r}")
+        time_scale = options.extra.get("time_scale", 1.0)
+        if not _positive(time_scale) or not math.isfinite(time_scale):
+            raise ConfigError(
+                f"backend replay: time_scale must be a number > 0, got {time_scale!r}"
+            )
         self.landscape = Path(landscape)
         self._seed = seed
+        #: Every replayed latency is multiplied by this.
+        self.time_scale = float(time_scale)
         self._data: dict[str, Any] | None = None
         self.replay: Replay | None = None
         self._rngs: list[np.random.Generator] = []
@@ -90,10 +99,12 @@ class ReplayBackend(Backend):
         self._output = np.zeros((options.max_batch, 1), np.float32)
 
     def batch_seconds(self, n: int, stream: int = 0) -> float:
-        """The replayed time of a batch of `n` samples (with noise drawn for `stream`)."""
+        """The replayed time of a batch of `n` samples (with noise drawn for `stream`), times
+        the time scale."""
         if self.replay is None:
             raise ConfigError("backend replay: infer() before load()")
-        return self.replay.seconds(n, self.options.max_batch, self._rngs[stream])
+        seconds = self.replay.seconds(n, self.options.max_batch, self._rngs[stream])
+        return seconds * self.time_scale
 
     def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         n = len(next(iter(inputs.values())))

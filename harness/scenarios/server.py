@@ -1,6 +1,6 @@
 """Server: Poisson arrivals at a target QPS; VALID when LoadGen says so (duration, query count,
-latency percentile under the bound, early stopping). `find_max_qps` searches the largest VALID
-target between 0 and an upper bound (the Offline throughput), to a relative tolerance."""
+latency percentile under the bound, early stopping). `find_max_qps` searches the largest target
+VALID twice between 0 and an upper bound (the Offline throughput), to a relative tolerance."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ GROWTH = 2.0
 BLIND_STEPS = 3
 #: Give up (no VALID QPS) below this share of the upper bound.
 FLOOR = 0.01
+#: VALID runs the answer needs: one more than the run that found it.
+CONFIRMING_RUNS = 2
 
 
 def run_at(sut: BatchingSUT, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
@@ -66,14 +68,17 @@ def find_max_qps(
     out_dir: Path,
     first_guess: float | None = None,
 ) -> Outcome:
-    """The largest target QPS LoadGen reports VALID, within `spec.qps_tolerance`.
+    """The largest target QPS LoadGen reports VALID twice, within `spec.qps_tolerance` of the
+    smallest INVALID one (or of `upper_qps`).
 
     `upper_qps` (the Offline throughput) brackets the answer from above and is never probed.
     The first probe is `first_guess` (e.g. `harness.queueing.predict_max_qps`, capped below
     the bound) or FIRST_PROBE x the bound. From there probes step away, up while VALID and down
-    while INVALID, by steps growing from the tolerance (so a good guess costs two runs: VALID
-    at the guess, INVALID one tolerance above it); once a VALID and an INVALID run bracket the
-    answer, they bisect it.
+    while INVALID, by steps growing from the tolerance; once a VALID and an INVALID run bracket
+    the answer, they bisect it. The answer is then run once more: near the edge one run passes
+    or fails by chance, and a target that fails its second run is INVALID (the search goes on
+    below it). A good guess costs three runs: VALID at the guess, INVALID one tolerance above,
+    VALID again at the guess.
     """
     tol = spec.qps_tolerance
     search = _Bracket(upper_qps, tol, first_guess)
@@ -87,10 +92,10 @@ def find_max_qps(
             break
         next_qps = search.next_probe()
         too_long = not spec.compliance and spec.server_min_queries / next_qps > spec.max_run_s
-        if search.low_run is None and (next_qps >= qps or too_long):
+        if search.low == 0 and (next_qps >= qps or too_long):
             break  # the floor was probed and missed, or the next run would take too long
         qps = next_qps
-    low, low_run = search.low, search.low_run
+    low_run = search.low_run
     if low_run is None:
         return Outcome(
             valid=False,
@@ -101,36 +106,55 @@ def find_max_qps(
         )
     note = "" if search.converged() else "search stopped at the run limit"
     # MLPerf reports a Server result as LoadGen's "Scheduled samples per second".
-    score = low_run.scheduled_qps or low
+    score = low_run.scheduled_qps or search.low
     return Outcome(valid=True, score=score, primary=low_run, runs=tuple(runs), note=note)
 
 
 class _Bracket:
-    """The search's state: the largest VALID target (`low`), the smallest INVALID one or the
-    bound (`high`), and how many steps it has taken away from the first probe."""
+    """The search's state: the VALID runs by target, the smallest INVALID target or the bound
+    (`high`), and how many steps it has taken away from the first probe. `low`, the answer so
+    far, is the largest target below `high` whose every run was VALID."""
 
     def __init__(self, upper: float, tolerance: float, guess: float | None) -> None:
         self.upper, self.tolerance = upper, tolerance
-        self.low, self.high = 0.0, upper
-        self.low_run: LoadgenRun | None = None
+        self.high = upper
+        self.passed: dict[float, list[LoadgenRun]] = {}
         if guess is not None and guess > 0:
             self.first, self.steps = min(guess, upper / (1 + tolerance)), 0
         else:
             self.first, self.steps = FIRST_PROBE * upper, BLIND_STEPS
 
+    @property
+    def low(self) -> float:
+        return max(self.passed, default=0.0)
+
+    @property
+    def low_run(self) -> LoadgenRun | None:
+        """The answer's VALID run of lowest scheduled QPS (the conservative one)."""
+        runs = self.passed.get(self.low)
+        return min(runs, key=lambda r: r.scheduled_qps or 0.0) if runs else None
+
     def record(self, qps: float, valid: bool, run: LoadgenRun) -> None:
-        if valid and qps > self.low:
-            self.low, self.low_run = qps, run
-        elif not valid and qps < self.high:
-            self.high = qps
+        if valid and qps < self.high:
+            self.passed.setdefault(qps, []).append(run)
+        elif not valid:
+            self.high = min(self.high, qps)
+            self.passed = {q: r for q, r in self.passed.items() if q < qps}
+
+    def bracketed(self) -> bool:
+        # The slack absorbs rounding: a step of exactly the tolerance converges.
+        low, high = self.low, self.high
+        return low > 0 and high - low <= self.tolerance * low * (1 + 1e-9)
 
     def converged(self) -> bool:
-        # The slack absorbs rounding: a step of exactly the tolerance converges.
-        return self.low > 0 and self.high - self.low <= self.tolerance * self.low * (1 + 1e-9)
+        return self.bracketed() and len(self.passed[self.low]) >= CONFIRMING_RUNS
 
     def next_probe(self) -> float:
-        """Up from a VALID guess, down from an INVALID one, else the bracket's midpoint."""
+        """The answer again once bracketed; else up from a VALID guess, down from an INVALID
+        one, or the bracket's midpoint."""
         low, high = self.low, self.high
+        if self.bracketed():
+            return low
         step = 1 + self.tolerance * GROWTH**self.steps
         if low > 0 and high < self.upper:
             return _midpoint(low, high)

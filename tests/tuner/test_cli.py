@@ -4,7 +4,6 @@ model, real LoadGen, real SQLite)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from onnx import TensorProto, helper
 from optuna.trial import TrialState, create_trial
 
 from harness.errors import ConfigError, ModelError
+from tests.tuner.cli_checks import one_error_line, run, sha256
 from tuner import config
 from tuner.cli import main
 from tuner.export import FORMATS
@@ -42,28 +42,6 @@ REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PG_URL = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
-ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")
-
-
-def run(argv: list[str]) -> int:
-    """main(argv), with argparse's SystemExit (usage errors) turned into its exit code."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def one_error_line(err: str) -> str:
-    """The single error line on stderr (and no traceback)."""
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert ERROR_LINE.match(lines[0]), lines[0]
-    return lines[0]
 
 
 def sqlite_url(path: Path) -> str:

@@ -3,7 +3,6 @@ standing in for a GPU backend, real worker processes, real LoadGen, real SQLite.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from optuna.trial import TrialState
 from harness import gpus
 from harness.errors import ConfigError, TunerError
 from harness.gpus import Discovery, GpuInfo
+from tests.tuner.cli_checks import one_error_line, run, sha256
 from tuner import config
-from tuner.cli import main
 from tuner.system import SYSTEM_RESULT
 from tuner.workers import (
     Command,
@@ -37,32 +36,12 @@ FAKE = (
 )
 T4_STUDY = "tiny-offline-null-tesla-t4"
 A100_STUDY = "tiny-offline-null-nvidia-a100-sxm4-40gb"
-ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")
 
 
 @pytest.fixture
 def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> tuple[GpuInfo, ...]:
     monkeypatch.setattr(gpus, "discover", lambda *a, **k: Discovery(FAKE))
     return FAKE
-
-
-def run(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-
-
-def sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def one_error_line(err: str) -> str:
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert ERROR_LINE.match(lines[0]), lines[0]
-    return lines[0]
 
 
 def optimize_argv(db: Path, folder: Path, cache_dir: Path, *extra: str) -> list[str]:

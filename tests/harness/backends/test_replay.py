@@ -48,13 +48,18 @@ def landscape(tmp_path: Path) -> Path:
 
 
 def replay(
-    landscape: Path, batch: int, streams: int = 1, precision: str = "fp32", seed: int = 0
+    landscape: Path,
+    batch: int,
+    streams: int = 1,
+    precision: str = "fp32",
+    seed: int = 0,
+    **extra: Any,
 ) -> ReplayBackend:
     options = BackendOptions(
         precision=precision,
         max_batch=batch,
         streams=streams,
-        extra={"landscape": str(landscape), "seed": seed},
+        extra={"landscape": str(landscape), "seed": seed, **extra},
     )
     return ReplayBackend(Path("never-read.onnx"), options)
 
@@ -103,6 +108,26 @@ def test_a_single_recorded_batch_size_scales_proportionally(landscape: Path) -> 
     assert backend.replay is not None and backend.replay.noise_sd == 0.0
     assert backend.batch_seconds(8) == pytest.approx(0.0016)
     assert backend.batch_seconds(2) == pytest.approx(0.0004)
+
+
+def test_time_scale_multiplies_every_latency_noise_included(landscape: Path) -> None:
+    def draws(**extra: Any) -> np.ndarray:
+        backend = replay(landscape, 8, seed=3, **extra)
+        backend.load()
+        return np.array([backend.batch_seconds(n) for n in (8, 8, 4, 1)])
+
+    assert "time_scale" in ReplayBackend.option_names
+    np.testing.assert_allclose(draws(time_scale=0.1), 0.1 * draws(), rtol=1e-12)
+    np.testing.assert_allclose(draws(time_scale=2), 2 * draws(), rtol=1e-12)
+    assert replay(landscape, 8, time_scale=1).time_scale == 1.0
+
+
+@pytest.mark.parametrize("value", [0, -0.5, float("inf"), float("nan"), "0.1", True, None])
+def test_time_scale_must_be_a_positive_number(landscape: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match="time_scale") as info:
+        replay(landscape, 8, time_scale=value)
+    message = str(info.value)
+    assert "\n" not in message and repr(value) in message
 
 
 def test_an_offline_point_without_a_warmup_uses_its_score(landscape: Path) -> None:

@@ -4,6 +4,7 @@ model's) needs few runs; a wildly wrong one still ends on a VALID target."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from harness.backends import BackendOptions
 from harness.backends.null import NullBackend
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet
+from harness.loadgen_log import LoadgenRun
 from harness.scenarios import Outcome, server
 from harness.sut import BatchingSUT
+from tests.harness.search_checks import answer_runs, check_answer
 
 SAMPLES = SampleSet({"input": np.zeros((64, 4), np.float32)})
 
@@ -26,13 +29,12 @@ def null_backend(latency_ms: float) -> NullBackend:
 
 
 def check_search(outcome: Outcome, spec: ScenarioSpec) -> None:
-    """Every run reported, at distinct targets; the answer is the largest VALID one."""
+    """Every run reported; the answer is the largest target below every INVALID one that was
+    VALID each time, and it was run twice."""
     assert outcome.valid and outcome.score > 0
     assert 1 <= len(outcome.runs) <= spec.max_search_runs
-    targets = [r.target_qps or 0.0 for r in outcome.runs]
-    assert len({round(t, 3) for t in targets}) == len(targets)
-    best = max((r for r in outcome.runs if r.valid), key=lambda r: r.target_qps or 0.0)
-    assert outcome.primary is best and outcome.score == best.scheduled_qps
+    check_answer(outcome.runs, outcome.score, confirmed=not outcome.note)
+    assert outcome.primary in answer_runs(outcome.runs)
 
 
 def test_the_first_probe_is_the_models_guess(tmp_path: Path, cache_dir: Path) -> None:
@@ -116,3 +118,45 @@ def test_no_valid_target_scores_zero_with_a_note(tmp_path: Path) -> None:
     targets = [r.target_qps or 0.0 for r in outcome.runs]
     assert targets == sorted(targets, reverse=True) and targets[0] == 480.0
     assert all(spec.server_min_queries / t <= spec.max_run_s for t in targets)
+
+
+def scripted(capacity: float, fail_second_run_at: float | None = None) -> Any:
+    """A stand-in for run_at: VALID below `capacity`, except the second run at
+    `fail_second_run_at` (a run at the edge failing by chance); `.targets` lists the probes."""
+    targets: list[float] = []
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        unlucky = qps == fail_second_run_at and targets.count(qps) == 1
+        targets.append(qps)
+        return LoadgenRun(
+            scenario="Server",
+            valid=qps < capacity and not unlucky,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps * 0.999,
+        )
+
+    run_at.targets = targets  # type: ignore[attr-defined]
+    return run_at
+
+
+def test_the_answer_is_run_twice_and_a_second_run_that_fails_moves_it_down(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, qps_tolerance=0.02)
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets == [100.0, 102.0, 100.0]  # VALID, INVALID above, VALID again
+    assert outcome.valid and outcome.score == pytest.approx(99.9) and not outcome.note
+    check_answer(outcome.runs, outcome.score)
+
+    # The answer's second run fails: 100 counts as INVALID now; the search goes on below it.
+    probe = scripted(capacity=101.0, fail_second_run_at=100.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets[:3] == [100.0, 102.0, 100.0]
+    assert outcome.valid and outcome.score < 99.9 and not outcome.note
+    check_answer(outcome.runs, outcome.score)
+    answer = answer_runs(outcome.runs)
+    assert answer[0].target_qps < 100.0

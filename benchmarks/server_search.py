@@ -1,0 +1,493 @@
+"""How many LoadGen runs three Server max-QPS searches need, and what they report (a script,
+not a test).
+
+Per configuration of a recorded landscape, replayed by the `replay` backend (the batching
+queue, the SUT threads and LoadGen are real; only the inference is a sleep for the recorded
+latency, times --time-scale):
+
+(1) model   the harness's own search, through the runner's code path: the warm-up's batch
+            latencies (and one-sample latencies: the fixed share of a batch's cost) feed the
+            queueing model, whose max QPS is the first probe of `find_max_qps`, bracketed
+            above by the Offline rate; its answer is run twice before it is reported;
+(2) bisect  plain bisection of the target QPS between 0 and the Offline rate (arithmetic
+            midpoints, no guess), to the same relative tolerance;
+(3) peak    LoadGen's own TestMode.FindPeakPerformance, started at --peak-start x the Offline
+            rate: it checks that target, doubles it until a run fails, then bisects to
+            server_find_peak_qps_decimals_of_precision. Its sub-runs are counted twice: the
+            SUT's flush_queries calls (LoadGen flushes once after each run it issues) and the
+            run announcements in LoadGen's detail log; the two must agree.
+
+The reference is the highest VALID target of a fine sweep (geometric steps of --sweep-step)
+around the three answers. Each method's answer is then run once more ("confirmation run") at
+the QPS it reported. The Offline run that gives the upper bound is shared and not counted.
+QPS are LoadGen targets (`server_target_qps`); the harness's score is LoadGen's scheduled QPS,
+which for a fixed schedule seed and query count is a fixed multiple of the target.
+
+    python benchmarks/server_search.py [--landscape L.json] [--time-scale 0.1]
+        [--latency-ms 100] [--percentile 99] [--configs fp32/b1/s1,int8/b2/s1]
+        [--min-queries 600] [--out figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import runner
+from harness.backends import BackendOptions, get_backend
+from harness.backends.replay import Key, read_landscape, recorded_latencies
+from harness.config import RunConfig, ScenarioSpec
+from harness.dataset import SampleSet
+from harness.device import cpu_name
+from harness.loadgen_log import DETAIL_FILE, MLLOG_PREFIX, LoadgenRun
+from harness.scenarios import server
+from harness.scenarios._loadgen import run_test, test_settings
+from harness.sut import BatchingSUT
+
+DEFAULT_LANDSCAPE = Path(__file__).parent / "landscapes" / "mobilenet-offline-cpu.json"
+METHODS = ("model", "bisect", "peak")
+#: How LoadGen's detail log announces each FindPeakPerformance sub-run (6.0.17).
+PEAK_RUN_MESSAGES = (
+    "FindPeakPerformance: Check validity of the base settings field",
+    "FindBoundaries: Checking fields",
+    "FindPeakPerformanceBinarySearch: Testing the mid value",
+)
+PEAK_FOUND = "FindPeakPerformance: Found peak performance field: "
+#: A bisection that has not converged after this many runs stops (never reached in practice).
+MAX_BISECT_RUNS = 30
+MAX_SWEEP_RUNS = 40
+
+
+@dataclass
+class Search:
+    """One method's search on one configuration."""
+
+    runs: int = 0
+    #: The target QPS it reports (0.0: none VALID).
+    qps: float = 0.0
+    targets: list[float] = field(default_factory=list)
+    #: The confirmation run at `qps`: VALID or not (None: nothing to confirm).
+    confirmed: bool | None = None
+    confirm_p: float | None = None
+    #: Within the tolerance of the reference (None: no reference).
+    within: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Figures:
+    config: str
+    recorded_batch_ms: float
+    upper_qps: float = 0.0
+    model_guess: float | None = None
+    reference: float | None = None
+    lowest_invalid_above: float | None = None
+    sweep: list[tuple[float, bool]] = field(default_factory=list)
+    searches: dict[str, Search] = field(default_factory=dict)
+    seconds: float = 0.0
+    note: str = ""
+
+
+def parse_key(text: str) -> Key:
+    """'fp32/b1/s2' -> ('fp32', 1, 2)."""
+    try:
+        precision, batch, streams = text.strip().split("/")
+        if batch[0] != "b" or streams[0] != "s":
+            raise ValueError
+        return precision, int(batch[1:]), int(streams[1:])
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"a configuration is precision/bBATCH/sSTREAMS, e.g. fp32/b4/s2, got {text!r}"
+        ) from None
+
+
+def name(key: Key) -> str:
+    return f"{key[0]}/b{key[1]}/s{key[2]}"
+
+
+def default_configs(found: dict[Key, list[float]], bound_ms: float) -> list[Key]:
+    """Streams 1-2, batch 1-8, whose recorded median batch fits the bound (the runner calls a
+    configuration infeasible when its warm-up batch does not)."""
+    keys = [
+        k
+        for k, v in found.items()
+        if v and k[2] <= 2 and k[1] <= 8 and 1000 * statistics.median(v) < bound_ms
+    ]
+    return sorted(keys, key=lambda k: (k[1], k[2], k[0]))
+
+
+def geometric_sweep(low: float, high: float, step: float) -> list[float]:
+    count = max(0, math.floor(math.log(high / low) / math.log1p(step) + 1e-9))
+    return [low * (1 + step) ** i for i in range(count + 1)]
+
+
+class Bench:
+    """The LoadGen runs of one configuration, on one loaded backend and SUT."""
+
+    def __init__(self, sut: BatchingSUT, spec: ScenarioSpec, out: Path) -> None:
+        self.sut, self.spec, self.out = sut, spec, out
+        self.count = 0
+
+    def run(self, what: str, qps: float) -> LoadgenRun:
+        self.count += 1
+        print(f"    [{what}] ", end="", flush=True)
+        return server.run_at(self.sut, self.spec, qps, self.out / f"run-{self.count:03d}")
+
+    def bisect(self, upper: float) -> Search:
+        """Plain bisection over (0, upper): arithmetic midpoints, the search's convergence
+        rule (VALID and INVALID targets within the tolerance of the VALID one)."""
+        tol = self.spec.qps_tolerance
+        low, high, search = 0.0, upper, Search()
+        while len(search.targets) < MAX_BISECT_RUNS:
+            qps = (low + high) / 2
+            if low == 0 and self.spec.server_min_queries / qps > self.spec.max_run_s:
+                search.note = f"gave up below {high:.1f} QPS (run-length guard, as the harness)"
+                break
+            search.targets.append(qps)
+            if self.run("bisect", qps).valid:
+                low = qps
+            else:
+                high = qps
+            if low > 0 and high - low <= tol * low * (1 + 1e-9):
+                break
+        search.runs, search.qps = len(search.targets), low
+        return search
+
+    def find_peak(self, start: float, decimals: int) -> Search:
+        """LoadGen's FindPeakPerformance from `start`; sub-runs counted from the SUT's
+        flush_queries calls and from the detail log, which must agree."""
+        import mlperf_loadgen as lg
+
+        spec = self.spec
+        settings = test_settings(
+            "server",
+            server_target_qps=float(start),
+            server_target_latency_ns=int(spec.latency_ms * 1e6),
+            server_target_latency_percentile=spec.percentile / 100.0,
+            min_duration_ms=int(spec.min_duration_s * 1000),
+            min_query_count=spec.server_min_queries,
+            server_coalesce_queries=True,
+            server_find_peak_qps_decimals_of_precision=decimals,
+        )
+        settings.mode = lg.TestMode.FindPeakPerformance
+        flushes = 0
+        sut_flush: Callable[[], None] = self.sut.flush
+
+        def counting_flush() -> None:
+            nonlocal flushes
+            flushes += 1
+            sut_flush()
+
+        self.count += 1
+        out = self.out / f"run-{self.count:03d}-peak"
+        print(f"    [peak] FindPeakPerformance from {start:.1f} QPS ...", end="", flush=True)
+        self.sut.flush = counting_flush  # type: ignore[method-assign]
+        started = time.perf_counter()
+        try:
+            run_test(self.sut, settings, out)
+        finally:
+            self.sut.flush = sut_flush  # type: ignore[method-assign]
+        logged, peak, targets = peak_log(out / DETAIL_FILE)
+        search = Search(runs=flushes, qps=peak or 0.0, targets=targets)
+        if logged != flushes:
+            search.note = f"detail log shows {logged} sub-runs, the SUT saw {flushes} flushes"
+        if peak is None:
+            search.note = (search.note + "; " if search.note else "") + "no peak (start failed)"
+        print(
+            f" {flushes} sub-runs ({logged} in the detail log) in "
+            f"{time.perf_counter() - started:.1f} s: peak {search.qps:.1f} QPS"
+        )
+        return search
+
+
+def peak_log(path: Path) -> tuple[int, float | None, list[float]]:
+    """From a FindPeakPerformance detail log: the sub-runs it announced, the peak it found
+    and the target of each sub-run."""
+    runs, peak, targets = 0, None, []
+    for line in path.read_text().splitlines():
+        if not line.startswith(MLLOG_PREFIX):
+            continue
+        entry = json.loads(line[len(MLLOG_PREFIX) :])
+        value = str(entry.get("value"))
+        if entry.get("key") not in ("generic_message", "error_runtime"):
+            continue
+        if any(value.startswith(m) for m in PEAK_RUN_MESSAGES):
+            runs += 1
+            # "... field: 250.5", "... fields [250.5, 501)", "... [l, u): m": the last number
+            # is the target of the run announced.
+            tail = value.rsplit(":", 1)[-1].rsplit(",", 1)[-1].strip(" [)")
+            with contextlib.suppress(ValueError):
+                targets.append(float(tail))
+        elif value.startswith(PEAK_FOUND):
+            peak = float(value[len(PEAK_FOUND) :])
+    return runs, peak, targets
+
+
+def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: Path) -> Figures:
+    precision, batch, streams = key
+    scale = args.time_scale
+    figures = Figures(config=name(key), recorded_batch_ms=recorded_ms)
+    extra = {"landscape": str(args.landscape), "seed": args.seed, "time_scale": scale}
+    run = RunConfig(
+        model="replayed",
+        backend="replay",
+        precision=precision,
+        batch_size=batch,
+        streams=streams,
+        deque_timeout_us=round(args.deque_timeout_us * scale),
+        backend_options=extra,
+    )
+    spec = ScenarioSpec(
+        scenario="server",
+        find_max_qps=True,
+        duration_s=args.duration_s * scale,
+        latency_ms=args.latency_ms * scale,
+        percentile=args.percentile,
+        min_queries=args.min_queries,
+        qps_tolerance=args.tolerance,
+        max_run_s=ScenarioSpec.max_run_s * scale,
+        out_dir=out,
+    )
+    tol = spec.qps_tolerance
+    options = BackendOptions(
+        precision=precision, max_batch=batch, streams=streams, device="cpu", extra=extra
+    )
+    backend = get_backend("replay")(Path("never-read.onnx"), options)
+    samples = SampleSet({"input": np.zeros((64, 1), np.float32)})
+    started = time.perf_counter()
+    with backend:
+        warm = runner.run_warmup(backend, samples, run, single=True)
+        with BatchingSUT(backend, samples, batch, streams, run.deque_timeout_us) as sut:
+            bench = Bench(sut, spec, out)
+            # (1) The runner's own Server path: Offline bound, model guess, find_max_qps.
+            print("    [model] the runner's Server search (Offline run, model, find_max_qps)")
+            outcome = runner.SCENARIOS["server"](runner._Context(run, spec, sut, warm, out))
+            offline_runs = [r for r in outcome.runs if r.scenario == "Offline"]
+            probes = [r for r in outcome.runs if r.scenario == "Server"]
+            if not offline_runs:
+                figures.note = outcome.note or "no Offline run"
+                return figures
+            upper = figures.upper_qps = offline_runs[-1].samples_per_second or 0.0
+            model = Search(
+                runs=len(probes),
+                qps=(outcome.primary.target_qps or 0.0)
+                if outcome.valid and outcome.primary
+                else 0.0,
+                targets=[r.target_qps or 0.0 for r in probes],
+                note=outcome.note,
+            )
+            if probes and not math.isclose(
+                probes[0].target_qps or 0.0, server.FIRST_PROBE * upper, rel_tol=1e-6
+            ):
+                figures.model_guess = probes[0].target_qps
+            # (2) Plain bisection, (3) LoadGen's FindPeakPerformance.
+            bisect = bench.bisect(upper)
+            peak = bench.find_peak(args.peak_start * upper, args.peak_decimals)
+            figures.searches = {"model": model, "bisect": bisect, "peak": peak}
+            # One confirmation run at each reported QPS.
+            for method, search in figures.searches.items():
+                if search.qps > 0:
+                    confirm = bench.run(f"confirm {method}", search.qps)
+                    search.confirmed = confirm.valid
+                    search.confirm_p = confirm.percentile_ms(spec.percentile)
+            # The reference: the highest VALID target of a fine sweep around the answers.
+            # (Not around the model's guess: a wrong one would stretch the sweep.)
+            answers = [s.qps for s in figures.searches.values() if s.qps > 0]
+            if answers:
+                low = 0.94 * min(answers)
+                high = min(1.05 * max(answers), upper / (1 + tol))
+                points = geometric_sweep(low, high, args.sweep_step)
+                i = 0
+                while i < len(points) and len(figures.sweep) < MAX_SWEEP_RUNS:
+                    valid = bench.run("sweep", points[i]).valid
+                    figures.sweep.append((points[i], valid))
+                    i += 1
+                    if i == len(points) and valid:  # still VALID at the top: keep climbing
+                        nxt = points[-1] * (1 + args.sweep_step)
+                        if nxt < upper:
+                            points.append(nxt)
+            passed = [q for q, ok in figures.sweep if ok]
+            if len(figures.sweep) >= MAX_SWEEP_RUNS and figures.sweep[-1][1]:
+                figures.note = "the sweep hit its run limit still VALID: no reference"
+                passed = []
+            if passed:
+                ref = figures.reference = max(passed)
+                above = [q for q, ok in figures.sweep if not ok and q > ref]
+                figures.lowest_invalid_above = min(above) if above else None
+                for search in figures.searches.values():
+                    search.within = abs(search.qps - ref) <= tol * ref
+    figures.seconds = time.perf_counter() - started
+    return figures
+
+
+def mark(flag: bool | None, yes: str, no: str) -> str:
+    return "-" if flag is None else (yes if flag else no)
+
+
+def cell(search: Search | None) -> str:
+    if search is None:
+        return f"{'':>25}"
+    within = mark(search.within, "yes", "NO")
+    confirmed = mark(search.confirmed, "VALID", "INVALID")
+    return f"{search.runs:>3} {search.qps:8.1f} {within:>4} {confirmed:>7}"
+
+
+def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
+    head = " | ".join(f"{m + ': runs     QPS ref? confirm':>25}" for m in METHODS)
+    print(f"{'config':<12} {'upper':>7} {'guess':>7} {'ref':>7} | {head}")
+    for f in all_figures:
+        guess = f"{f.model_guess:7.1f}" if f.model_guess else f"{'-':>7}"
+        ref = f"{f.reference:7.1f}" if f.reference else f"{'-':>7}"
+        cells = " | ".join(cell(f.searches.get(m)) for m in METHODS)
+        print(f"{f.config:<12} {f.upper_qps:7.1f} {guess} {ref} | {cells}")
+        if f.note:
+            print(f"{'':<12} note: {f.note}")
+        for m, s in f.searches.items():
+            if s.note:
+                print(f"{'':<12} {m}: {s.note}")
+    summary: dict[str, Any] = {}
+    done = [f for f in all_figures if f.searches]
+    for m in METHODS:
+        searches = [f.searches[m] for f in done]
+        runs = [s.runs for s in searches]
+        if not runs:
+            continue
+        summary[m] = {
+            "median_runs": statistics.median(runs),
+            "max_runs": max(runs),
+            "within": sum(1 for s in searches if s.within),
+            "with_reference": sum(1 for s in searches if s.within is not None),
+            "confirmed": sum(1 for s in searches if s.confirmed),
+            "confirm_runs": sum(1 for s in searches if s.confirmed is not None),
+            "median_ratio_to_reference": statistics.median(
+                [s.qps / f.reference for f, s in zip(done, searches, strict=True) if f.reference]
+                or [float("nan")]
+            ),
+        }
+    print()
+    print(f"medians over {len(done)} configurations:")
+    for m, s in summary.items():
+        print(
+            f"  {m:<7} median {s['median_runs']:g} LoadGen runs (max {s['max_runs']}), "
+            f"within {tol:.0%} of the reference {s['within']}/{s['with_reference']}, "
+            f"median reported/reference {s['median_ratio_to_reference']:.3f}, "
+            f"confirmation VALID {s['confirmed']}/{s['confirm_runs']}"
+        )
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--landscape", type=Path, default=DEFAULT_LANDSCAPE)
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.1,
+        help="replayed latencies, the bound, durations and deque timeout are multiplied by it",
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=100.0, help="bound at time scale 1 (default 100)"
+    )
+    parser.add_argument("--percentile", type=float, default=99.0)
+    parser.add_argument(
+        "--configs",
+        type=lambda s: [parse_key(k) for k in s.split(",") if k.strip()],
+        help="e.g. fp32/b1/s1,int8/b2/s2 (default: streams 1-2, batch 1-8 that fit the bound)",
+    )
+    parser.add_argument("--min-queries", type=int, default=600)
+    parser.add_argument(
+        "--duration-s", type=float, default=1.0, help="min duration at time scale 1 (default 1)"
+    )
+    parser.add_argument(
+        "--deque-timeout-us", type=int, default=2000, help="at time scale 1 (default 2000)"
+    )
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--sweep-step", type=float, default=0.02)
+    parser.add_argument(
+        "--peak-start", type=float, default=0.4, help="FindPeak's start, share of Offline"
+    )
+    parser.add_argument(
+        "--peak-decimals",
+        type=int,
+        help="FindPeak's decimals of precision (default: LoadGen's 1 at time scale 1, "
+        "i.e. 1 + log10(time scale): the same number of steps at any scale)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the replay noise's seed")
+    parser.add_argument("--out", type=Path, help="write every figure here (JSON)")
+    args = parser.parse_args()
+    if args.peak_decimals is None:
+        args.peak_decimals = max(0, round(1 + math.log10(args.time_scale)))
+    logging.basicConfig(stream=sys.stdout, format="%(message)s")
+    logging.getLogger("harness").setLevel(logging.INFO)
+    data = read_landscape(args.landscape)
+    found = recorded_latencies(data)
+    keys = args.configs or default_configs(found, args.latency_ms)
+    scale = args.time_scale
+    print(f"machine: {cpu_name()}, Python {platform.python_version()}")
+    print(
+        f"landscape {args.landscape} ({data.get('model')}, recorded on {data.get('device')}), "
+        f"{len(keys)} configurations"
+    )
+    print(
+        f"replayed at time scale {scale:g}: every recorded latency, the bound "
+        f"({args.latency_ms:g} ms -> {args.latency_ms * scale:g} ms at p{args.percentile:g}), "
+        f"the searches' longest run ({ScenarioSpec.max_run_s:g} s), the min duration "
+        f"({args.duration_s:g} s -> {args.duration_s * scale:g} s) and the "
+        f"deque timeout ({args.deque_timeout_us} us -> {round(args.deque_timeout_us * scale)} us)"
+        f" are multiplied by {scale:g}, so QPS are 1/{scale:g} times those at time scale 1; "
+        f"min {args.min_queries} queries per Server run; tolerance {args.tolerance:.0%}; "
+        f"FindPeak from {args.peak_start:g} x Offline, decimals {args.peak_decimals}"
+    )
+    started = time.perf_counter()
+    all_figures: list[Figures] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, key in enumerate(keys):
+            recorded_ms = 1000 * statistics.median(found.get(key) or [float("nan")])
+            print(f"\n[{i + 1}/{len(keys)}] {name(key)} (recorded batch {recorded_ms:.1f} ms)")
+            figures = measure_config(key, args, recorded_ms, Path(tmp) / f"c{i:02d}")
+            print(f"    {figures.seconds:.1f} s, reference {figures.reference}")
+            all_figures.append(figures)
+            if args.out:  # after every configuration: an interrupted run keeps its figures
+                write_figures(args, all_figures, {}, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    print()
+    summary = print_table(all_figures, args.tolerance)
+    print(f"total {elapsed / 60:.1f} min")
+    if args.out:
+        write_figures(args, all_figures, summary, elapsed)
+    return 0
+
+
+def write_figures(
+    args: argparse.Namespace, figures: list[Figures], summary: dict[str, Any], seconds: float
+) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "command": " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": cpu_name(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "configurations": [asdict(f) for f in figures],
+        "summary": summary,
+        "seconds": seconds,
+    }
+    args.out.write_text(json.dumps(document, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

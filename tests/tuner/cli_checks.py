@@ -1,0 +1,32 @@
+"""Checks shared by the CLI tests: exit codes through main(), one-line errors, file digests."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from tuner.cli import main
+
+ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")
+
+
+def run(argv: list[str]) -> int:
+    """main(argv), with argparse's SystemExit (usage errors) turned into its exit code."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+def sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def one_error_line(err: str) -> str:
+    """The single error line on stderr (and no traceback)."""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert ERROR_LINE.match(lines[0]), lines[0]
+    return lines[0]
