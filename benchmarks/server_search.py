@@ -81,6 +81,10 @@ class Search:
     #: The target QPS it reports (0.0: none VALID).
     qps: float = 0.0
     targets: list[float] = field(default_factory=list)
+    #: Each run's verdict, in order (model and bisect; FindPeakPerformance's are not kept).
+    verdicts: list[bool] = field(default_factory=list)
+    #: Runs until the search's answer so far was within the tolerance of the reference.
+    landed: int | None = None
     #: The confirmation run at `qps`: VALID or not (None: nothing to confirm).
     confirmed: bool | None = None
     confirm_p: float | None = None
@@ -159,7 +163,9 @@ class Bench:
                 search.note = f"gave up below {high:.1f} QPS (run-length guard, as the harness)"
                 break
             search.targets.append(qps)
-            if self.run("bisect", qps).valid:
+            valid = self.run("bisect", qps).valid
+            search.verdicts.append(valid)
+            if valid:
                 low = qps
             else:
                 high = qps
@@ -289,6 +295,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 if outcome.valid and outcome.primary
                 else 0.0,
                 targets=[r.target_qps or 0.0 for r in probes],
+                verdicts=[r.valid for r in probes],
                 note=outcome.note,
             )
             if probes and not math.isclose(
@@ -331,8 +338,22 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 figures.lowest_invalid_above = min(above) if above else None
                 for search in figures.searches.values():
                     search.within = abs(search.qps - ref) <= tol * ref
+                    search.landed = runs_to_land(search, ref, tol)
     figures.seconds = time.perf_counter() - started
     return figures
+
+
+def runs_to_land(search: Search, reference: float, tol: float) -> int | None:
+    """The first run after which the search's answer so far (its largest target below every
+    INVALID one that was VALID each time) lies within `tol` of `reference`."""
+    verdicts: dict[float, list[bool]] = {}
+    for count, (qps, valid) in enumerate(zip(search.targets, search.verdicts, strict=False), 1):
+        verdicts.setdefault(qps, []).append(valid)
+        lowest_invalid = min((q for q, v in verdicts.items() if not all(v)), default=math.inf)
+        passing = [q for q, v in verdicts.items() if all(v) and q < lowest_invalid]
+        if passing and abs(max(passing) - reference) <= tol * reference:
+            return count
+    return None
 
 
 def mark(flag: bool | None, yes: str, no: str) -> str:
@@ -341,14 +362,15 @@ def mark(flag: bool | None, yes: str, no: str) -> str:
 
 def cell(search: Search | None) -> str:
     if search is None:
-        return f"{'':>25}"
+        return f"{'':>29}"
     within = mark(search.within, "yes", "NO")
     confirmed = mark(search.confirmed, "VALID", "INVALID")
-    return f"{search.runs:>3} {search.qps:8.1f} {within:>4} {confirmed:>7}"
+    landed = "-" if search.landed is None else str(search.landed)
+    return f"{search.runs:>3} {landed:>3} {search.qps:8.1f} {within:>4} {confirmed:>7}"
 
 
 def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
-    head = " | ".join(f"{m + ': runs     QPS ref? confirm':>25}" for m in METHODS)
+    head = " | ".join(f"{m + ': runs land      QPS ref? confirm':>29}" for m in METHODS)
     print(f"{'config':<12} {'upper':>7} {'guess':>7} {'ref':>7} | {head}")
     for f in all_figures:
         guess = f"{f.model_guess:7.1f}" if f.model_guess else f"{'-':>7}"
@@ -367,8 +389,14 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
         runs = [s.runs for s in searches]
         if not runs:
             continue
+        landed = [s.landed for s in searches if s.within is not None and s.verdicts]
         summary[m] = {
             "median_runs": statistics.median(runs),
+            "median_runs_to_land": statistics.median(
+                [math.inf if n is None else n for n in landed]
+            )
+            if landed
+            else None,
             "max_runs": max(runs),
             "within": sum(1 for s in searches if s.within),
             "with_reference": sum(1 for s in searches if s.within is not None),
@@ -384,7 +412,12 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
     for m, s in summary.items():
         print(
             f"  {m:<7} median {s['median_runs']:g} LoadGen runs (max {s['max_runs']}), "
-            f"within {tol:.0%} of the reference {s['within']}/{s['with_reference']}, "
+            + (
+                f"landed within {tol:.0%} after a median {s['median_runs_to_land']:g}, "
+                if s["median_runs_to_land"] is not None
+                else ""
+            )
+            + f"within {tol:.0%} of the reference {s['within']}/{s['with_reference']}, "
             f"median reported/reference {s['median_ratio_to_reference']:.3f}, "
             f"confirmation VALID {s['confirmed']}/{s['confirm_runs']}"
         )

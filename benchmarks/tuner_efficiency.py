@@ -11,8 +11,11 @@ noise is in it). For every strategy and seed it runs two studies:
 - one with the default budget and confirmation, as `python -m tuner optimize` runs: the true
   value of what it finally declares best, as a share of the true best.
 
-The studies live in Optuna's in-memory storage (SQLite commits every user attribute and would
-make this an hour's run); nothing else of the study code is replaced.
+Samplers are the project's own (`tuner.study.make_sampler`): TPE or random, wrapped so that no
+configuration is proposed twice until the space is spent (`tuner.sampling`); grid = seeded,
+engine-grouped enqueued points. The studies live in Optuna's in-memory storage (SQLite commits
+every user attribute and would make this an hour's run); nothing else of the study code is
+replaced.
 
     python benchmarks/tuner_efficiency.py                      # every landscape, 20 seeds
     python benchmarks/tuner_efficiency.py --seeds 5 --landscape benchmarks/landscapes/x.json
@@ -93,7 +96,12 @@ def nearest_rank(values: list[float], q: float) -> float:
 
 
 def run_landscape(
-    path: Path, strategies: list[str], seeds: int, budget: int, work: Path
+    path: Path,
+    strategies: list[str],
+    seeds: int,
+    budget: int,
+    work: Path,
+    confirm: tuple[int, int],
 ) -> dict[str, Any]:
     data = json.loads(path.read_text())
     probe = LandscapeReplay(path)
@@ -123,8 +131,13 @@ def run_landscape(
             count = trials_to_near(prepared.study, replay, floor, best)
             reached.append(count if count else math.inf)
 
-            cfg = replace(long_cfg, name=f"{long_cfg.name}-short", trials=budget)
-            cfg = replace(cfg, confirm_runs=StudyConfig().confirm_runs)
+            cfg = replace(
+                long_cfg,
+                name=f"{long_cfg.name}-short",
+                trials=budget,
+                confirm_runs=confirm[0],
+                confirm_top=confirm[1],
+            )
             replay = LandscapeReplay(path, 1000 + seed)
             prepared = optimize(cfg, on_trial=lambda line: None, measure=replay)
             winner = best_trial(prepared.study)
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"strategy is {DEFAULT})",
     )
     parser.add_argument("--budget", type=int, default=StudyConfig().trials)
+    parser.add_argument("--confirm-runs", type=int, default=StudyConfig().confirm_runs)
+    parser.add_argument("--confirm-top", type=int, default=StudyConfig().confirm_top)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -195,14 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tuner").setLevel(logging.WARNING)
     print(
         f"{args.seeds} seeds per strategy; the default strategy is {DEFAULT}; budget "
-        f"{args.budget} trials, confirmation {StudyConfig().confirm_runs} more runs of the top "
-        f"{StudyConfig().confirm_top}; target for the default: median <= max(10% of the grid, 6) "
+        f"{args.budget} trials, confirmation {args.confirm_runs} more runs of the top "
+        f"{args.confirm_top}; target for the default: median <= max(10% of the grid, 6) "
         f"trials, p90 <= max(20%, 10), declared >= {NEAR:.0%} of the true best in >= 19/20 seeds"
     )
     results = {}
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as t:
         for path in paths:
-            results[path.name] = run_landscape(path, strategies, args.seeds, args.budget, Path(t))
+            results[path.name] = run_landscape(
+                path,
+                strategies,
+                args.seeds,
+                args.budget,
+                Path(t),
+                (args.confirm_runs, args.confirm_top),
+            )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0
