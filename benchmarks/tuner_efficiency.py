@@ -143,7 +143,7 @@ def run_landscape(
             winner = best_trial(prepared.study)
             declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
             measurements.append(replay.calls)
-            builds.append(len(replay._engines))
+            builds.append(len(replay.engines))
         label = f"{sampler} (default)" if sampler == DEFAULT else sampler
         row = {
             "median_trials": statistics.median(reached),

@@ -42,7 +42,9 @@ class LandscapeReplay:
         if not self.repeats:
             raise ConfigError(f"replay: landscape {self.path} has no recorded repeats")
         self._rng = random.Random(seed)
-        self._engines: set[tuple[str, int]] = set()
+        #: (precision, batch size) of every engine a replayed trial has "built", and the
+        #: number of measurements answered.
+        self.engines: set[tuple[str, int]] = set()
         self.calls = 0
 
     def key(self, params: Mapping[str, Any]) -> Key:
@@ -85,8 +87,8 @@ class LandscapeReplay:
             failure = str(repeat.get("failure") or "error")
             return ChildOutcome(None, failure, str(repeat.get("reason", "")), seconds)
         engine = (run.precision, run.batch_size)
-        cached = engine in self._engines
-        self._engines.add(engine)
+        cached = engine in self.engines
+        self.engines.add(engine)
         return ChildOutcome(self._result(repeat, run, cached), seconds=seconds)
 
     def _result(self, repeat: Mapping[str, Any], run: RunConfig, cached: bool) -> dict[str, Any]:
