@@ -8,6 +8,21 @@ from pathlib import Path
 
 from tuner.cli import main
 
+#: `optimize` on the simulated null backend (tiny model): 4 batch sizes x 2 streams.
+NULL_OPTIMIZE = [
+    "optimize",
+    "--model",
+    "tiny",
+    "--backend",
+    "null",
+    "--batch-sizes",
+    "1,2,4,8",
+    "--streams",
+    "1,2",
+    "--backend-option",
+    "latency_ms=1",
+]
+
 ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")
 
 

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
 
 #: Trials of the shared study: the enqueued baseline and two sampled configurations.
@@ -46,17 +47,7 @@ def offline_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     folder = tmp_path_factory.mktemp("offline-study")
     db = folder / "study.db"
     argv = [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--batch-sizes",
-        "1,2,4,8",
-        "--streams",
-        "1,2",
-        "--backend-option",
-        "latency_ms=1",
+        *NULL_OPTIMIZE,
         "--backend-option",
         "per_sample_ms=0.05",
         "--trials",

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
+from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner import config
 from tuner.child import ChildOutcome
 from tuner.cli import main
@@ -34,17 +35,7 @@ TRIALS = 5
 def optimize_args(db: Path, cache_dir: Path, runs: Path, *extra: str) -> list[str]:
     """A jittered null-backend Offline study: 4 batch sizes x 2 streams x 3 precisions."""
     return [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--batch-sizes",
-        "1,2,4,8",
-        "--streams",
-        "1,2",
-        "--backend-option",
-        "latency_ms=1",
+        *NULL_OPTIMIZE,
         "--backend-option",
         "per_sample_ms=0.05",
         "--backend-option",

@@ -24,6 +24,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import TunerError
+from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
 from tuner.config import from_stored
 from tuner.loop import budget_used
@@ -56,17 +57,7 @@ def optimize_args(
     """`optimize` on the simulated backend: 4 batch sizes x 2 streams x 3 precisions; no
     confirmation runs after the budget (they are tests/tuner/test_confirm.py's business)."""
     return [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--batch-sizes",
-        "1,2,4,8",
-        "--streams",
-        "1,2",
-        "--backend-option",
-        "latency_ms=1",
+        *NULL_OPTIMIZE,
         "--trials",
         str(trials),
         "--confirm-runs",

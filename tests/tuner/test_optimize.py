@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
 
 
@@ -29,17 +30,7 @@ def common(tmp_path: Path, cache_dir: Path, db: str = "study.db") -> list[str]:
 
 def null_args(tmp_path: Path, cache_dir: Path) -> list[str]:
     return [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--batch-sizes",
-        "1,2,4,8",
-        "--streams",
-        "1,2",
-        "--backend-option",
-        "latency_ms=1",
+        *NULL_OPTIMIZE,
         "--backend-option",
         "per_sample_ms=0.05",
         *common(tmp_path, cache_dir),
