@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.harness.search_checks import check_answer
 from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
 
@@ -184,8 +185,9 @@ def test_server_study_with_null_backend_finds_a_valid_qps(tmp_path: Path, cache_
         server_runs = [r for r in runs if r["scenario"] == "Server"]
         assert server_runs
         if trial.user_attrs["valid"]:
-            best = max((r for r in server_runs if r["valid"]), key=lambda r: r["target_qps"])
-            assert trial.value == best["scheduled_qps"]
+            # The largest target below every INVALID one, VALID each time it ran (twice once
+            # the search converged); the score is its lowest scheduled QPS.
+            check_answer(server_runs, trial.value, confirmed=not trial.user_attrs["note"])
             assert trial.user_attrs["p99_ms"] <= 20.0
 
 
