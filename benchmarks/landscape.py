@@ -1,7 +1,8 @@
 """Record a landscape: every configuration of a study's search space measured with the real
 harness (each in a child process, like a tuner trial), repeats included so the noise is
 recorded too. Repeats sweep the whole grid in turn, so slow drift spreads over all points.
-The file is rewritten after every measurement and a rerun resumes it.
+The file is rewritten after every measurement and a rerun resumes it (also with a larger
+`--repeats`, to add repeats; each resumption is noted under "resumed").
 
     python benchmarks/landscape.py --config studies/resnet50-offline-cpu.toml --repeats 3 \\
         --out benchmarks/landscapes/resnet50-offline-cpu.json
@@ -107,6 +108,13 @@ def main() -> int:
         if data["space"] != space.grid():
             print(f"{args.out} holds another space; remove it or change --out", file=sys.stderr)
             return 2
+        if any(len(e["repeats"]) < args.repeats for e in data["points"]):
+            data.setdefault("resumed", []).append(
+                {
+                    "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                }
+            )
     else:
         data = {
             "format": FORMAT,

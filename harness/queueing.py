@@ -1,5 +1,6 @@
 """A discrete-event model of the batching SUT (`harness.sut`) under Poisson arrivals: predicts
-the latency percentile at a QPS and the largest QPS that meets a bound, without LoadGen runs.
+the latency percentile at a QPS and the largest QPS that meets a bound, without LoadGen runs,
+and is refitted (`calibrate`) to the latency a LoadGen run measured.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import bisect
 import heapq
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,6 +20,9 @@ DEFAULT_SAMPLES = 20_000
 #: Shares of the upper QPS predict_max_qps tries, from the top, before it bisects; a miss at
 #: every one means no QPS meets the bound.
 SCAN = (0.9, 0.75, 0.6, 0.45, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+#: The range of service-time factors `calibrate` fits: a run that needs more than a 2x
+#: correction says the model is wrong, not miscalibrated.
+CALIBRATION_BOUNDS = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,79 @@ def predict_percentile_ms(
 ) -> float:
     """The modelled latency `percentile` (ms) at `qps`."""
     return float(np.percentile(simulate(qps, model, samples, seed), percentile)) * 1000.0
+
+
+def predict_run_percentile_ms(
+    qps: float,
+    model: SutModel,
+    percentile: float = 99.0,
+    queries: int = 0,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """The latency `percentile` (ms) a LoadGen run of `queries` at `qps` is modelled to
+    measure: the median over runs of that length simulated from an empty queue, as many as
+    `samples` allows (the steady state when `queries` is 0 or over `samples`)."""
+    if queries <= 0 or queries > samples:
+        return predict_percentile_ms(qps, model, percentile, samples, seed)
+    measured = [
+        float(np.percentile(simulate(qps, model, queries, seed + r), percentile))
+        for r in range(samples // queries)
+    ]
+    return float(np.median(measured)) * 1000.0
+
+
+def scaled(model: SutModel, factor: float) -> SutModel:
+    """`model` with every service time multiplied by `factor`."""
+    if not factor > 0:
+        raise ValueError("factor must be > 0")
+    service = model.service
+    if callable(service):
+        draw = service
+
+        def scaled_draw(rng: np.random.Generator, size: int) -> np.ndarray:
+            return factor * np.asarray(draw(rng, size), dtype=np.float64)
+
+        return replace(model, service=scaled_draw)
+    return replace(model, service=factor * np.asarray(service, dtype=np.float64))
+
+
+def calibrate(
+    model: SutModel,
+    qps: float,
+    measured_ms: float,
+    percentile: float = 99.0,
+    queries: int = 0,
+    bounds: tuple[float, float] = CALIBRATION_BOUNDS,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """The service-time factor (within `bounds`) with which `model` reproduces a LoadGen run's
+    measured latency `percentile` at `qps` (`predict_run_percentile_ms`): the model refitted
+    to what the SUT did under Poisson load, where the warm-up timed it saturated.
+
+    Bisection on the factor (the modelled percentile grows with it; common random numbers),
+    to 0.1%; a bound of `bounds` when even it cannot reproduce the measurement."""
+    if not qps > 0 or not measured_ms > 0:
+        raise ValueError("qps and measured_ms must be > 0")
+
+    def modelled(factor: float) -> float:
+        return predict_run_percentile_ms(
+            qps, scaled(model, factor), percentile, queries, samples, seed
+        )
+
+    low, high = bounds
+    if modelled(low) >= measured_ms:
+        return low
+    if modelled(high) <= measured_ms:
+        return high
+    while high - low > 1e-3 * low:
+        mid = (low + high) / 2
+        if modelled(mid) < measured_ms:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
 
 
 def allowed_late(queries: int, percentile: float, confidence: float = 0.99) -> int:

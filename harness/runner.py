@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import platform
 import statistics
 import threading
@@ -27,7 +28,13 @@ from harness.gpus import GpuSampler, cuda_ordinal, sampler_for
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
 from harness.precision import CALIBRATION_SAMPLES, Agreement, Variant, agreement, make_variant
-from harness.queueing import SutModel, predict_max_qps
+from harness.queueing import (
+    CALIBRATION_BOUNDS,
+    SutModel,
+    calibrate,
+    predict_max_qps,
+    scaled,
+)
 from harness.result import Result
 from harness.scenarios import Outcome, offline, server
 from harness.sut import BatchingSUT
@@ -147,25 +154,34 @@ def _server(ctx: _Context) -> Outcome:
     bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
     upper = bound.score
     log.info("upper bound from Offline: %.1f samples/s", upper)
-    guess = _predicted_max_qps(ctx, upper)
-    found = server.find_max_qps(ctx.sut, spec, upper, ctx.out_dir, first_guess=guess)
+    model = _queue_model(ctx)
+    guess = _predicted_max_qps(ctx, model, upper) if model is not None and upper > 0 else None
+    refine = _refitter(ctx, model, upper) if guess is not None and model is not None else None
+    found = server.find_max_qps(
+        ctx.sut, spec, upper, ctx.out_dir, first_guess=guess, refine=refine
+    )
     return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
 
 
-def _predicted_max_qps(ctx: _Context, upper: float) -> float | None:
-    """The queueing model's max QPS for the warm-up's batch latencies (at most `upper`), the
-    search's first probe; None when the model has nothing to go on or finds no QPS."""
+def _queue_model(ctx: _Context) -> SutModel | None:
+    """The queueing model of the SUT from the warm-up's batch latencies; None without them."""
     latencies = ctx.warmup.batch_latencies_s
-    if not latencies or not upper > 0 or min(latencies) <= 0:
+    if not latencies or min(latencies) <= 0:
         return None
-    spec, run = ctx.spec, ctx.run
-    model = SutModel(
+    run = ctx.run
+    return SutModel(
         run.batch_size,
         run.streams,
         run.deque_timeout_us / 1e6,
         latencies,
         fixed_fraction=ctx.warmup.fixed_fraction(run.batch_size),
     )
+
+
+def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float | None:
+    """The queueing model's max QPS (at most `upper`), the search's first probe; None when
+    the model finds no QPS."""
+    spec = ctx.spec
     guess = predict_max_qps(
         model,
         spec.latency_ms,
@@ -177,6 +193,48 @@ def _predicted_max_qps(ctx: _Context, upper: float) -> float | None:
     )
     log.info("model: ~%.1f QPS meet p%g <= %g ms", guess, spec.percentile, spec.latency_ms)
     return guess or None
+
+
+def _refitter(ctx: _Context, model: SutModel, upper: float) -> server.Refine:
+    """The search's `refine`: the model refitted to a run's measured latency percentile (its
+    service times scaled, `calibrate`), and its max QPS again. The warm-up times batches with
+    every stream saturated, which is not how a Server run loads the SUT, so the first guess
+    is off by a few percent; one run at it shows by how much."""
+    spec = ctx.spec
+
+    def refine(qps: float, run: LoadgenRun) -> float | None:
+        measured = run.percentile_ms(spec.percentile)
+        if measured is None or not measured > 0:
+            return None
+        queries = run.query_count or max(
+            spec.server_min_queries, math.ceil(qps * spec.min_duration_s)
+        )
+        factor = calibrate(model, qps, measured, spec.percentile, queries)
+        if factor in CALIBRATION_BOUNDS:
+            log.info(
+                "model: cannot reproduce p%g %.2f ms at %.1f QPS", spec.percentile, measured, qps
+            )
+            return None
+        guess = predict_max_qps(
+            scaled(model, factor),
+            spec.latency_ms,
+            spec.percentile,
+            upper_qps=upper,
+            tolerance=spec.qps_tolerance,
+            min_queries=spec.server_min_queries,
+            min_duration_s=spec.min_duration_s,
+        )
+        log.info(
+            "model refitted to p%g %.2f ms at %.1f QPS: service x%.3f, ~%.1f QPS",
+            spec.percentile,
+            measured,
+            qps,
+            factor,
+            guess,
+        )
+        return guess or None
+
+    return refine
 
 
 #: Scenario name -> how to measure it.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.config import ScenarioSpec
@@ -26,6 +27,10 @@ BLIND_STEPS = 3
 FLOOR = 0.01
 #: VALID runs the answer needs: one more than the run that found it.
 CONFIRMING_RUNS = 2
+
+#: Given a run's target QPS and what LoadGen measured, a better guess at the answer (None:
+#: no better guess), e.g. the queueing model refitted to the run.
+Refine = Callable[[float, LoadgenRun], float | None]
 
 
 def run_at(sut: BatchingSUT, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
@@ -67,6 +72,7 @@ def find_max_qps(
     upper_qps: float,
     out_dir: Path,
     first_guess: float | None = None,
+    refine: Refine | None = None,
 ) -> Outcome:
     """The largest target QPS LoadGen reports VALID twice, within `spec.qps_tolerance` of the
     smallest INVALID one (or of `upper_qps`).
@@ -79,6 +85,12 @@ def find_max_qps(
     or fails by chance, and a target that fails its second run is INVALID (the search goes on
     below it). A good guess costs three runs: VALID at the guess, INVALID one tolerance above,
     VALID again at the guess.
+
+    `refine`, called after each run while the answer is bracketed on one side only, may
+    return a better guess (the queueing model refitted to the run's measured latency): the
+    next probe goes there when it lies beyond the tolerance on the side the run points to
+    (above a VALID run, below an INVALID one); a guess within one tolerance of a VALID run
+    sends the next probe one tolerance above it, to bracket the answer at once.
     """
     tol = spec.qps_tolerance
     search = _Bracket(upper_qps, tol, first_guess)
@@ -90,7 +102,8 @@ def find_max_qps(
         search.record(qps, result.valid, result)
         if search.converged():
             break
-        next_qps = search.next_probe()
+        hint = refine(qps, result) if refine is not None and search.one_sided() else None
+        next_qps = search.next_probe(hint)
         too_long = not spec.compliance and spec.server_min_queries / next_qps > spec.max_run_s
         if search.low == 0 and (next_qps >= qps or too_long):
             break  # the floor was probed and missed, or the next run would take too long
@@ -149,18 +162,26 @@ class _Bracket:
     def converged(self) -> bool:
         return self.bracketed() and len(self.passed[self.low]) >= CONFIRMING_RUNS
 
-    def next_probe(self) -> float:
+    def one_sided(self) -> bool:
+        """Only VALID or only INVALID targets so far (below the bound)."""
+        return (self.low > 0) != (self.high < self.upper)
+
+    def next_probe(self, hint: float | None = None) -> float:
         """The answer again once bracketed; else up from a VALID guess, down from an INVALID
-        one, or the bracket's midpoint."""
-        low, high = self.low, self.high
+        one (to `hint` where it lies beyond a tolerance step), or the bracket's midpoint."""
+        low, high, tol = self.low, self.high, self.tolerance
         if self.bracketed():
             return low
-        step = 1 + self.tolerance * GROWTH**self.steps
+        step = 1 + tol * GROWTH**self.steps
         if low > 0 and high < self.upper:
             return _midpoint(low, high)
         self.steps += 1
         if low > 0:  # nothing INVALID yet: never past the midpoint of the bound
+            if hint is not None:
+                return min(max(hint, low * (1 + tol)), high / (1 + tol))
             return min(low * step, _midpoint(low, high))
+        if hint is not None and hint > 0:
+            return max(min(hint, high / (1 + tol)), FLOOR * self.upper)
         return max(high / step, FLOOR * self.upper)
 
 

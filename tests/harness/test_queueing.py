@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 
 from harness.queueing import (
+    CALIBRATION_BOUNDS,
     ServiceDraw,
     SutModel,
     allowed_late,
+    calibrate,
     meets_bound,
     predict_max_qps,
     predict_percentile_ms,
+    predict_run_percentile_ms,
     predict_valid,
+    scaled,
     simulate,
 )
 
@@ -163,3 +167,49 @@ def test_bad_models_are_rejected() -> None:
         SutModel(1, 1, 0.0, [])
     with pytest.raises(ValueError, match="qps"):
         simulate(0.0, SutModel(1, 1, 0.0, [0.001]))
+
+
+def test_scaling_the_service_scales_the_latencies_and_the_qps() -> None:
+    # Without a batching timeout, service times x k at QPS / k is the same queue in a slower
+    # clock: every latency is k times longer (common random numbers: the same draws).
+    for model in (SutModel(1, 1, 0.0, [0.001, 0.002]), SutModel(2, 2, 0.0, exponential(800.0))):
+        slow = scaled(model, 1.5)
+        base = simulate(600.0, model, samples=4000, seed=3)
+        assert np.allclose(simulate(400.0, slow, samples=4000, seed=3), 1.5 * base)
+    with pytest.raises(ValueError, match="factor"):
+        scaled(SutModel(1, 1, 0.0, [0.001]), 0.0)
+
+
+def test_a_runs_percentile_is_the_median_of_short_runs_from_an_empty_queue() -> None:
+    model = SutModel(1, 1, 0.0, [0.001])
+    steady = predict_percentile_ms(800.0, model, 99.0)
+    assert predict_run_percentile_ms(800.0, model, 99.0) == steady  # queries 0: steady state
+    short = predict_run_percentile_ms(800.0, model, 99.0, queries=600)
+    assert short < steady  # short runs start empty: the queue has no time to grow
+    runs = [np.percentile(simulate(800.0, model, 600, r), 99) * 1000 for r in range(33)]
+    assert short == pytest.approx(float(np.median(runs)))
+
+
+@pytest.mark.parametrize("truth", [0.8, 1.0, 1.25])
+def test_calibrate_recovers_the_service_factor_behind_a_measured_percentile(truth: float) -> None:
+    # A "measured" p90 from the same SUT with service times x truth (another seed: a
+    # different run), at a load where the percentile is steep in the factor.
+    model = SutModel(2, 2, 0.0005, exponential(900.0), fixed_fraction=0.4)
+    measured = predict_run_percentile_ms(1100.0, scaled(model, truth), 90.0, 600, seed=11)
+    factor = calibrate(model, 1100.0, measured, 90.0, queries=600)
+    assert factor == pytest.approx(truth, rel=0.05)
+    # Then the refitted model predicts the true SUT's max QPS.
+    true_max = predict_max_qps(scaled(model, truth), 10.0, 90.0, upper_qps=5000.0, min_queries=600)
+    fitted_max = predict_max_qps(
+        scaled(model, factor), 10.0, 90.0, upper_qps=5000.0, min_queries=600
+    )
+    assert fitted_max == pytest.approx(true_max, rel=0.06)
+
+
+def test_calibrate_stops_at_its_bounds() -> None:
+    model = SutModel(1, 1, 0.0, [0.001])
+    low, high = CALIBRATION_BOUNDS
+    assert calibrate(model, 500.0, 0.01, 90.0) == low  # faster than any factor explains
+    assert calibrate(model, 500.0, 1e4, 90.0) == high  # slower than any factor explains
+    with pytest.raises(ValueError, match="measured_ms"):
+        calibrate(model, 500.0, 0.0, 90.0)

@@ -160,3 +160,54 @@ def test_the_answer_is_run_twice_and_a_second_run_that_fails_moves_it_down(
     check_answer(outcome.runs, outcome.score)
     answer = answer_runs(outcome.runs)
     assert answer[0].target_qps < 100.0
+
+
+def test_a_refined_guess_moves_the_next_probe(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`refine` (the model refitted to each run) sends the next probe to its guess while the
+    answer is bracketed on one side only; then the search bisects and confirms as before."""
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, qps_tolerance=0.02)
+    seen: list[float] = []
+
+    def refine(qps: float, run: LoadgenRun) -> float | None:
+        seen.append(qps)
+        return 120.0
+
+    # A VALID first run at 100, refined to 120: probes 120 (VALID), then one tolerance above
+    # it (INVALID), then 120 again.
+    probe = scripted(capacity=122.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0, refine=refine)  # type: ignore[arg-type]
+    assert probe.targets == pytest.approx([100.0, 120.0, 122.4, 120.0])
+    assert seen == pytest.approx([100.0, 120.0])  # not once the answer is bracketed
+    assert outcome.valid and outcome.score == pytest.approx(120.0 * 0.999)
+    check_answer(outcome.runs, outcome.score)
+
+    # An INVALID first run at 150 refined to 120: down to 120, not one step of 2 %; then the
+    # bracket (120, 150) is bisected to the tolerance.
+    probe = scripted(capacity=122.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=150.0, refine=refine)  # type: ignore[arg-type]
+    assert probe.targets[:2] == pytest.approx([150.0, 120.0])
+    assert outcome.valid and 120.0 * 0.999 <= outcome.score < 122.0
+    check_answer(outcome.runs, outcome.score)
+
+
+def test_a_refined_guess_on_the_wrong_side_is_a_tolerance_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, qps_tolerance=0.02)
+    # VALID at 100 but the refit says 90: one tolerance up, to bracket the answer at once.
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(  # type: ignore[arg-type]
+        None, spec, 200.0, tmp_path, first_guess=100.0, refine=lambda q, r: 90.0
+    )
+    assert probe.targets == pytest.approx([100.0, 102.0, 100.0])
+    check_answer(outcome.runs, outcome.score)
+    # A refit that has nothing to say (None) leaves the search as it was.
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0, refine=lambda q, r: None)  # type: ignore[arg-type]
+    assert probe.targets == pytest.approx([100.0, 102.0, 100.0])
