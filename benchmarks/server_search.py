@@ -8,7 +8,9 @@ latency, times --time-scale):
 (1) model   the harness's own search, through the runner's code path: the warm-up's batch
             latencies (and one-sample latencies: the fixed share of a batch's cost) feed the
             queueing model, whose max QPS is the first probe of `find_max_qps`, bracketed
-            above by the Offline rate; its answer is run twice before it is reported;
+            above by the Offline rate; while the answer is bracketed on one side only, the
+            model is refitted to each run's measured percentile and its new max QPS is the
+            next probe (--no-refine: not); the answer is run twice before it is reported;
 (2) bisect  plain bisection of the target QPS between 0 and the Offline rate (arithmetic
             midpoints, no guess), to the same relative tolerance;
 (3) peak    LoadGen's own TestMode.FindPeakPerformance, started at --peak-start x the Offline
@@ -25,7 +27,7 @@ which for a fixed schedule seed and query count is a fixed multiple of the targe
 
     python benchmarks/server_search.py [--landscape L.json] [--time-scale 0.1]
         [--latency-ms 100] [--percentile 99] [--configs fp32/b1/s1,int8/b2/s1]
-        [--min-queries 600] [--out figures.json]
+        [--min-queries 600] [--methods model,bisect,peak] [--no-refine] [--out figures.json]
 """
 
 from __future__ import annotations
@@ -303,9 +305,13 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
             ):
                 figures.model_guess = probes[0].target_qps
             # (2) Plain bisection, (3) LoadGen's FindPeakPerformance.
-            bisect = bench.bisect(upper)
-            peak = bench.find_peak(args.peak_start * upper, args.peak_decimals)
-            figures.searches = {"model": model, "bisect": bisect, "peak": peak}
+            figures.searches = {"model": model}
+            if "bisect" in args.methods:
+                figures.searches["bisect"] = bench.bisect(upper)
+            if "peak" in args.methods:
+                figures.searches["peak"] = bench.find_peak(
+                    args.peak_start * upper, args.peak_decimals
+                )
             # One confirmation run at each reported QPS.
             for method, search in figures.searches.items():
                 if search.qps > 0:
@@ -421,7 +427,40 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             f"median reported/reference {s['median_ratio_to_reference']:.3f}, "
             f"confirmation VALID {s['confirmed']}/{s['confirm_runs']}"
         )
+    curve = pass_rates(done)
+    if curve:
+        summary["pass_rate_by_target"] = curve
+        print(
+            "every run (sweep, model, bisect, confirmation) by its target / the reference, "
+            "pooled over configurations: VALID runs / runs"
+        )
+        print("  " + "  ".join(f"{b:.0%}: {ok}/{n}" for b, (ok, n) in curve.items()))
     return summary
+
+
+def pass_rates(figures: list[Figures], width: float = 0.02) -> dict[float, tuple[int, int]]:
+    """How often a run passes at a given distance from the reference: every run of the sweep,
+    of `model` and `bisect` and every confirmation run, binned by target / reference
+    (bins `width` wide, centred on multiples of it), pooled over configurations.
+    FindPeakPerformance's sub-runs are left out (their verdicts are not kept)."""
+    bins: dict[float, list[int]] = {}
+    for f in figures:
+        if not f.reference:
+            continue
+        runs = list(f.sweep)
+        for method in ("model", "bisect"):
+            search = f.searches.get(method)
+            if search is None:
+                continue
+            runs += list(zip(search.targets, search.verdicts, strict=False))
+            if search.confirmed is not None:
+                runs.append((search.qps, search.confirmed))
+        for qps, valid in runs:
+            centre = round(round(qps / f.reference / width) * width, 6)
+            tally = bins.setdefault(centre, [0, 0])
+            tally[0] += bool(valid)
+            tally[1] += 1
+    return {b: (ok, n) for b, (ok, n) in sorted(bins.items()) if 0.8 <= b <= 1.2}
 
 
 def main() -> int:
@@ -461,8 +500,28 @@ def main() -> int:
         "i.e. 1 + log10(time scale): the same number of steps at any scale)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the replay noise's seed")
+    parser.add_argument(
+        "--methods",
+        type=lambda s: {m.strip() for m in s.split(",") if m.strip()},
+        default=set(METHODS),
+        help=f"comma-separated, of {', '.join(METHODS)} (model always runs: its Offline run "
+        "is the bound of the others)",
+    )
+    parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="the model-led search without refitting the model to each run (the search as it "
+        "was before harness.queueing.calibrate), for an A/B comparison",
+    )
     parser.add_argument("--out", type=Path, help="write every figure here (JSON)")
     args = parser.parse_args()
+    unknown = args.methods - set(METHODS)
+    if unknown:
+        parser.error(
+            f"--methods: unknown {', '.join(sorted(unknown))} (valid: {', '.join(METHODS)})"
+        )
+    if args.no_refine:
+        runner._refitter = lambda *_: lambda qps, run: None  # type: ignore[assignment]
     if args.peak_decimals is None:
         args.peak_decimals = max(0, round(1 + math.log10(args.time_scale)))
     logging.basicConfig(stream=sys.stdout, format="%(message)s")

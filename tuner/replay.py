@@ -62,7 +62,7 @@ class LandscapeReplay:
         found = self.repeats.get(self.key(params))
         if not found:
             raise ConfigError(f"replay: {dict(params)} is not in landscape {self.path}")
-        return statistics.median(_objective(r, accuracy_floor) for r in found)
+        return statistics.median(objective(r, accuracy_floor) for r in found)
 
     def best(self, accuracy_floor: float = 0.0) -> tuple[Key, float]:
         """The landscape's true best configuration and its value."""
@@ -120,7 +120,9 @@ class LandscapeReplay:
         }
 
 
-def _objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:
+def objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:
+    """What a trial answered by this recorded repeat scores: 0 when it failed, was INVALID or
+    fell below the accuracy floor."""
     if "score" not in repeat or not repeat.get("valid"):
         return 0.0
     top1 = repeat.get("agreement_top1")
