@@ -376,12 +376,13 @@ def cell(search: Search | None) -> str:
 
 
 def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
-    head = " | ".join(f"{m + ': runs land      QPS ref? confirm':>29}" for m in METHODS)
+    methods = [m for m in METHODS if any(m in f.searches for f in all_figures)]
+    head = " | ".join(f"{m + ': runs land      QPS ref? confirm':>29}" for m in methods)
     print(f"{'config':<12} {'upper':>7} {'guess':>7} {'ref':>7} | {head}")
     for f in all_figures:
         guess = f"{f.model_guess:7.1f}" if f.model_guess else f"{'-':>7}"
         ref = f"{f.reference:7.1f}" if f.reference else f"{'-':>7}"
-        cells = " | ".join(cell(f.searches.get(m)) for m in METHODS)
+        cells = " | ".join(cell(f.searches.get(m)) for m in methods)
         print(f"{f.config:<12} {f.upper_qps:7.1f} {guess} {ref} | {cells}")
         if f.note:
             print(f"{'':<12} note: {f.note}")
@@ -390,8 +391,8 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
                 print(f"{'':<12} {m}: {s.note}")
     summary: dict[str, Any] = {}
     done = [f for f in all_figures if f.searches]
-    for m in METHODS:
-        searches = [f.searches[m] for f in done]
+    for m in methods:
+        searches = [f.searches[m] for f in done if m in f.searches]
         runs = [s.runs for s in searches]
         if not runs:
             continue
@@ -409,7 +410,7 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             "confirmed": sum(1 for s in searches if s.confirmed),
             "confirm_runs": sum(1 for s in searches if s.confirmed is not None),
             "median_ratio_to_reference": statistics.median(
-                [s.qps / f.reference for f, s in zip(done, searches, strict=True) if f.reference]
+                [f.searches[m].qps / f.reference for f in done if m in f.searches and f.reference]
                 or [float("nan")]
             ),
         }
