@@ -20,10 +20,13 @@ latency, times --time-scale):
             run announcements in LoadGen's detail log; the two must agree.
 
 The reference is the highest VALID target of a fine sweep (geometric steps of --sweep-step)
-around the three answers. Each method's answer is then run once more ("confirmation run") at
-the QPS it reported. The Offline run that gives the upper bound is shared and not counted.
-QPS are LoadGen targets (`server_target_qps`); the harness's score is LoadGen's scheduled QPS,
-which for a fixed schedule seed and query count is a fixed multiple of the target.
+around the three answers. With --sweep-repeats N the sweep's targets are run N times in all,
+and the "reliable edge" is the highest target at and below which every one of those runs
+passed: where runs pass reliably rather than by luck. Each method's answer is then run once
+more ("confirmation run") at the QPS it reported. The Offline run that gives the upper bound
+is shared and not counted. QPS are LoadGen targets (`server_target_qps`); the harness's
+score is LoadGen's scheduled QPS, which for a fixed schedule seed and query count is a fixed
+multiple of the target.
 
     python benchmarks/server_search.py [--landscape L.json] [--time-scale 0.1]
         [--latency-ms 100] [--percentile 99] [--configs fp32/b1/s1,int8/b2/s1]
@@ -92,6 +95,8 @@ class Search:
     confirm_p: float | None = None
     #: Within the tolerance of the reference (None: no reference).
     within: bool | None = None
+    #: Within the tolerance of the reliable edge (None: not measured).
+    within_reliable: bool | None = None
     note: str = ""
 
 
@@ -102,6 +107,9 @@ class Figures:
     upper_qps: float = 0.0
     model_guess: float | None = None
     reference: float | None = None
+    #: With --sweep-repeats > 1: the highest sweep target at and below which every sweep run
+    #: passed (the edge where runs pass reliably, not by luck).
+    reliable: float | None = None
     lowest_invalid_above: float | None = None
     sweep: list[tuple[float, bool]] = field(default_factory=list)
     searches: dict[str, Search] = field(default_factory=dict)
@@ -334,7 +342,15 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                         nxt = points[-1] * (1 + args.sweep_step)
                         if nxt < upper:
                             points.append(nxt)
+            # The reference is the first pass's (one fine sweep, as the issue defines it).
             passed = [q for q, ok in figures.sweep if ok]
+            first_pass = list(figures.sweep)
+            for repeat in range(1, args.sweep_repeats):
+                for qps, _ in first_pass:
+                    valid = bench.run(f"sweep {repeat + 1}", qps).valid
+                    figures.sweep.append((qps, valid))
+            if args.sweep_repeats > 1 and first_pass:
+                figures.reliable = reliable_edge(figures.sweep)
             if len(figures.sweep) >= MAX_SWEEP_RUNS and figures.sweep[-1][1]:
                 figures.note = "the sweep hit its run limit still VALID: no reference"
                 passed = []
@@ -345,8 +361,20 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 for search in figures.searches.values():
                     search.within = abs(search.qps - ref) <= tol * ref
                     search.landed = runs_to_land(search, ref, tol)
+            if figures.reliable:
+                edge = figures.reliable
+                for search in figures.searches.values():
+                    search.within_reliable = abs(search.qps - edge) <= tol * edge
     figures.seconds = time.perf_counter() - started
     return figures
+
+
+def reliable_edge(sweep: list[tuple[float, bool]]) -> float | None:
+    """The highest target at and below which every run of the sweep passed; None when the
+    lowest target already failed once."""
+    failed = min((q for q, ok in sweep if not ok), default=math.inf)
+    below = [q for q, ok in sweep if q < failed]
+    return max(below, default=None)
 
 
 def runs_to_land(search: Search, reference: float, tol: float) -> int | None:
@@ -378,10 +406,11 @@ def cell(search: Search | None) -> str:
 def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
     methods = [m for m in METHODS if any(m in f.searches for f in all_figures)]
     head = " | ".join(f"{m + ': runs land      QPS ref? confirm':>29}" for m in methods)
-    print(f"{'config':<12} {'upper':>7} {'guess':>7} {'ref':>7} | {head}")
+    print(f"{'config':<12} {'upper':>7} {'guess':>7} {'ref':>7} {'edge':>7} | {head}")
     for f in all_figures:
         guess = f"{f.model_guess:7.1f}" if f.model_guess else f"{'-':>7}"
         ref = f"{f.reference:7.1f}" if f.reference else f"{'-':>7}"
+        ref += f" {f.reliable:7.1f}" if f.reliable else f" {'-':>7}"
         cells = " | ".join(cell(f.searches.get(m)) for m in methods)
         print(f"{f.config:<12} {f.upper_qps:7.1f} {guess} {ref} | {cells}")
         if f.note:
@@ -407,6 +436,8 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             "max_runs": max(runs),
             "within": sum(1 for s in searches if s.within),
             "with_reference": sum(1 for s in searches if s.within is not None),
+            "within_reliable": sum(1 for s in searches if s.within_reliable),
+            "with_reliable": sum(1 for s in searches if s.within_reliable is not None),
             "confirmed": sum(1 for s in searches if s.confirmed),
             "confirm_runs": sum(1 for s in searches if s.confirmed is not None),
             "median_ratio_to_reference": statistics.median(
@@ -427,6 +458,12 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             + f"within {tol:.0%} of the reference {s['within']}/{s['with_reference']}, "
             f"median reported/reference {s['median_ratio_to_reference']:.3f}, "
             f"confirmation VALID {s['confirmed']}/{s['confirm_runs']}"
+            + (
+                f", within {tol:.0%} of the reliable edge "
+                f"{s['within_reliable']}/{s['with_reliable']}"
+                if s["with_reliable"]
+                else ""
+            )
         )
     curve = pass_rates(done)
     if curve:
@@ -492,6 +529,14 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--sweep-step", type=float, default=0.02)
     parser.add_argument(
+        "--sweep-repeats",
+        type=int,
+        default=1,
+        help="run the sweep's targets this many times in all (passes after the first: the "
+        "same targets); the reference stays the first pass's highest VALID, and the "
+        "'reliable edge' is the highest target at and below which every sweep run passed",
+    )
+    parser.add_argument(
         "--peak-start", type=float, default=0.4, help="FindPeak's start, share of Offline"
     )
     parser.add_argument(
@@ -522,7 +567,7 @@ def main() -> int:
             f"--methods: unknown {', '.join(sorted(unknown))} (valid: {', '.join(METHODS)})"
         )
     if args.no_refine:
-        runner._refitter = lambda *_: lambda qps, run: None  # type: ignore[assignment]
+        runner._refitter = lambda *_: lambda qps, run: None
     if args.peak_decimals is None:
         args.peak_decimals = max(0, round(1 + math.log10(args.time_scale)))
     logging.basicConfig(stream=sys.stdout, format="%(message)s")

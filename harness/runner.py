@@ -179,8 +179,8 @@ def _queue_model(ctx: _Context) -> SutModel | None:
 
 
 def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float | None:
-    """The queueing model's max QPS (at most `upper`), the search's first probe; None when
-    the model finds no QPS."""
+    """The queueing model's max QPS (at most `upper`), a probe of the search; None when the
+    model finds no QPS."""
     spec = ctx.spec
     guess = predict_max_qps(
         model,
@@ -215,24 +215,14 @@ def _refitter(ctx: _Context, model: SutModel, upper: float) -> server.Refine:
                 "model: cannot reproduce p%g %.2f ms at %.1f QPS", spec.percentile, measured, qps
             )
             return None
-        guess = predict_max_qps(
-            scaled(model, factor),
-            spec.latency_ms,
-            spec.percentile,
-            upper_qps=upper,
-            tolerance=spec.qps_tolerance,
-            min_queries=spec.server_min_queries,
-            min_duration_s=spec.min_duration_s,
-        )
         log.info(
-            "model refitted to p%g %.2f ms at %.1f QPS: service x%.3f, ~%.1f QPS",
+            "model refitted to p%g %.2f ms at %.1f QPS: service x%.3f",
             spec.percentile,
             measured,
             qps,
             factor,
-            guess,
         )
-        return guess or None
+        return _predicted_max_qps(ctx, scaled(model, factor), upper)
 
     return refine
 
