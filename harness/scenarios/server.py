@@ -176,8 +176,8 @@ class _Bracket:
         if low > 0 and high < self.upper:
             return _midpoint(low, high)
         self.steps += 1
-        if low > 0:  # nothing INVALID yet: never past the midpoint of the bound
-            if hint is not None:
+        if low > 0:  # nothing INVALID yet: blind steps never pass the bound's midpoint
+            if hint is not None:  # the refitted model may go up to a step under the bound
                 return min(max(hint, low * (1 + tol)), high / (1 + tol))
             return min(low * step, _midpoint(low, high))
         if hint is not None and hint > 0:
