@@ -147,13 +147,22 @@ def predict_run_percentile_ms(
     """The latency `percentile` (ms) a LoadGen run of `queries` at `qps` is modelled to
     measure: the median over runs of that length simulated from an empty queue, as many as
     `samples` allows (the steady state when `queries` is 0 or over `samples`)."""
-    if queries <= 0 or queries > samples:
-        return predict_percentile_ms(qps, model, percentile, samples, seed)
     measured = [
-        float(np.percentile(simulate(qps, model, queries, seed + r), percentile))
-        for r in range(samples // queries)
+        float(np.percentile(run, percentile))
+        for run in simulate_runs(qps, model, queries, samples, seed)
     ]
     return float(np.median(measured)) * 1000.0
+
+
+def simulate_runs(
+    qps: float, model: SutModel, queries: int, samples: int = DEFAULT_SAMPLES, seed: int = 0
+) -> list[np.ndarray]:
+    """The per-sample latencies of LoadGen runs of `queries` at `qps`, each simulated from an
+    empty queue, as many as `samples` allows (seeds `seed`, `seed` + 1, ...); one steady-state
+    run of `samples` when `queries` is 0 or over `samples`."""
+    if queries <= 0 or queries > samples:
+        return [simulate(qps, model, samples, seed)]
+    return [simulate(qps, model, queries, seed + r) for r in range(samples // queries)]
 
 
 def scaled(model: SutModel, factor: float) -> SutModel:
@@ -255,14 +264,9 @@ def predict_valid(
     many times as `samples` allows; the prediction is the majority's. (A short run near
     capacity passes more often than the steady state suggests: its queue has no time to grow.)
     """
-    if queries <= 0 or queries > samples:
-        return meets_bound(simulate(qps, model, samples, seed), bound_ms, percentile, queries)
-    runs = samples // queries
-    passed = sum(
-        meets_bound(simulate(qps, model, queries, seed + r), bound_ms, percentile, queries)
-        for r in range(runs)
-    )
-    return 2 * passed >= runs
+    simulated = simulate_runs(qps, model, queries, samples, seed)
+    passed = sum(meets_bound(run, bound_ms, percentile, queries) for run in simulated)
+    return 2 * passed >= len(simulated)
 
 
 def predict_max_qps(
