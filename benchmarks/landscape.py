@@ -143,6 +143,9 @@ def main() -> int:
             outcome = measure_in_child(run, spec, cfg.trial_timeout_s)
             entry["repeats"].append(
                 record(outcome.result, outcome.failure, outcome.reason, outcome.seconds)
+                # Which recording (0 = the first, 1 = the first resumption, ...): the machine
+                # can drift between them, so a replay can keep a study within one.
+                | {"session": len(data.get("resumed", []))}
             )
             data["versions"] = (outcome.result or {}).get("versions", data.get("versions"))
             args.out.parent.mkdir(parents=True, exist_ok=True)

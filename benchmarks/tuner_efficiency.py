@@ -11,6 +11,10 @@ noise is in it). For every strategy and seed it runs two studies:
 - one with the default budget and confirmation, as `python -m tuner optimize` runs: the true
   value of what it finally declares best, as a share of the true best.
 
+Each study draws its measurements from one recording session of the landscape (`--noise
+session`, the default; `--noise all`: from every repeat): a file resumed hours later holds the
+machine's drift between sessions, which a study of a few minutes never sees.
+
 For scale it also prints what an exhaustive grid would declare: every configuration measured
 N times and the best median taken (N x grid measurements): on a flat landscape whose repeats
 spread more than its top configurations differ, no strategy with a dozen trials can do better.
@@ -44,7 +48,7 @@ import optuna
 
 import tuner.study
 from tuner.config import SAMPLERS, Space, StudyConfig
-from tuner.replay import LandscapeReplay, objective, params_of
+from tuner.replay import NOISE, LandscapeReplay, drawable, objective, params_of
 from tuner.study import best_trial, optimize
 
 HERE = Path(__file__).resolve().parent
@@ -108,9 +112,10 @@ def run_landscape(
     budget: int,
     work: Path,
     confirm: tuple[int, int],
+    noise: str,
 ) -> dict[str, Any]:
     data = json.loads(path.read_text())
-    probe = LandscapeReplay(path)
+    probe = LandscapeReplay(path, noise=noise)
     floor = StudyConfig().accuracy_floor
     best_key, best = probe.best(floor)
     grid = len(probe.repeats)
@@ -122,7 +127,7 @@ def run_landscape(
         f"{near} configuration(s) within {1 - NEAR:.0%} of it",
         flush=True,
     )
-    bound = exhaustive_bound(probe, floor, best)
+    bound = exhaustive_bound(probe, floor, best, noise)
     print(
         "  for scale, an exhaustive grid (every configuration measured N times, the best "
         "median declared; 400 draws): >= 98% in "
@@ -139,7 +144,7 @@ def run_landscape(
         for seed in range(seeds):
             db = work / f"{path.stem}-{sampler}-{seed}.db"
             long_cfg = study_config(path, data, sampler, seed, grid, False, db)
-            replay = LandscapeReplay(path, seed)
+            replay = LandscapeReplay(path, seed, noise)
             prepared = optimize(long_cfg, on_trial=lambda line: None, measure=replay)
             count = trials_to_near(prepared.study, replay, floor, best)
             reached.append(count if count else math.inf)
@@ -151,7 +156,7 @@ def run_landscape(
                 confirm_runs=confirm[0],
                 confirm_top=confirm[1],
             )
-            replay = LandscapeReplay(path, 1000 + seed)
+            replay = LandscapeReplay(path, 1000 + seed, noise)
             prepared = optimize(cfg, on_trial=lambda line: None, measure=replay)
             winner = best_trial(prepared.study)
             declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
@@ -183,24 +188,30 @@ def run_landscape(
 
 
 def exhaustive_bound(
-    replay: LandscapeReplay, floor: float, best: float, counts: tuple[int, ...] = (1, 3, 5, 9)
+    replay: LandscapeReplay,
+    floor: float,
+    best: float,
+    noise: str,
+    counts: tuple[int, ...] = (1, 3, 5, 9),
 ) -> list[tuple[int, float]]:
     """How often measuring every configuration N times and declaring the best median lands
-    within NEAR of the true best (draws as the replay makes them): what noise leaves to any
-    strategy at N x grid measurements, against the default's dozen trials and confirmation."""
-    configs = [
-        (replay.truth(params_of(key), floor), [objective(r, floor) for r in found])
-        for key, found in replay.repeats.items()
-    ]
+    within NEAR of the true best (draws as the replay makes them, each exhaustive study in
+    one recording session with noise "session"): what noise leaves to any strategy at
+    N x grid measurements, against the default's dozen trials and confirmation."""
+    truths = [replay.truth(params_of(key), floor) for key in replay.repeats]
     shares = []
     for n in counts:
         rng = random.Random(n)
         hits = 0
         for _ in range(EXHAUSTIVE_DRAWS):
-            declared = max(
-                configs, key=lambda c: statistics.median(rng.choice(c[1]) for _ in range(n))
-            )
-            hits += declared[0] >= NEAR * best
+            session = rng.choice(replay.sessions) if noise == "session" else None
+            scores = [
+                [objective(r, floor) for r in drawable(found, session)]
+                for found in replay.repeats.values()
+            ]
+            medians = [statistics.median(rng.choice(s) for _ in range(n)) for s in scores]
+            declared = max(range(len(truths)), key=lambda i: medians[i])
+            hits += truths[declared] >= NEAR * best
         shares.append((n, hits / EXHAUSTIVE_DRAWS))
     return shares
 
@@ -240,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=StudyConfig().trials)
     parser.add_argument("--confirm-runs", type=int, default=StudyConfig().confirm_runs)
     parser.add_argument("--confirm-top", type=int, default=StudyConfig().confirm_top)
+    parser.add_argument(
+        "--noise",
+        choices=NOISE,
+        default="session",
+        help="draw each study's measurements from one recording session of the landscape "
+        "(session, the default: a study takes minutes, sessions lie hours apart and the "
+        "machine drifts between them) or from every repeat (all)",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -255,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.budget} trials, confirmation {args.confirm_runs} more runs of the top "
         f"{args.confirm_top}; target for the default: median <= max(10% of the grid, 6) "
         f"trials, p90 <= max(20%, 10), declared >= {NEAR:.0%} of the true best in >= 19/20 seeds"
+        f"; noise drawn from "
+        + ("one recording session per study" if args.noise == "session" else "every repeat")
     )
     results = {}
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as t:
@@ -266,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.budget,
                 Path(t),
                 (args.confirm_runs, args.confirm_top),
+                args.noise,
             )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")

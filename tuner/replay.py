@@ -3,9 +3,13 @@ of running the harness, so the tuner's own study code (samplers, duplicate reuse
 runs hundreds of times in minutes (`benchmarks/tuner_efficiency.py`).
 
 Each answer is one of the configuration's recorded repeats, drawn at random: the landscape's own
-noise, nothing invented. Results are marked `simulated` and their device `(replayed)`. The
-`replay` backend (harness/backends/replay.py) is the other half: it replays a landscape's
-latencies through the real SUT and LoadGen, for the Server search benchmark.
+noise, nothing invented. A landscape recorded in several sessions (a file resumed hours later,
+each repeat tagged with its `session`) can hold a drift between them that no study sees: a
+study takes minutes. With `noise="session"` (the default) a replayed study draws from one
+session, picked by its seed; `noise="all"` draws from every repeat. Results are marked
+`simulated` and their device `(replayed)`. The `replay` backend (harness/backends/replay.py)
+is the other half: it replays a landscape's latencies through the real SUT and LoadGen, for
+the Server search benchmark.
 """
 
 from __future__ import annotations
@@ -26,10 +30,17 @@ from tuner.child import ChildOutcome
 Key = tuple[str, int, int, int | None]
 
 
-class LandscapeReplay:
-    """A `tuner.study.Measure` answering from `path`; `seed` drives the draws."""
+#: How a replay draws its noise: from one recording session per study, or from every repeat.
+NOISE = ("session", "all")
 
-    def __init__(self, path: Path, seed: int = 0) -> None:
+
+class LandscapeReplay:
+    """A `tuner.study.Measure` answering from `path`; `seed` drives the draws (and, with
+    `noise="session"`, which recording session this replay draws from)."""
+
+    def __init__(self, path: Path, seed: int = 0, noise: str = "session") -> None:
+        if noise not in NOISE:
+            raise ConfigError(f"replay: noise must be one of {', '.join(NOISE)}, got {noise!r}")
         self.path = Path(path)
         self.data = read_landscape(self.path)
         self.offline = self.data.get("scenario") == "offline"
@@ -42,6 +53,10 @@ class LandscapeReplay:
         if not self.repeats:
             raise ConfigError(f"replay: landscape {self.path} has no recorded repeats")
         self._rng = random.Random(seed)
+        #: The recording sessions of the landscape's repeats, and the one this replay draws
+        #: from (None: every repeat).
+        self.sessions = sorted({session_of(r) for found in self.repeats.values() for r in found})
+        self.session = self._rng.choice(self.sessions) if noise == "session" else None
         #: (precision, batch size) of every engine a replayed trial has "built", and the
         #: number of measurements answered.
         self.engines: set[tuple[str, int]] = set()
@@ -81,7 +96,7 @@ class LandscapeReplay:
         found = self.repeats.get(self.key(params))
         if not found:
             return ChildOutcome(None, "error", f"not in landscape {self.path.name}: {params}")
-        repeat = self._rng.choice(found)
+        repeat = self._rng.choice(drawable(found, self.session))
         seconds = float(repeat.get("seconds") or 0.0)
         if "score" not in repeat:
             failure = str(repeat.get("failure") or "error")
@@ -129,6 +144,19 @@ def objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:
     if top1 is not None and top1 < accuracy_floor:
         return 0.0
     return float(repeat["score"])
+
+
+def session_of(repeat: Mapping[str, Any]) -> int:
+    """The recording session of a repeat (0 where the landscape does not say)."""
+    return int(repeat.get("session") or 0)
+
+
+def drawable(found: list[dict[str, Any]], session: int | None) -> list[dict[str, Any]]:
+    """The repeats of one configuration a draw picks from: those of `session`, or all of them
+    where it has none in that session (or `session` is None: draw from all)."""
+    if session is None:
+        return found
+    return [r for r in found if session_of(r) == session] or found
 
 
 def params_of(key: Key) -> dict[str, Any]:

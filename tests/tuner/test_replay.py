@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from harness.config import RunConfig, ScenarioSpec
+from harness.errors import ConfigError
 from tuner.config import Space, StudyConfig
 from tuner.replay import LandscapeReplay
 from tuner.study import CONFIRMED_BEST, best_trial, optimize
@@ -25,8 +26,10 @@ def landscape(
     value: Any = None,
     failed: tuple[int, int, str] | None = None,
     repeats: int = 3,
+    session: Any = None,
 ) -> Path:
-    """A recorded Offline landscape: configuration (b, s, p) scored value(b, s, p, repeat)."""
+    """A recorded Offline landscape: configuration (b, s, p) scored value(b, s, p, repeat);
+    `session(repeat)` tags each repeat with its recording session (untagged: None)."""
     value = value or (lambda b, s, p, r: 10.0 * b + s + (5.0 if p == "int8" else 0.0) + r)
     points = []
     for p in PRECISIONS:
@@ -43,6 +46,7 @@ def landscape(
                         "engine_build_s": 1.5,
                         "seconds": 3.0,
                     }
+                    | ({} if session is None else {"session": session(r)})
                     for r in range(repeats)
                 ]
                 if failed == (b, s, p):
@@ -86,6 +90,50 @@ def test_truth_is_the_median_of_the_recorded_repeats_and_draws_are_recorded_ones
     scores = [replay(run_of(4, 2, "int8"), SPEC, 60.0).result["score"] for _ in range(60)]  # type: ignore[index]
     assert set(scores) == {47.0, 48.0, 49.0}  # every draw is a recorded repeat, all of them seen
     assert replay.calls == 60
+
+
+def test_a_study_draws_from_one_recording_session_unless_told_otherwise(tmp_path: Path) -> None:
+    # Repeats 0-2 recorded in session 0, 3-5 in session 1 (+100: a drift between them).
+    path = landscape(
+        tmp_path / "l.json",
+        value=lambda b, s, p, r: 10.0 * b + s + r + (100.0 if r >= 3 else 0.0),
+        repeats=6,
+        session=lambda r: 0 if r < 3 else 1,
+    )
+    seen_sessions = set()
+    for seed in range(8):
+        replay = LandscapeReplay(path, seed=seed)
+        assert replay.session in (0, 1)
+        seen_sessions.add(replay.session)
+        scores = {replay(run_of(2, 1, "fp32"), SPEC, 60.0).result["score"] for _ in range(40)}  # type: ignore[index]
+        wanted = {21.0, 22.0, 23.0} if replay.session == 0 else {124.0, 125.0, 126.0}
+        assert scores == wanted  # only that session's repeats, all of them
+        # The truth stays the median of every repeat, whatever the session.
+        assert replay.truth({"batch_size": 2, "streams": 1, "precision": "fp32"}) == 73.5
+    assert seen_sessions == {0, 1}  # the seed picks the session
+    everything = LandscapeReplay(path, seed=0, noise="all")
+    assert everything.session is None
+    scores = {everything(run_of(2, 1, "fp32"), SPEC, 60.0).result["score"] for _ in range(200)}  # type: ignore[index]
+    assert scores == {21.0, 22.0, 23.0, 124.0, 125.0, 126.0}
+    with pytest.raises(ConfigError, match="noise"):
+        LandscapeReplay(path, noise="some")
+
+
+def test_a_configuration_without_repeats_in_the_session_draws_from_all_it_has(
+    tmp_path: Path,
+) -> None:
+    path = landscape(tmp_path / "l.json", repeats=3, session=lambda r: 0)
+    data = json.loads(path.read_text())
+    data["points"][0]["repeats"].append(dict(data["points"][0]["repeats"][0], session=1))
+    path.write_text(json.dumps(data))
+    replay = next(r for seed in range(20) if (r := LandscapeReplay(path, seed=seed)).session == 1)
+    first = data["points"][0]["params"]
+    run = run_of(first["batch_size"], first["streams"], first["precision"])
+    assert {replay(run, SPEC, 60.0).result["score"] for _ in range(20)} == {  # type: ignore[index]
+        data["points"][0]["repeats"][0]["score"]
+    }
+    other = run_of(4, 2, "int8")  # recorded in session 0 only: all of its repeats
+    assert {replay(other, SPEC, 60.0).result["score"] for _ in range(60)} == {47.0, 48.0, 49.0}  # type: ignore[index]
 
 
 def test_a_replayed_result_says_so_and_knows_its_engines(tmp_path: Path) -> None:
