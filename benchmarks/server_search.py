@@ -258,7 +258,12 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
     precision, batch, streams = key
     scale = args.time_scale
     figures = Figures(config=name(key), recorded_batch_ms=recorded_ms)
-    extra = {"landscape": str(args.landscape), "seed": args.seed, "time_scale": scale}
+    extra = {
+        "landscape": str(args.landscape),
+        "seed": args.seed,
+        "time_scale": scale,
+        "session": args.session,
+    }
     run = RunConfig(
         model="replayed",
         backend="replay",
@@ -547,6 +552,13 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="the replay noise's seed")
     parser.add_argument(
+        "--session",
+        type=int,
+        default=0,
+        help="replay the repeats of this recording session of the landscape (default 0: the "
+        "first recording, the one every figure in RESULTS.md was measured on); -1: all",
+    )
+    parser.add_argument(
         "--methods",
         type=lambda s: {m.strip() for m in s.split(",") if m.strip()},
         default=set(METHODS),
@@ -566,6 +578,8 @@ def main() -> int:
         parser.error(
             f"--methods: unknown {', '.join(sorted(unknown))} (valid: {', '.join(METHODS)})"
         )
+    if args.session < 0:
+        args.session = None
     if args.no_refine:
         runner._refitter = lambda *_: lambda qps, run: None
     if args.peak_decimals is None:
@@ -573,7 +587,7 @@ def main() -> int:
     logging.basicConfig(stream=sys.stdout, format="%(message)s")
     logging.getLogger("harness").setLevel(logging.INFO)
     data = read_landscape(args.landscape)
-    found = recorded_latencies(data)
+    found = recorded_latencies(data, args.session)
     keys = args.configs or default_configs(found, args.latency_ms)
     scale = args.time_scale
     print(f"machine: {cpu_name()}, Python {platform.python_version()}")

@@ -1,6 +1,8 @@
 """A simulated backend that replays a recorded landscape (`benchmarks/landscape.py`): a batch
 sleeps for the latency recorded for this configuration, jittered by the recorded repeats' spread,
-times the `time_scale` option (default 1.0; e.g. 0.1 runs a landscape ten times faster).
+times the `time_scale` option (default 1.0; e.g. 0.1 runs a landscape ten times faster). The
+`session` option keeps to the repeats of one recording session of a resumed landscape (each
+repeat's `session`, 0 where untagged); by default every repeat counts.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class ReplayBackend(Backend):
     concurrently: a latency recorded with several streams already holds their contention."""
 
     name: ClassVar[str] = "replay"
-    option_names: ClassVar[tuple[str, ...]] = ("landscape", "seed", "time_scale")
+    option_names: ClassVar[tuple[str, ...]] = ("landscape", "seed", "time_scale", "session")
 
     def __init__(self, model_path: Path, options: BackendOptions) -> None:
         super().__init__(model_path, options)
@@ -70,8 +72,15 @@ class ReplayBackend(Backend):
             raise ConfigError(
                 f"backend replay: time_scale must be a number > 0, got {time_scale!r}"
             )
+        session = options.extra.get("session")
+        if session is not None and (
+            isinstance(session, bool) or not isinstance(session, int) or session < 0
+        ):
+            raise ConfigError(f"backend replay: session must be an integer >= 0, got {session!r}")
         self.landscape = Path(landscape)
         self._seed = seed
+        #: The recording session whose repeats are replayed (None: all of them).
+        self.session: int | None = session
         #: Every replayed latency is multiplied by this.
         self.time_scale = float(time_scale)
         self._data: dict[str, Any] | None = None
@@ -94,7 +103,7 @@ class ReplayBackend(Backend):
     def load(self) -> None:
         options = self.options
         key = (options.precision, options.max_batch, options.streams)
-        self.replay = replay_model(self._read(), key, str(self.landscape))
+        self.replay = replay_model(self._read(), key, str(self.landscape), self.session)
         self._rngs = [np.random.default_rng([self._seed, s]) for s in range(options.streams)]
         self._output = np.zeros((options.max_batch, 1), np.float32)
 
@@ -140,10 +149,13 @@ def read_landscape(path: Path) -> dict[str, Any]:
     return data
 
 
-def recorded_latencies(data: Mapping[str, Any]) -> dict[Key, list[float]]:
+def recorded_latencies(
+    data: Mapping[str, Any], session: int | None = None
+) -> dict[Key, list[float]]:
     """Every configuration's recorded full-batch latencies (seconds), repeats of points that
-    differ only in deque timeout pooled. Each is the warm-up's median batch latency, or for an
-    Offline repeat without one, streams x batch / score (which includes harness overhead)."""
+    differ only in deque timeout pooled (only those of recording `session`, when given). Each
+    is the warm-up's median batch latency, or for an Offline repeat without one,
+    streams x batch / score (which includes harness overhead)."""
     offline = data.get("scenario") == "offline"
     found: dict[Key, list[float]] = {}
     for point in data["points"]:
@@ -154,6 +166,8 @@ def recorded_latencies(data: Mapping[str, Any]) -> dict[Key, list[float]]:
             continue
         latencies = found.setdefault(key, [])
         for repeat in point.get("repeats", []):
+            if session is not None and int(repeat.get("session") or 0) != session:
+                continue
             batch_ms = repeat.get("warmup_batch_ms")
             score = repeat.get("score")
             if _positive(batch_ms):
@@ -163,9 +177,12 @@ def recorded_latencies(data: Mapping[str, Any]) -> dict[Key, list[float]]:
     return found
 
 
-def replay_model(data: Mapping[str, Any], key: Key, where: str) -> Replay:
-    """The latency model of configuration `key`, or a ConfigError naming it."""
-    found = recorded_latencies(data)
+def replay_model(
+    data: Mapping[str, Any], key: Key, where: str, session: int | None = None
+) -> Replay:
+    """The latency model of configuration `key` (from recording `session`'s repeats, when
+    given), or a ConfigError naming it."""
+    found = recorded_latencies(data, session)
     precision, batch, streams = key
     if not found.get(key):
         recorded = sorted(k for k, v in found.items() if v)

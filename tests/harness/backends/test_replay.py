@@ -130,6 +130,26 @@ def test_time_scale_must_be_a_positive_number(landscape: Path, value: object) ->
     assert "\n" not in message and repr(value) in message
 
 
+def test_session_keeps_to_the_repeats_of_one_recording(tmp_path: Path) -> None:
+    # Batch 8 recorded at 3.0 ms in session 0 (untagged) and at 6.0 ms in session 1.
+    points = [point("fp32", 8, 1, ms(3.0), ms(3.0), ms(6.0) | {"session": 1})]
+    path = tmp_path / "sessions.json"
+    path.write_text(json.dumps({"format": 1, "scenario": "offline", "points": points}))
+    medians = {}
+    for session in (None, 0, 1):
+        backend = replay(path, 8, session=session)
+        backend.load()
+        medians[session] = np.median([backend.batch_seconds(8) for _ in range(50)]) * 1000.0
+    assert medians[0] == pytest.approx(3.0) and medians[1] == pytest.approx(6.0)
+    assert medians[None] == pytest.approx(3.0, rel=0.3)  # all three: median 3.0, jitter to 6
+    assert "session" in ReplayBackend.option_names
+    with pytest.raises(ConfigError, match="session"):
+        replay(path, 8, session=-1)
+    missing = replay(path, 8, session=2)
+    with pytest.raises(ConfigError, match="no recorded latency"):
+        missing.load()
+
+
 def test_an_offline_point_without_a_warmup_uses_its_score(landscape: Path) -> None:
     backend = replay(landscape, 4, streams=2)
     backend.load()
