@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.backends.replay import read_landscape
+from harness.backends.replay import read_landscape, session_of
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
 from tuner.child import ChildOutcome
@@ -144,11 +144,6 @@ def objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:
     if top1 is not None and top1 < accuracy_floor:
         return 0.0
     return float(repeat["score"])
-
-
-def session_of(repeat: Mapping[str, Any]) -> int:
-    """The recording session of a repeat (0 where the landscape does not say)."""
-    return int(repeat.get("session") or 0)
 
 
 def drawable(found: list[dict[str, Any]], session: int | None) -> list[dict[str, Any]]:

@@ -149,6 +149,11 @@ def read_landscape(path: Path) -> dict[str, Any]:
     return data
 
 
+def session_of(repeat: Mapping[str, Any]) -> int:
+    """The recording session of a landscape repeat (0 where the landscape does not say)."""
+    return int(repeat.get("session") or 0)
+
+
 def recorded_latencies(
     data: Mapping[str, Any], session: int | None = None
 ) -> dict[Key, list[float]]:
@@ -166,7 +171,7 @@ def recorded_latencies(
             continue
         latencies = found.setdefault(key, [])
         for repeat in point.get("repeats", []):
-            if session is not None and int(repeat.get("session") or 0) != session:
+            if session is not None and session_of(repeat) != session:
                 continue
             batch_ms = repeat.get("warmup_batch_ms")
             score = repeat.get("score")
