@@ -10,7 +10,8 @@ latency, times --time-scale):
             queueing model, whose max QPS is the first probe of `find_max_qps`, bracketed
             above by the Offline rate; while the answer is bracketed on one side only, the
             model is refitted to each run's measured percentile and its new max QPS is the
-            next probe (--no-refine: not); the answer is run twice before it is reported;
+            next probe (--no-refine: not); the answer must pass --answer-runs runs (default
+            2) before it is reported;
 (2) bisect  plain bisection of the target QPS between 0 and the Offline rate (arithmetic
             midpoints, no guess), to the same relative tolerance;
 (3) peak    LoadGen's own TestMode.FindPeakPerformance, started at --peak-start x the Offline
@@ -22,15 +23,16 @@ latency, times --time-scale):
 The reference is the highest VALID target of a fine sweep (geometric steps of --sweep-step)
 around the three answers. With --sweep-repeats N the sweep's targets are run N times in all,
 and the "reliable edge" is the highest target at and below which every one of those runs
-passed: where runs pass reliably rather than by luck. Each method's answer is then run once
-more ("confirmation run") at the QPS it reported. The Offline run that gives the upper bound
-is shared and not counted. QPS are LoadGen targets (`server_target_qps`); the harness's
-score is LoadGen's scheduled QPS, which for a fixed schedule seed and query count is a fixed
-multiple of the target.
+passed: where runs pass reliably rather than by luck. Each method's answer is then run
+--confirm-runs more times (default once: "confirmation runs") at the QPS it reported. The
+Offline run that gives the upper bound is shared and not counted. QPS are LoadGen targets
+(`server_target_qps`); the harness's score is LoadGen's scheduled QPS, which for a fixed
+schedule seed and query count is a fixed multiple of the target.
 
     python benchmarks/server_search.py [--landscape L.json] [--time-scale 0.1]
         [--latency-ms 100] [--percentile 99] [--configs fp32/b1/s1,int8/b2/s1]
-        [--min-queries 600] [--methods model,bisect,peak] [--no-refine] [--out figures.json]
+        [--min-queries 600] [--methods model,bisect,peak] [--no-refine] [--answer-runs 2]
+        [--confirm-runs 1] [--out figures.json]
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ class Search:
     verdicts: list[bool] = field(default_factory=list)
     #: Runs until the search's answer so far was within the tolerance of the reference.
     landed: int | None = None
-    #: The confirmation run at `qps`: VALID or not (None: nothing to confirm).
+    #: The confirmation runs at `qps`, VALID or not, and whether every one was (None: nothing
+    #: to confirm); the first one's percentile.
+    confirms: list[bool] = field(default_factory=list)
     confirmed: bool | None = None
     confirm_p: float | None = None
     #: Within the tolerance of the reference (None: no reference).
@@ -281,6 +285,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
         percentile=args.percentile,
         min_queries=args.min_queries,
         qps_tolerance=args.tolerance,
+        answer_runs=args.answer_runs,
         max_run_s=ScenarioSpec.max_run_s * scale,
         out_dir=out,
     )
@@ -325,12 +330,15 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 figures.searches["peak"] = bench.find_peak(
                     args.peak_start * upper, args.peak_decimals
                 )
-            # One confirmation run at each reported QPS.
+            # Confirmation runs at each reported QPS.
             for method, search in figures.searches.items():
                 if search.qps > 0:
-                    confirm = bench.run(f"confirm {method}", search.qps)
-                    search.confirmed = confirm.valid
-                    search.confirm_p = confirm.percentile_ms(spec.percentile)
+                    for _ in range(args.confirm_runs):
+                        confirm = bench.run(f"confirm {method}", search.qps)
+                        search.confirms.append(confirm.valid)
+                        if search.confirm_p is None:
+                            search.confirm_p = confirm.percentile_ms(spec.percentile)
+                    search.confirmed = all(search.confirms)
             # The reference: the highest VALID target of a fine sweep around the answers.
             # (Not around the model's guess: a wrong one would stretch the sweep.)
             answers = [s.qps for s in figures.searches.values() if s.qps > 0]
@@ -444,7 +452,9 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             "within_reliable": sum(1 for s in searches if s.within_reliable),
             "with_reliable": sum(1 for s in searches if s.within_reliable is not None),
             "confirmed": sum(1 for s in searches if s.confirmed),
-            "confirm_runs": sum(1 for s in searches if s.confirmed is not None),
+            "confirmed_of": sum(1 for s in searches if s.confirmed is not None),
+            "confirm_valid": sum(sum(s.confirms) for s in searches),
+            "confirm_runs": sum(len(s.confirms) for s in searches),
             "median_ratio_to_reference": statistics.median(
                 [f.searches[m].qps / f.reference for f in done if m in f.searches and f.reference]
                 or [float("nan")]
@@ -462,7 +472,12 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             )
             + f"within {tol:.0%} of the reference {s['within']}/{s['with_reference']}, "
             f"median reported/reference {s['median_ratio_to_reference']:.3f}, "
-            f"confirmation VALID {s['confirmed']}/{s['confirm_runs']}"
+            f"confirmation runs VALID {s['confirm_valid']}/{s['confirm_runs']}"
+            + (
+                f" (answers passing all of theirs {s['confirmed']}/{s['confirmed_of']})"
+                if s["confirm_runs"] > s["confirmed_of"]
+                else ""
+            )
             + (
                 f", within {tol:.0%} of the reliable edge "
                 f"{s['within_reliable']}/{s['with_reliable']}"
@@ -496,8 +511,7 @@ def pass_rates(figures: list[Figures], width: float = 0.02) -> dict[float, tuple
             if search is None:
                 continue
             runs += list(zip(search.targets, search.verdicts, strict=False))
-            if search.confirmed is not None:
-                runs.append((search.qps, search.confirmed))
+            runs += [(search.qps, valid) for valid in search.confirms]
         for qps, valid in runs:
             centre = round(round(qps / f.reference / width) * width, 6)
             tally = bins.setdefault(centre, [0, 0])
@@ -571,8 +585,23 @@ def main() -> int:
         help="the model-led search without refitting the model to each run (the search as it "
         "was before harness.queueing.calibrate), for an A/B comparison",
     )
+    parser.add_argument(
+        "--answer-runs",
+        type=int,
+        default=ScenarioSpec.answer_runs,
+        help="VALID runs the model-led search needs at its answer (the harness's "
+        "--answer-runs; default %(default)s)",
+    )
+    parser.add_argument(
+        "--confirm-runs",
+        type=int,
+        default=1,
+        help="independent runs at each reported QPS after the searches (default 1)",
+    )
     parser.add_argument("--out", type=Path, help="write every figure here (JSON)")
     args = parser.parse_args()
+    if args.answer_runs < 1 or args.confirm_runs < 0:
+        parser.error("--answer-runs must be >= 1 and --confirm-runs >= 0")
     unknown = args.methods - set(METHODS)
     if unknown:
         parser.error(

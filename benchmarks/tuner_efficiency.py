@@ -141,6 +141,7 @@ def run_landscape(
         declared: list[float] = []
         measurements: list[int] = []
         builds: list[int] = []
+        sessions: list[int | None] = []
         for seed in range(seeds):
             db = work / f"{path.stem}-{sampler}-{seed}.db"
             long_cfg = study_config(path, data, sampler, seed, grid, False, db)
@@ -162,6 +163,7 @@ def run_landscape(
             declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
             measurements.append(replay.calls)
             builds.append(len(replay.engines))
+            sessions.append(replay.session)
         label = f"{sampler} (default)" if sampler == DEFAULT else sampler
         row = {
             "median_trials": statistics.median(reached),
@@ -175,6 +177,7 @@ def run_landscape(
             "seconds": round(time.monotonic() - started, 1),
             "trials_to_near": reached,
             "declared": declared,
+            "sessions": sessions,
         }
         rows[sampler] = row
         print(_line(label, row, grid, seeds, budget), flush=True)
@@ -250,7 +253,20 @@ def _line(name: str, row: dict[str, Any], grid: int, seeds: int, budget: int) ->
         f"{row['declared_median']:.1%}, worst {row['declared_min']:.1%}, >= {NEAR:.0%} in "
         f"{row['declared_ok']}/{seeds}; {row['measurements']:g} measurements, "
         f"{row['engines']:g} engines | {row['seconds']:.0f} s"
+        + _by_session(row["declared"], row["sessions"])
     )
+
+
+def _by_session(declared: list[float], sessions: list[int | None]) -> str:
+    """Declared >= NEAR per recording session the studies drew from, where there are several."""
+    kinds = sorted({s for s in sessions if s is not None})
+    if len(kinds) < 2:
+        return ""
+    parts = []
+    for kind in kinds:
+        mine = [d for d, s in zip(declared, sessions, strict=True) if s == kind]
+        parts.append(f"session {kind}: {sum(d >= NEAR for d in mine)}/{len(mine)}")
+    return "\n  " + " " * 16 + "declared >= " + f"{NEAR:.0%} by session: " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Server: search the largest VALID QPS under the latency bound",
     )
     how.add_argument(
+        "--answer-runs",
+        type=int,
+        default=ScenarioSpec.answer_runs,
+        metavar="N",
+        help="--find-max-qps: VALID runs the answer needs before it is reported (default "
+        "%(default)s); each more run makes the reported QPS likelier to pass again, for one "
+        "run more",
+    )
+    how.add_argument(
         "--latency-ms",
         type=float,
         default=15.0,
@@ -151,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         duration_s=args.duration_s,
         target_qps=args.target_qps,
         find_max_qps=args.find_max_qps,
+        answer_runs=args.answer_runs,
         latency_ms=args.latency_ms,
         percentile=args.percentile,
         min_queries=args.min_queries,

@@ -113,6 +113,10 @@ class ScenarioSpec:
     qps_tolerance: float = 0.02
     #: Upper bound on LoadGen runs one max-QPS search may make.
     max_search_runs: int = 12
+    #: VALID runs a max-QPS search needs at its answer before it reports it: the run that
+    #: found it and answer_runs - 1 more. Near the edge a run passes or fails by chance; each
+    #: more run makes the reported QPS likelier to pass again and costs one run.
+    answer_runs: int = 2
     #: The search gives up rather than step down to a QPS whose run (min_queries / QPS) would
     #: take longer than this (not applied with compliance).
     max_run_s: float = 60.0
@@ -125,6 +129,7 @@ class ScenarioSpec:
         check_float("percentile", self.percentile, 0.0, 100.0)
         check_float("qps_tolerance", self.qps_tolerance, 0.0, 1.0)
         check_int("max_search_runs", self.max_search_runs, 1)
+        check_int("answer_runs", self.answer_runs, 1)
         check_float("max_run_s", self.max_run_s, 0.0)
         if self.target_qps is not None:
             check_float("target_qps", self.target_qps, 0.0)

@@ -103,6 +103,13 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--percentile", type=float, help="Server latency percentile (default 99)")
     g.add_argument("--duration-s", type=float, help="LoadGen min duration per run (default 2)")
     g.add_argument("--min-queries", type=int, help="Server min query count (default 600)")
+    g.add_argument(
+        "--answer-runs",
+        type=int,
+        metavar="N",
+        help="Server: VALID runs each trial's max-QPS search needs at its answer (default 2; "
+        "more: a QPS likelier to pass again, one run more per trial)",
+    )
     g = p.add_argument_group("search")
     g.add_argument(
         "--batch-sizes",
@@ -337,6 +344,7 @@ def _optimize(args: argparse.Namespace) -> int:
         "percentile",
         "duration_s",
         "min_queries",
+        "answer_runs",
         "batch_sizes",
         "max_batch",
         "streams",

@@ -8,7 +8,7 @@ Layout of a study file (every key optional):
                  confirm_runs, confirm_top
     [model]      name (built-in or ONNX path), data_dir, samples
     [backend]    name, device, threads, options = {...}
-    [scenario]   name, latency_ms, percentile, duration_s, min_queries
+    [scenario]   name, latency_ms, percentile, duration_s, min_queries, answer_runs
     [space]      batch_sizes (list) or max_batch, streams (list) or max_streams,
                  precisions (list), deque_timeout_us (list, Server)
     [[enqueue]]  batch_size, streams, precision, deque_timeout_us: configurations to try first
@@ -26,6 +26,7 @@ from typing import Any
 from harness.config import (
     PRECISIONS,
     SCENARIO_NAMES,
+    ScenarioSpec,
     check_choice,
     check_float,
     check_int,
@@ -79,6 +80,8 @@ class StudyConfig:
     percentile: float = 99.0
     duration_s: float = 2.0
     min_queries: int | None = None
+    #: Server: VALID runs each trial's max-QPS search needs at its answer.
+    answer_runs: int = ScenarioSpec.answer_runs
     space: Space = Space()
     enqueue: tuple[Mapping[str, Any], ...] = ()
     cache_dir: Path = Path(".cache")
@@ -111,6 +114,7 @@ class StudyConfig:
         check_float("scenario.duration_s", self.duration_s, 0.0)
         if self.min_queries is not None:
             check_int("scenario.min_queries", self.min_queries, 1)
+        check_int("scenario.answer_runs", self.answer_runs, 1)
         if self.threads is not None:
             check_int("backend.threads", self.threads, 1)
         if self.samples is not None:
@@ -152,6 +156,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "percentile": "percentile",
         "duration_s": "duration_s",
         "min_queries": "min_queries",
+        "answer_runs": "answer_runs",
     },
 }
 _SPACE_KEYS = {f.name for f in fields(Space)}

@@ -279,6 +279,7 @@ def trial_configs(
         latency_ms=cfg.latency_ms,
         percentile=cfg.percentile,
         min_queries=cfg.min_queries,
+        answer_runs=cfg.answer_runs,
         out_dir=cfg.runs_dir / name / f"trial-{number:04d}",
     )
     return run, spec

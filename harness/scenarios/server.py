@@ -1,6 +1,7 @@
 """Server: Poisson arrivals at a target QPS; VALID when LoadGen says so (duration, query count,
 latency percentile under the bound, early stopping). `find_max_qps` searches the largest target
-VALID twice between 0 and an upper bound (the Offline throughput), to a relative tolerance."""
+VALID `spec.answer_runs` times (default twice) between 0 and an upper bound (the Offline
+throughput), to a relative tolerance."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ GROWTH = 2.0
 BLIND_STEPS = 3
 #: Give up (no VALID QPS) below this share of the upper bound.
 FLOOR = 0.01
-#: VALID runs the answer needs: one more than the run that found it.
-CONFIRMING_RUNS = 2
 
 #: Given a run's target QPS and what LoadGen measured, a better guess at the answer (None:
 #: no better guess), e.g. the queueing model refitted to the run.
@@ -74,17 +73,18 @@ def find_max_qps(
     first_guess: float | None = None,
     refine: Refine | None = None,
 ) -> Outcome:
-    """The largest target QPS LoadGen reports VALID twice, within `spec.qps_tolerance` of the
-    smallest INVALID one (or of `upper_qps`).
+    """The largest target QPS LoadGen reports VALID `spec.answer_runs` times (default twice),
+    within `spec.qps_tolerance` of the smallest INVALID one (or of `upper_qps`).
 
     `upper_qps` (the Offline throughput) brackets the answer from above and is never probed.
     The first probe is `first_guess` (e.g. `harness.queueing.predict_max_qps`, capped below
     the bound) or FIRST_PROBE x the bound. From there probes step away, up while VALID and down
     while INVALID, by steps growing from the tolerance; once a VALID and an INVALID run bracket
-    the answer, they bisect it. The answer is then run once more: near the edge one run passes
-    or fails by chance, and a target that fails its second run is INVALID (the search goes on
-    below it). A good guess costs three runs: VALID at the guess, INVALID one tolerance above,
-    VALID again at the guess.
+    the answer, they bisect it. The answer is then run again until it has passed
+    `spec.answer_runs` times: near the edge one run passes or fails by chance, and a target
+    that fails a further run is INVALID (the search goes on below it). With the default two, a
+    good guess costs three runs: VALID at the guess, INVALID one tolerance above, VALID again
+    at the guess.
 
     `refine`, called after each run while the answer is bracketed on one side only, may
     return a better guess (the queueing model refitted to the run's measured latency): the
@@ -93,7 +93,7 @@ def find_max_qps(
     sends the next probe one tolerance above it, to bracket the answer at once.
     """
     tol = spec.qps_tolerance
-    search = _Bracket(upper_qps, tol, first_guess)
+    search = _Bracket(upper_qps, tol, first_guess, spec.answer_runs)
     qps = search.first
     runs: list[LoadgenRun] = []
     while len(runs) < spec.max_search_runs:
@@ -128,8 +128,10 @@ class _Bracket:
     (`high`), and how many steps it has taken away from the first probe. `low`, the answer so
     far, is the largest target below `high` whose every run was VALID."""
 
-    def __init__(self, upper: float, tolerance: float, guess: float | None) -> None:
-        self.upper, self.tolerance = upper, tolerance
+    def __init__(
+        self, upper: float, tolerance: float, guess: float | None, answer_runs: int = 2
+    ) -> None:
+        self.upper, self.tolerance, self.answer_runs = upper, tolerance, answer_runs
         self.high = upper
         self.passed: dict[float, list[LoadgenRun]] = {}
         if guess is not None and guess > 0:
@@ -160,7 +162,7 @@ class _Bracket:
         return low > 0 and high - low <= self.tolerance * low * (1 + 1e-9)
 
     def converged(self) -> bool:
-        return self.bracketed() and len(self.passed[self.low]) >= CONFIRMING_RUNS
+        return self.bracketed() and len(self.passed[self.low]) >= self.answer_runs
 
     def one_sided(self) -> bool:
         """Only VALID or only INVALID targets so far (below the bound)."""

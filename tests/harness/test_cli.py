@@ -262,6 +262,12 @@ BAD_INPUTS = [
     ),
     pytest.param(["--find-max-qps"], 2, "find_max_qps", id="find-max-qps-offline"),
     pytest.param(
+        ["--scenario", "server", "--find-max-qps", "--answer-runs", "0"],
+        2,
+        "answer_runs: must be an integer >= 1, got 0",
+        id="answer-runs-0",
+    ),
+    pytest.param(
         ["--scenario", "server"], 2, "target_qps or find_max_qps", id="server-without-target"
     ),
     pytest.param(["--backend-option", "latency_ms"], 2, "'latency_ms'", id="option-no-value"),

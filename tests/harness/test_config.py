@@ -76,6 +76,7 @@ def test_run_config_accepts(kwargs: dict[str, Any]) -> None:
         ("duration_s", {"duration_s": "5"}),
         ("qps_tolerance", {"qps_tolerance": 1}),
         ("max_search_runs", {"max_search_runs": 0}),
+        ("answer_runs", {"answer_runs": 0}),
         ("max_run_s", {"max_run_s": 0}),
         ("min_queries", {"min_queries": 0}),
         ("expected_qps", {"expected_qps": 0}),

@@ -324,6 +324,24 @@ def test_every_study_file_builds(path: Path) -> None:
         assert cfg.space.batch_sizes == tuple(raw["space"]["batch_sizes"])
 
 
+def test_answer_runs_reaches_every_trials_search(tmp_path: Path) -> None:
+    """scenario.answer_runs (file) and --answer-runs (flag) end up in each trial's ScenarioSpec,
+    which the max-QPS search reads; the default is the harness's."""
+    from harness.config import ScenarioSpec
+    from tuner.space import Params
+    from tuner.study import trial_configs
+
+    path = tmp_path / "server.toml"
+    path.write_text('[scenario]\nname = "server"\nanswer_runs = 3\n')
+    point = Params(batch_size=1, streams=1, precision="fp32", deque_timeout_us=0)
+    _, spec = trial_configs(config.build(path), point, "s", 0)
+    assert spec.find_max_qps and spec.answer_runs == 3
+    _, spec = trial_configs(config.build(path, answer_runs=1), point, "s", 0)
+    assert spec.answer_runs == 1  # the flag over the file
+    _, spec = trial_configs(config.build(scenario="server"), point, "s", 0)
+    assert spec.answer_runs == ScenarioSpec.answer_runs == 2
+
+
 def test_study_file_values() -> None:
     server = config.build(STUDIES / "resnet50-server-cpu.toml")
     assert (server.scenario, server.latency_ms, server.percentile) == ("server", 15.0, 99.0)
@@ -352,6 +370,7 @@ def test_study_file_values() -> None:
         ("[scenario]\nlatency = 5\n", "scenario.latency"),
         ("[[enqueue]]\nbatch = 2\n", "unknown key batch"),
         ("[study]\ntrials = 0\n", "study.trials"),
+        ("[scenario]\nanswer_runs = 0\n", "scenario.answer_runs"),
         ("[study]\nobjectives = 3\n", "study.objectives"),
         ("[study\n", "bad.toml"),
     ],
@@ -362,6 +381,7 @@ def test_study_file_values() -> None:
         "unknown-scenario-key",
         "unknown-enqueue-key",
         "bad-value",
+        "answer-runs-0",
         "objectives-not-a-list",
         "not-toml",
     ],
@@ -482,6 +502,7 @@ BAD = [
         "scenario.latency_ms",
     ),
     Bad("percentile-0", [*OPTIMIZE, "--percentile", "0"], 2, "scenario.percentile"),
+    Bad("answer-runs-0", [*OPTIMIZE, "--answer-runs", "0"], 2, "scenario.answer_runs"),
     Bad("percentile-100", [*OPTIMIZE, "--percentile", "100"], 2, "scenario.percentile"),
     Bad("unknown-sampler", [*OPTIMIZE, "--sampler", "cmaes"], 2, "'cmaes'"),
     Bad("p99-objective-offline", [*OPTIMIZE, "--objectives", "throughput,p99"], 2, "p99"),

@@ -120,13 +120,13 @@ def test_no_valid_target_scores_zero_with_a_note(tmp_path: Path) -> None:
     assert all(spec.server_min_queries / t <= spec.max_run_s for t in targets)
 
 
-def scripted(capacity: float, fail_second_run_at: float | None = None) -> Any:
-    """A stand-in for run_at: VALID below `capacity`, except the second run at
+def scripted(capacity: float, fail_second_run_at: float | None = None, nth: int = 2) -> Any:
+    """A stand-in for run_at: VALID below `capacity`, except run `nth` (default the second) at
     `fail_second_run_at` (a run at the edge failing by chance); `.targets` lists the probes."""
     targets: list[float] = []
 
     def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
-        unlucky = qps == fail_second_run_at and targets.count(qps) == 1
+        unlucky = qps == fail_second_run_at and targets.count(qps) == nth - 1
         targets.append(qps)
         return LoadgenRun(
             scenario="Server",
@@ -160,6 +160,36 @@ def test_the_answer_is_run_twice_and_a_second_run_that_fails_moves_it_down(
     check_answer(outcome.runs, outcome.score)
     answer = answer_runs(outcome.runs)
     assert answer[0].target_qps < 100.0
+
+
+def test_answer_runs_sets_how_often_the_answer_must_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """answer_runs=1 reports the first VALID target of a converged bracket; 3 runs it twice
+    more, and a third run that fails moves the answer down like a failed second run."""
+    one = ScenarioSpec(scenario="server", find_max_qps=True, qps_tolerance=0.02, answer_runs=1)
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, one, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets == [100.0, 102.0]  # VALID, INVALID above: bracketed and done
+    assert outcome.valid and outcome.score == pytest.approx(99.9) and not outcome.note
+    check_answer(outcome.runs, outcome.score, need=1)
+
+    three = ScenarioSpec(scenario="server", find_max_qps=True, qps_tolerance=0.02, answer_runs=3)
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, three, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets == [100.0, 102.0, 100.0, 100.0]
+    assert outcome.valid and not outcome.note
+    check_answer(outcome.runs, outcome.score, need=3)
+
+    probe = scripted(capacity=101.0, fail_second_run_at=100.0, nth=3)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, three, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets[:4] == [100.0, 102.0, 100.0, 100.0]
+    assert outcome.valid and not outcome.note
+    check_answer(outcome.runs, outcome.score, need=3)
+    assert answer_runs(outcome.runs)[0].target_qps < 100.0
 
 
 def test_a_refined_guess_moves_the_next_probe(
