@@ -84,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=ScenarioSpec.answer_runs,
         metavar="N",
         help="--find-max-qps: VALID runs the answer needs before it is reported (default "
-        "%(default)s); each more run makes the reported QPS likelier to pass again, for one "
-        "run more",
+        "%(default)s; 1 is the cheapest search, each more costs a run)",
     )
     how.add_argument(
         "--latency-ms",

@@ -108,7 +108,7 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="Server: VALID runs each trial's max-QPS search needs at its answer (default 2; "
-        "more: a QPS likelier to pass again, one run more per trial)",
+        "1 is the cheapest search, each more costs a run per trial)",
     )
     g = p.add_argument_group("search")
     g.add_argument(

@@ -129,7 +129,7 @@ class _Bracket:
     far, is the largest target below `high` whose every run was VALID."""
 
     def __init__(
-        self, upper: float, tolerance: float, guess: float | None, answer_runs: int = 2
+        self, upper: float, tolerance: float, guess: float | None, answer_runs: int
     ) -> None:
         self.upper, self.tolerance, self.answer_runs = upper, tolerance, answer_runs
         self.high = upper
