@@ -92,16 +92,19 @@ class Search:
     verdicts: list[bool] = field(default_factory=list)
     #: Runs until the search's answer so far was within the tolerance of the reference.
     landed: int | None = None
-    #: The confirmation runs at `qps`, VALID or not, and whether every one was (None: nothing
-    #: to confirm); the first one's percentile.
+    #: The confirmation runs at `qps`, VALID or not, and the first one's percentile.
     confirms: list[bool] = field(default_factory=list)
-    confirmed: bool | None = None
     confirm_p: float | None = None
     #: Within the tolerance of the reference (None: no reference).
     within: bool | None = None
     #: Within the tolerance of the reliable edge (None: not measured).
     within_reliable: bool | None = None
     note: str = ""
+
+    @property
+    def confirmed(self) -> bool | None:
+        """Every confirmation run VALID (None: nothing was confirmed)."""
+        return all(self.confirms) if self.confirms else None
 
 
 @dataclass
@@ -338,7 +341,6 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                         search.confirms.append(confirm.valid)
                         if search.confirm_p is None:
                             search.confirm_p = confirm.percentile_ms(spec.percentile)
-                    search.confirmed = all(search.confirms)
             # The reference: the highest VALID target of a fine sweep around the answers.
             # (Not around the model's guess: a wrong one would stretch the sweep.)
             answers = [s.qps for s in figures.searches.values() if s.qps > 0]

@@ -266,7 +266,7 @@ def _by_session(declared: list[float], sessions: list[int | None]) -> str:
     for kind in kinds:
         mine = [d for d, s in zip(declared, sessions, strict=True) if s == kind]
         parts.append(f"session {kind}: {sum(d >= NEAR for d in mine)}/{len(mine)}")
-    return "\n  " + " " * 16 + "declared >= " + f"{NEAR:.0%} by session: " + ", ".join(parts)
+    return f"\n{'':18}declared >= {NEAR:.0%} by session: " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
