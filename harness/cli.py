@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.cli_common import (
     Parser,
+    add_input_flags,
     common_flags,
     default_cache_dir,
     format_table,
@@ -59,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--samples", type=int, help="samples in the QSL (default: fits 128 MiB)")
     what.add_argument(
-        "--data", type=Path, help="folder of .npy/.npz samples (default: synthetic, seeded)"
+        "--data",
+        type=Path,
+        help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
+        "input (default: synthetic, seeded)",
     )
     what.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples")
     what.add_argument(
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="backend setting, e.g. latency_ms=2 (null)",
     )
+    add_input_flags(run.add_argument_group("model inputs and accuracy"))
     how = run.add_argument_group("how LoadGen measures")
     how.add_argument("--scenario", default="offline", help=f"one of {', '.join(SCENARIO_NAMES)}")
     how.add_argument("--target-qps", type=float, help="Server: run at this QPS")
@@ -149,6 +154,11 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         backend_options=dict(args.backend_option),
+        dims=dict(args.dims),
+        shapes=dict(args.shapes),
+        input_ranges=dict(args.input_ranges),
+        accuracy_metric=args.accuracy_metric,
+        accuracy_output=args.accuracy_output,
     )
     out = args.out or Path("runs") / (
         f"{Path(run.model).stem}-{run.backend}-{run.precision}-b{run.batch_size}"
@@ -213,11 +223,26 @@ def render(result: Result) -> str:
         ]
         header = ["run", "target", "result", f"p{result.percentile:g} ms", "why INVALID"]
         lines.append(format_table(rows, header))
+    inputs = result.inputs or {}
+    if inputs.get("dims"):
+        lines.append("dims: " + ", ".join(f"{k}={v}" for k, v in inputs["dims"].items()))
+    ranged = [t for t in inputs.get("tensors", []) if "range" in t]
+    if ranged:
+        lines.append(
+            "synthetic inputs: "
+            + "; ".join(
+                f"{t['name']} {t['range']['low']:g}..{t['range']['high']:g} "
+                f"({t['range']['source']})"
+                for t in ranged
+            )
+        )
     if result.agreement:
         a = result.agreement
+        metric = a.get("metric", "top1")
+        value = a.get("value", a["top1"])
         lines.append(
-            f"agreement with fp32: top-1 {a['top1']:.3f} on {a['samples']} samples, "
-            f"max abs error {a['max_abs_error']:.4g}"
+            f"agreement with fp32 on {a.get('output') or 'the first output'}: {metric} "
+            f"{value:.4f} on {a['samples']} samples, max abs error {a['max_abs_error']:.4g}"
         )
     if result.note:
         lines.append(f"note: {result.note}")

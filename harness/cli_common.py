@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harness.config import ACCURACY_METRICS
 from harness.errors import TunerError
 
 
@@ -88,3 +89,82 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def parse_dim(text: str) -> tuple[str, int]:
+    """'sequence=128' -> ('sequence', 128)."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name or not raw.strip().isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZE with SIZE >= 1, got {text!r}")
+    return name, int(raw)
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """'input_ids=128' or 'pixels=3x224x224' -> the input's name and its non-batch sizes."""
+    name, sep, raw = text.rpartition("=")
+    sizes = raw.lower().split("x")
+    if not sep or not name or not all(d.strip().isdigit() and int(d) >= 1 for d in sizes):
+        raise argparse.ArgumentTypeError(f"expected INPUT=D1xD2..., got {text!r}")
+    return name, tuple(int(d) for d in sizes)
+
+
+def parse_range(text: str) -> tuple[str, tuple[float, float]]:
+    """'token_type_ids=0:1' -> ('token_type_ids', (0.0, 1.0)), both ends inclusive."""
+    name, sep, raw = text.rpartition("=")
+    low, colon, high = raw.partition(":")
+    try:
+        pair = (float(low), float(high))
+    except ValueError:
+        pair = None
+    if not sep or not name or not colon or pair is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=LO:HI, got {text!r}")
+    return name, pair
+
+
+def add_input_flags(group: argparse._ArgumentGroup, defaults: bool = True) -> None:
+    """The flags that say how a model is fed and checked, shared by `harness run` and
+    `tuner optimize` (`defaults=False` leaves them None, so a study file's values stand)."""
+    group.add_argument(
+        "--dim",
+        dest="dims",
+        action="append",
+        type=parse_dim,
+        default=[] if defaults else None,
+        metavar="NAME=SIZE",
+        help="size of every model dimension named NAME, e.g. sequence=128 (repeatable); the "
+        "batch (axis 0) stays the tuned knob",
+    )
+    group.add_argument(
+        "--shape",
+        dest="shapes",
+        action="append",
+        type=parse_shape,
+        default=[] if defaults else None,
+        metavar="INPUT=D1xD2",
+        help="non-batch sizes of one input whose dims have no name, e.g. input_ids=128 "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--input-range",
+        dest="input_ranges",
+        action="append",
+        type=parse_range,
+        default=[] if defaults else None,
+        metavar="NAME=LO:HI",
+        help="draw input NAME's synthetic values from LO..HI, both inclusive (repeatable; "
+        "default: an index input stays inside the table it indexes, other integers 0..1, "
+        "floats standard normal)",
+    )
+    group.add_argument(
+        "--accuracy-metric",
+        choices=ACCURACY_METRICS,
+        default="auto" if defaults else None,
+        help="how fp16/int8 outputs are compared with fp32: top1 (class scores [N, C]), cosine "
+        "(hidden states, embeddings), relative (1 - relative L2 error); auto picks by the "
+        "output's shape (default)",
+    )
+    group.add_argument(
+        "--accuracy-output",
+        metavar="NAME",
+        help="the output the agreement is taken on (default: the first)",
+    )

@@ -5,6 +5,7 @@ LoadGen measures it). Every value is checked here, once; code past this edge tru
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from harness.errors import ConfigError
 #: bf16 has no ONNX variant: a backend that runs it (torch) casts the fp32 model itself.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SCENARIO_NAMES = ("offline", "server")
+#: How a variant's outputs are compared with fp32 (harness.precision.agreement): `auto` picks
+#: top1 for class scores [N, C], relative for one value per sample, cosine otherwise.
+ACCURACY_METRICS = ("auto", "top1", "cosine", "relative")
 
 #: MLPerf v0.5 Server minimum query count for image models, and the minimum run length.
 COMPLIANCE_SERVER_QUERIES = 270_336
@@ -50,6 +54,47 @@ def check_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def _check_table(key: str, value: object) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: must be a table of NAME = value, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{key}: names must be non-empty strings, got {name!r}")
+    return value
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_dims(key: str, value: object) -> dict[str, int]:
+    """Symbolic dimension name -> size (>= 1), e.g. {"sequence": 128}."""
+    return {name: check_int(f"{key}.{name}", v, 1) for name, v in _check_table(key, value).items()}
+
+
+def check_shapes(key: str, value: object) -> dict[str, tuple[int, ...]]:
+    """Input name -> the sizes of its non-batch axes, e.g. {"input_ids": (128,)}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, dims in _check_table(key, value).items():
+        if not isinstance(dims, (list, tuple)):
+            raise ConfigError(f"{key}.{name}: must be a list of sizes, got {dims!r}")
+        shapes[name] = tuple(check_int(f"{key}.{name}", d, 1) for d in dims)
+    return shapes
+
+
+def check_ranges(key: str, value: object) -> dict[str, tuple[float, float]]:
+    """Input name -> (low, high), both inclusive, low <= high: the synthetic values' range."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, pair in _check_table(key, value).items():
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(map(_finite, pair))):
+            raise ConfigError(f"{key}.{name}: must be [low, high], got {pair!r}")
+        low, high = float(pair[0]), float(pair[1])
+        if low > high:
+            raise ConfigError(f"{key}.{name}: low {low:g} is above high {high:g}")
+        ranges[name] = (low, high)
+    return ranges
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One configuration of one model on one backend and device."""
@@ -68,8 +113,19 @@ class RunConfig:
     samples: int | None = None
     data_dir: Path | None = None
     seed: int = 0
+    #: Sizes of the model's symbolic non-batch dims, by dim name (`--dim sequence=128`).
+    dims: Mapping[str, int] = field(default_factory=dict)
+    #: Non-batch sizes of one input, by input name, for dims without a name (`--shape`).
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Synthetic values of an input drawn within [low, high] (`--input-range`); integer inputs
+    #: that index a table default to its rows (harness.models.graph).
+    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     #: Samples compared against fp32 for the precision-agreement check.
     agreement_samples: int = 32
+    #: How a variant is compared with fp32 (ACCURACY_METRICS), and on which output (None: the
+    #: first).
+    accuracy_metric: str = "auto"
+    accuracy_output: str | None = None
     cache_dir: Path = Path(".cache")
     #: Backend-specific settings (e.g. the null backend's latency model).
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +144,17 @@ class RunConfig:
         if self.samples is not None:
             check_int("samples", self.samples, 1)
         check_int("seed", self.seed, 0)
+        object.__setattr__(self, "dims", check_dims("dims", self.dims))
+        object.__setattr__(self, "shapes", check_shapes("shapes", self.shapes))
+        object.__setattr__(self, "input_ranges", check_ranges("input_ranges", self.input_ranges))
         check_int("agreement_samples", self.agreement_samples, 0)
+        check_choice("accuracy_metric", self.accuracy_metric, ACCURACY_METRICS)
+        if self.accuracy_output is not None and not (
+            isinstance(self.accuracy_output, str) and self.accuracy_output
+        ):
+            raise ConfigError(
+                f"accuracy_output: must be an output name, got {self.accuracy_output!r}"
+            )
 
 
 @dataclass(frozen=True)

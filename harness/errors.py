@@ -3,6 +3,7 @@
     TunerError                  anything this tool reports to its user
      ├── ConfigError            bad configuration or flag value (exit code 2)
      ├── ModelError             model file missing, not ONNX, unusable batch dimension
+     │    └── VariantUnavailable    no fp16/int8 variant of this model (the converter's reason)
      ├── BackendError           the inference runtime failed
      │    ├── BackendUnavailable    the runtime or its device is not installed here
      │    └── OutOfMemory           the device ran out of memory
@@ -29,6 +30,11 @@ class ConfigError(TunerError):
 
 class ModelError(TunerError):
     """The model cannot be used: missing, not ONNX, or without a dynamic batch dimension."""
+
+
+class VariantUnavailable(ModelError):
+    """The converter cannot make this precision of this model: that precision is infeasible
+    for it (a trial says why; the study goes on)."""
 
 
 class BackendError(TunerError):

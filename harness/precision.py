@@ -18,19 +18,23 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from harness.config import PRECISIONS
-from harness.errors import ConfigError, ModelError
+from harness.config import ACCURACY_METRICS, PRECISIONS
+from harness.errors import ConfigError, ModelError, VariantUnavailable
 from harness.models.info import ModelInfo
+from harness.models.inspect import model_sha256
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 """Bump when a recipe below changes, so cached variants built by the old one are not reused."""
 CALIBRATION_SAMPLES = 32
 CALIBRATION_BATCH = 8
 _NOTE_KEY = "batch_tuner.note"
+#: A source model this large is written with its weights beside it (protobuf's 2 GB limit).
+_EXTERNAL_BYTES = 1 << 30
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +60,23 @@ class Variant:
 class Agreement:
     """How closely a variant's outputs match the reference (fp32) outputs.
 
-    `top1` is the fraction of matching argmaxes of the first output, NaN when that output is
-    not a class score (fewer than 2 axes or a single class).
+    `value` is the `metric` on output `output`, higher is better, at most 1 (what the study's
+    accuracy floor reads): `top1`, the fraction of matching argmaxes of class scores [N, C];
+    `cosine`, the mean per-sample cosine similarity of the flattened outputs; `relative`,
+    1 - the mean per-sample relative L2 error (floored at 0). `top1` is also kept on its own,
+    NaN when the output is not class scores (fewer than 2 axes or a single class).
+    `max_abs_error` is over every output.
     """
 
     samples: int
     top1: float
     max_abs_error: float
+    metric: str = "top1"
+    value: float = math.nan
+    output: str = ""
 
-    def to_dict(self) -> dict[str, float]:
-        """Plain dict for results and trial attributes (a NaN `top1` stays NaN)."""
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for results and trial attributes (a NaN stays NaN)."""
         return dict(asdict(self))
 
 
@@ -95,24 +106,35 @@ def make_variant(
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()
     folder = Path(cache_dir) / "variants"
     path = folder / f"{precision}-{key[:32]}.onnx"
+    refused = path.with_suffix(f".ort{_ort_version()}.refused")
 
     if path.exists():
         sha, note = _read_variant(path)
         return Variant(precision, path, sha, model.sha256, 0.0, cached=True, note=note)
+    if refused.exists():  # the converter failed on this model before: say why, build nothing
+        raise VariantUnavailable(refused.read_text().strip())
 
     folder.mkdir(parents=True, exist_ok=True)
+    external = _external(model.path)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        built = Path(tmp) / "variant.onnx"
+        built = Path(tmp) / path.name
         try:
             if precision == "fp16":
-                note = _build_fp16(model.path, built)
+                note = _build_fp16(model.path, built, external)
             else:
-                note = _build_int8(model.path, built, feeds, Path(tmp))
+                note = _build_int8(model.path, built, feeds, Path(tmp), external)
         except Exception as exc:  # the onnx/onnxruntime tools raise anything
-            raise ModelError(
-                f"cannot build the {precision} variant of model {model.name!r}: {_one_line(exc)}"
-            ) from exc
+            reason = (
+                f"{precision} is infeasible for model {model.name!r}: the converter failed: "
+                f"{_one_line(exc)}"
+            )
+            if not isinstance(exc, MemoryError):  # a lack of memory may pass; this won't
+                _write_atomic_text(refused, reason)
+            raise VariantUnavailable(reason) from exc
+        data = built.with_name(built.name + ".data")
+        if data.exists():  # weights beside the variant: moved first, the .onnx last
+            os.replace(data, path.with_name(path.name + ".data"))
         os.replace(built, path)  # atomic: a concurrent builder of the same key writes the same
     seconds = time.perf_counter() - start
     if note:
@@ -121,8 +143,42 @@ def make_variant(
     return Variant(precision, path, sha, model.sha256, seconds, cached=False, note=note)
 
 
-def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> Agreement:
-    """Compare two runs' outputs (one array per model output, all samples concatenated)."""
+def output_index(names: Sequence[str], wanted: str | None) -> int:
+    """The index of output `wanted` among `names` (None: the first); ConfigError naming the
+    outputs when it is not one of them."""
+    if wanted is None:
+        return 0
+    if wanted not in names:
+        raise ConfigError(
+            f"--accuracy-output {wanted}: the model has no output {wanted!r} "
+            f"(outputs: {', '.join(names)})"
+        )
+    return list(names).index(wanted)
+
+
+def pick_metric(metric: str, output: np.ndarray) -> str:
+    """`metric`, or for `auto` the one that fits the output: top1 for class scores [N, C],
+    relative for one value per sample (a regression score), cosine otherwise (hidden states,
+    embeddings)."""
+    if metric != "auto":
+        return metric
+    per_sample = int(np.prod(output.shape[1:])) if output.ndim > 1 else 1
+    if output.ndim == 2 and output.shape[1] > 1:
+        return "top1"
+    return "relative" if per_sample == 1 else "cosine"
+
+
+def agreement(
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    metric: str = "auto",
+    output: int = 0,
+    output_name: str = "",
+) -> Agreement:
+    """Compare two runs' outputs (one array per model output, all samples concatenated) by
+    `metric` (ACCURACY_METRICS) on output number `output`."""
+    if metric not in ACCURACY_METRICS:
+        raise ConfigError(f"accuracy_metric: unknown value {metric!r}")
     if len(reference) != len(candidate) or not reference:
         raise ValueError(
             f"expected the same non-zero number of outputs, got "
@@ -131,32 +187,81 @@ def agreement(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) 
     for i, (ref, cand) in enumerate(zip(reference, candidate, strict=True)):
         if np.shape(ref) != np.shape(cand):
             raise ValueError(f"output {i} shapes differ: {np.shape(ref)} vs {np.shape(cand)}")
-    first = np.asarray(reference[0])
+    first = np.asarray(reference[output])
+    other = np.asarray(candidate[output])
     samples = int(first.shape[0]) if first.ndim else 1
     top1 = math.nan
     if first.ndim >= 2 and first.shape[-1] > 1 and first.size:
-        same = np.argmax(first, axis=-1) == np.argmax(np.asarray(candidate[0]), axis=-1)
+        same = np.argmax(first, axis=-1) == np.argmax(other, axis=-1)
         top1 = float(np.mean(same))
     max_abs = 0.0
     for ref, cand in zip(reference, candidate, strict=True):
         if np.size(ref):
             diff = np.abs(np.asarray(ref, np.float64) - np.asarray(cand, np.float64))
             max_abs = max(max_abs, float(np.max(diff)))
-    return Agreement(samples=samples, top1=top1, max_abs_error=max_abs)
+    chosen = pick_metric(metric, first)
+    if chosen == "top1":
+        value = top1
+    else:
+        a = first.reshape(samples, -1).astype(np.float64)
+        b = other.reshape(samples, -1).astype(np.float64)
+        value = _cosine(a, b) if chosen == "cosine" else _relative(a, b)
+    return Agreement(samples, top1, max_abs, chosen, value, output_name)
 
 
-def _build_fp16(source: Path, out: Path) -> str:
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean per-sample cosine similarity; two all-zero samples agree fully."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    both_zero = norms == 0
+    cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+    return float(np.mean(cos)) if cos.size else math.nan
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - the mean per-sample relative L2 error |b - a| / |a| (|a| floored to avoid /0)."""
+    scale = np.maximum(np.linalg.norm(a, axis=1), 1e-12)
+    errors = np.linalg.norm(b - a, axis=1) / scale
+    return float(max(0.0, 1.0 - np.mean(errors))) if errors.size else math.nan
+
+
+def _build_fp16(source: Path, out: Path, external: bool) -> str:
     """Float weights and compute in float16; graph inputs and outputs stay float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     converted = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     OnnxModel.graph_topological_sort(converted.graph, is_deterministic=True)  # casts come last
-    onnx.save(converted, str(out))
+    _save(converted, out, external)
     return ""
 
 
-def _build_int8(source: Path, out: Path, feeds: dict[str, np.ndarray], tmp: Path) -> str:
+def _save(model: onnx.ModelProto, out: Path, external: bool) -> None:
+    """Write `model` to `out`; with `external`, its weights to `<out name>.data` beside it
+    (as exporters do past protobuf's 2 GB), so the variant is two files."""
+    if external:
+        onnx.save_model(
+            model,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=out.name + ".data",
+            size_threshold=128,  # weights beside it, small constants (scales) inline
+        )
+    else:
+        onnx.save(model, str(out))
+
+
+def _external(path: Path) -> bool:
+    """Whether a variant of the model at `path` keeps its weights beside it: the source does,
+    or is large enough that a variant could pass protobuf's 2 GB."""
+    _, has_external = model_sha256(path)
+    return has_external or path.stat().st_size > _EXTERNAL_BYTES
+
+
+def _build_int8(
+    source: Path, out: Path, feeds: dict[str, np.ndarray], tmp: Path, external: bool
+) -> str:
     """Static Q/DQ int8 (per-channel int8 weights, uint8 activations) after pre-processing."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -180,7 +285,13 @@ def _build_int8(source: Path, out: Path, feeds: dict[str, np.ndarray], tmp: Path
     note = ""
     prepared = tmp / "prepared.onnx"
     try:
-        quant_pre_process(str(source), str(prepared))
+        quant_pre_process(
+            str(source),
+            str(prepared),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            external_data_location="prepared.onnx.data",
+        )
     except Exception as exc:  # symbolic shape inference fails on some models
         note = f"quant_pre_process failed ({_one_line(exc)}); quantized without it"
         prepared = source
@@ -192,11 +303,12 @@ def _build_int8(source: Path, out: Path, feeds: dict[str, np.ndarray], tmp: Path
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        use_external_data_format=external,
     )
-    quantized = onnx.load(str(tmp / "quantized.onnx"))
+    quantized = onnx.load(str(tmp / "quantized.onnx"))  # external data read in, written anew
     if note:
         quantized.metadata_props.add(key=_NOTE_KEY, value=note)
-    onnx.save(quantized, str(out))
+    _save(quantized, out, external)
     return note
 
 
@@ -237,11 +349,23 @@ def _arrays_sha256(feeds: dict[str, np.ndarray]) -> str:
 
 
 def _read_variant(path: Path) -> tuple[str, str]:
-    """The variant file's sha256 and the build note stored in its metadata."""
-    data = path.read_bytes()
-    props = onnx.load_model_from_string(data).metadata_props
+    """The variant's sha256 (with its external data) and the build note in its metadata."""
+    sha, _ = model_sha256(path)
+    props = onnx.load(str(path), load_external_data=False).metadata_props
     note = next((p.value for p in props if p.key == _NOTE_KEY), "")
-    return hashlib.sha256(data).hexdigest(), note
+    return sha, note
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
 
 
 def _one_line(exc: BaseException) -> str:

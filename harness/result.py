@@ -33,7 +33,7 @@ class Result:
     versions: dict[str, str]
     engine_build_s: float
     warmup: dict[str, float | None]
-    agreement: dict[str, float] | None = None
+    agreement: dict[str, Any] | None = None
     latency_bound_ms: float | None = None
     percentile: float | None = None
     note: str = ""
@@ -41,6 +41,9 @@ class Result:
     #: GPU telemetry while LoadGen ran (harness.gpus.GpuSampler.telemetry); None on a CPU or a
     #: simulated backend, or where NVML is absent.
     gpu: dict[str, Any] | None = None
+    #: What the model was fed: bound dims, each input's shape and the range of its synthetic
+    #: values or the data folder (harness.runner.describe_inputs).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,18 +16,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.backends import BackendOptions, check_precision, get_backend
 from harness.backends.base import Backend, BackendInfo
 from harness.config import RunConfig, ScenarioSpec
-from harness.dataset import SampleSet, default_sample_count, load_sample_folder, synthetic_samples
+from harness.dataset import (
+    InputRange,
+    SampleSet,
+    default_sample_count,
+    input_ranges,
+    load_samples_from,
+    synthetic_samples,
+)
 from harness.errors import BackendError
 from harness.gpus import GpuSampler, cuda_ordinal, sampler_for
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
-from harness.precision import CALIBRATION_SAMPLES, Agreement, Variant, agreement, make_variant
+from harness.precision import (
+    CALIBRATION_SAMPLES,
+    Agreement,
+    Variant,
+    agreement,
+    make_variant,
+    output_index,
+)
 from harness.queueing import (
     CALIBRATION_BOUNDS,
     SutModel,
@@ -81,8 +96,11 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     """Measure `run` in the scenario `spec` with LoadGen and return the result."""
     backend_cls = get_backend(run.backend)
     check_precision(backend_cls, run.precision, run.device)
-    model = resolve_model(run.model, run.cache_dir)
-    samples = load_samples(run, model)
+    model = resolve_model(run.model, run.cache_dir, run.dims, run.shapes)
+    if run.accuracy_output is not None:
+        output_index([t.name for t in model.outputs], run.accuracy_output)
+    ranges = input_ranges(model, run.input_ranges) if run.data_dir is None else {}
+    samples = load_samples(run, model, ranges)
     calibration = samples.head(CALIBRATION_SAMPLES)
     source = "fp32" if backend_cls.casts_precision else run.precision
     variant = make_variant(model, source, calibration, run.cache_dir)
@@ -94,6 +112,8 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
         threads=run.threads,
         extra=run.backend_options,
         cache_dir=run.cache_dir,
+        dims=dict(run.dims),
+        shapes=dict(run.shapes),
     )
     backend = backend_cls(variant.path, options)
     info = backend.info()
@@ -101,6 +121,7 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     with backend:
         build_s = time.perf_counter() - started
         log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, info.device, build_s)
+        check_batch(backend, samples, model, run, ranges)
         warm = run_warmup(backend, samples, run, single=spec.find_max_qps)
         log.info(
             "warm-up: %.2f ms per batch of %d, ~%.1f samples/s",
@@ -122,7 +143,63 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
             outcome = SCENARIOS[spec.scenario](ctx)
         info = backend.info()
     result = _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
-    return replace(result, gpu=sampler.telemetry())
+    return replace(result, gpu=sampler.telemetry(), inputs=describe_inputs(model, run, ranges))
+
+
+def describe_inputs(
+    model: ModelInfo, run: RunConfig, ranges: dict[str, InputRange]
+) -> dict[str, Any]:
+    """What the model was fed, for the result: bound dims, each input's shape and the range its
+    synthetic values were drawn from (or the data they came from)."""
+    return {
+        "dims": dict(model.dims),
+        "data": str(run.data_dir) if run.data_dir is not None else None,
+        "tensors": [
+            {
+                "name": t.name,
+                "dtype": t.dtype,
+                "sample_shape": list(t.sample_shape),
+                **({"range": ranges[t.name].to_dict()} if t.name in ranges else {}),
+            }
+            for t in model.inputs
+        ],
+    }
+
+
+def check_batch(
+    backend: Backend,
+    samples: SampleSet,
+    model: ModelInfo,
+    run: RunConfig,
+    ranges: dict[str, InputRange],
+) -> None:
+    """Run one batch before measuring; a model that rejects it gets an error naming the input
+    at fault (the one whose Gather the runtime's message names, else every integer input with
+    its range) and what to do about it."""
+    batch = samples.gather(_batch_indices(samples, min(run.batch_size, samples.count)))
+    try:
+        backend.infer(batch, 0)
+    except BackendError as exc:
+        raise BackendError(f"{exc}; {_blame(str(exc), model, run, ranges)}") from exc
+
+
+def _blame(error: str, model: ModelInfo, run: RunConfig, ranges: dict[str, InputRange]) -> str:
+    if run.data_dir is not None:
+        return f"the model rejects the samples of --data {run.data_dir}"
+    named = [t for t in model.inputs if any(n and n in error for n in t.index_nodes)]
+    suspects = named or [t for t in model.inputs if t.name in ranges]
+    if not suspects:
+        return "the model rejects its synthetic samples; give real ones with --data"
+    what = ", ".join(
+        f"{t.name!r} drawn from {ranges[t.name].low:g}..{ranges[t.name].high:g}"
+        f" ({ranges[t.name].source})"
+        for t in suspects
+        if t.name in ranges
+    )
+    return (
+        f"the model rejects synthetic input {what}: set the values with "
+        "--input-range NAME=LO:HI or give real samples with --data"
+    )
 
 
 def gpu_sampler(devices: list[str], simulated: bool) -> GpuSampler:
@@ -154,11 +231,13 @@ def _server(ctx: _Context) -> Outcome:
     bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
     upper = bound.score
     log.info("upper bound from Offline: %.1f samples/s", upper)
-    model = _queue_model(ctx)
-    guess = _predicted_max_qps(ctx, model, upper) if model is not None and upper > 0 else None
-    refine = _refitter(ctx, model, upper) if guess is not None and model is not None else None
+    model = _queue_model(ctx) if upper > 0 else None
+    # A model that finds no QPS gives no first guess (the search starts blind), but its refit
+    # to the first run may: to the answer, or to the lowest load when none meets the bound.
+    guess = _predicted_max_qps(ctx, model, upper) if model is not None else 0.0
+    refine = _refitter(ctx, model, upper) if model is not None else None
     found = server.find_max_qps(
-        ctx.sut, spec, upper, ctx.out_dir, first_guess=guess, refine=refine
+        ctx.sut, spec, upper, ctx.out_dir, first_guess=guess or None, refine=refine
     )
     return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
 
@@ -178,9 +257,9 @@ def _queue_model(ctx: _Context) -> SutModel | None:
     )
 
 
-def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float | None:
-    """The queueing model's max QPS (at most `upper`), a probe of the search; None when the
-    model finds no QPS."""
+def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float:
+    """The queueing model's max QPS (at most `upper`), a probe of the search; 0.0 when the
+    model finds no QPS, however low, that meets the bound."""
     spec = ctx.spec
     guess = predict_max_qps(
         model,
@@ -192,7 +271,7 @@ def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float | 
         min_duration_s=spec.min_duration_s,
     )
     log.info("model: ~%.1f QPS meet p%g <= %g ms", guess, spec.percentile, spec.latency_ms)
-    return guess or None
+    return guess
 
 
 def _refitter(ctx: _Context, model: SutModel, upper: float) -> server.Refine:
@@ -231,12 +310,14 @@ def _refitter(ctx: _Context, model: SutModel, upper: float) -> server.Refine:
 SCENARIOS: dict[str, Callable[[_Context], Outcome]] = {"offline": _offline, "server": _server}
 
 
-def load_samples(run: RunConfig, model: ModelInfo) -> SampleSet:
-    """The QSL's samples: the data folder's, else synthetic ones."""
+def load_samples(
+    run: RunConfig, model: ModelInfo, ranges: dict[str, InputRange] | None = None
+) -> SampleSet:
+    """The QSL's samples: the data's (--data), else synthetic ones within `ranges`."""
     if run.data_dir is not None:
-        return load_sample_folder(run.data_dir, model, run.samples)
+        return load_samples_from(run.data_dir, model, run.samples)
     count = run.samples or default_sample_count(model)
-    return synthetic_samples(model, count, run.seed)
+    return synthetic_samples(model, count, run.seed, ranges)
 
 
 def _batch_indices(samples: SampleSet, batch: int, offset: int = 0) -> np.ndarray:
@@ -321,11 +402,17 @@ def _agreement(
         reference.append(reference_session.run(None, inputs))
         candidate.append(backend.infer(inputs, 0))
     concat = lambda batches: [np.concatenate(parts) for parts in zip(*batches, strict=True)]  # noqa: E731
-    result = agreement(concat(reference), concat(candidate))
+    names = [o.name for o in reference_session.get_outputs()]
+    index = output_index(names, run.accuracy_output)
+    result = agreement(
+        concat(reference), concat(candidate), run.accuracy_metric, index, names[index]
+    )
     log.info(
-        "agreement with fp32 on %d samples: top-1 %.3f, max abs error %.4g",
+        "agreement with fp32 on %d samples of %s: %s %.4f, max abs error %.4g",
         result.samples,
-        result.top1,
+        result.output,
+        result.metric,
+        result.value,
         result.max_abs_error,
     )
     return result

@@ -31,6 +31,11 @@ class BackendOptions:
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: Where a backend keeps what it builds (engines, timing caches); the run's cache folder.
     cache_dir: Path | None = None
+    #: The model's symbolic non-batch dims bound by name, and per input (RunConfig.dims,
+    #: RunConfig.shapes): a backend that sizes its engine (TensorRT's optimization profile)
+    #: reads the model through harness.models.inspect_model with them.
+    dims: Mapping[str, int] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

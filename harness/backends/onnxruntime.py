@@ -71,6 +71,7 @@ class OnnxRuntimeBackend(Backend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.intra_threads()
         so.inter_op_num_threads = 1
+        so.log_severity_level = 4  # errors come back as exceptions, with their text
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         level = self.options.extra.get("graph_optimization", "all")
         levels = {
@@ -84,6 +85,8 @@ class OnnxRuntimeBackend(Backend):
                 f"backend onnxruntime: graph_optimization {level!r} not in {list(levels)}"
             )
         so.graph_optimization_level = levels[level]
+        for name, size in self.options.dims.items():  # lets the optimizer plan for the size
+            so.add_free_dimension_override_by_name(name, size)
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path), so, providers=self.providers()

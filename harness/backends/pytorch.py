@@ -107,7 +107,9 @@ class TorchBackend(Backend):
         from harness.models.inspect import inspect_model
 
         try:
-            model = inspect_model(self.model_path)
+            model = inspect_model(
+                self.model_path, dims=self.options.dims, shapes=self.options.shapes
+            )
         except ModelError as exc:
             raise BackendError(f"torch: cannot load {self.model_path.name}: {exc}") from exc
         self._torch = torch

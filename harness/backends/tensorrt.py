@@ -30,6 +30,7 @@ from harness.backends.trt_engine import (
     atomic_write,
     backend_error,
     import_runtime,
+    input_shapes,
     numpy_dtype,
     parse_cuda_device,
     parse_settings,
@@ -94,7 +95,7 @@ class TensorRTBackend(Backend):
     def load(self) -> None:
         trt, cuda = import_runtime()
         probe = self._device_probe()
-        model = inspect_model(self.model_path)
+        model = inspect_model(self.model_path, dims=self.options.dims, shapes=self.options.shapes)
         key = EngineKey(
             model.sha256,
             self.options.precision,
@@ -102,6 +103,7 @@ class TensorRTBackend(Backend):
             probe.gpu_name,
             probe.compute_capability,
             trt.__version__,
+            input_shapes(model),
         )
         path = key.engine_path(self.settings.cache_dir)
         self.close()
@@ -115,7 +117,7 @@ class TensorRTBackend(Backend):
             if not cached:
                 atomic_write(path, plan)
             self._engine = self._deserialize(trt, plan)
-            self._io_tensors(trt)
+            self._io_tensors(trt, model)
             self._streams = [self._make_stream(trt, cuda) for _ in range(self.options.streams)]
             if self.settings.cuda_graphs:
                 self._graphs = CudaGraphs()
@@ -176,12 +178,16 @@ class TensorRTBackend(Backend):
         self._log = log
         return engine
 
-    def _io_tensors(self, trt: Any) -> None:
+    def _io_tensors(self, trt: Any, model: Any) -> None:
+        """The engine's inputs with their bound sample shapes (the engine reports a symbolic
+        dim as -1, whatever its profile), and its outputs."""
+        bound = {t.name: tuple(t.sample_shape) for t in model.inputs}
         self._inputs, self._outputs = [], []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self._inputs.append((name, tuple(self._engine.get_tensor_shape(name))[1:]))
+                shape = tuple(self._engine.get_tensor_shape(name))[1:]
+                self._inputs.append((name, bound.get(name, shape)))
             else:
                 self._outputs.append(name)
 

@@ -24,7 +24,7 @@ from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelE
 from harness.models.info import ModelInfo
 
 PRECISIONS = ("fp32", "fp16", "int8")
-KEY_VERSION = 1
+KEY_VERSION = 2
 """Bump when the build recipe changes, so engines built by the old one are not reused."""
 INSTALL_HINT = "install the gpu extra: pip install 'batch-tuner[gpu]'"
 _OOM = re.compile(
@@ -81,6 +81,9 @@ class EngineKey:
     gpu_name: str
     compute_capability: tuple[int, int]
     trt_version: str
+    #: Every input's sample shape (symbolic dims bound): an engine built for sequence 128
+    #: serves no other length.
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps([KEY_VERSION, *astuple(self)]).encode()).hexdigest()
@@ -105,6 +108,11 @@ def _cc(key: EngineKey) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "gpu"
+
+
+def input_shapes(model: ModelInfo) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Every input's name and bound sample shape, for the engine key."""
+    return tuple((t.name, tuple(t.sample_shape)) for t in model.inputs)
 
 
 def profile_shapes(model: ModelInfo, max_batch: int) -> Shapes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.errors import ModelError
@@ -14,19 +15,26 @@ from harness.models.zoo import BUILDERS, BUILTIN_MODELS, VERSION
 __all__ = ["BUILTIN_MODELS", "ModelInfo", "TensorSpec", "inspect_model", "resolve_model"]
 
 
-def resolve_model(spec: str, cache_dir: Path) -> ModelInfo:
-    """A built-in model name (built once into `cache_dir`/models) or a path to an ONNX file.
+def resolve_model(
+    spec: str,
+    cache_dir: Path,
+    dims: Mapping[str, int] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> ModelInfo:
+    """A built-in model name (built once into `cache_dir`/models) or a path to an ONNX file,
+    with its symbolic dims bound by `dims` / `shapes` (see inspect_model).
 
     A built-in name wins over a file of the same name in the working directory.
     """
     if spec in BUILDERS:
-        return inspect_model(_build_cached(spec, Path(cache_dir) / "models"), name=spec)
+        path = _build_cached(spec, Path(cache_dir) / "models")
+        return inspect_model(path, name=spec, dims=dims, shapes=shapes)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ModelError(
             f"model file not found: {spec} (built-in models: {', '.join(BUILTIN_MODELS)})"
         )
-    return inspect_model(path)
+    return inspect_model(path, dims=dims, shapes=shapes)
 
 
 def _build_cached(name: str, folder: Path) -> Path:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,19 @@ import numpy as np
 class TensorSpec:
     """One model input or output. Axis 0 is the shared dynamic batch dimension.
 
-    `sample_shape` is the shape of one sample (the full shape is `(batch, *sample_shape)`);
-    `dtype` is a NumPy dtype name such as ``"float32"``.
+    `sample_shape` is the shape of one sample (the full shape is `(batch, *sample_shape)`),
+    with symbolic dims bound (an output's unknown dims are -1); `dtype` is a NumPy dtype name
+    such as ``"float32"``. `symbols` names each non-batch axis's symbolic dim ("" where the
+    file fixes its size). An integer input that indexes tables has `index_rows`, the rows of
+    the smallest, and `index_nodes`, the Gather nodes it reaches (harness.models.graph).
     """
 
     name: str
     dtype: str
     sample_shape: tuple[int, ...]
+    symbols: tuple[str, ...] = field(default=(), compare=False)
+    index_rows: int | None = None
+    index_nodes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -38,6 +45,8 @@ class ModelInfo:
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: The symbolic non-batch dims this model has, bound to their sizes (by --dim or --shape).
+    dims: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def sample_nbytes(self) -> int:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from harness.dataset import (
+    DEFAULT_INT_RANGE,
     DEFAULT_SAMPLE_BYTES,
     MAX_SAMPLES,
     SampleSet,
     default_sample_count,
-    load_sample_folder,
+    input_ranges,
+    load_samples_from,
     synthetic_samples,
 )
 from harness.errors import ConfigError
@@ -118,11 +120,11 @@ def test_npy_folder_for_a_single_input_model(tmp_path: Path) -> None:
         # float64 files are cast to the input's dtype; a leading batch axis of 1 is dropped.
         data = np.full((1, 4) if i == 1 else (4,), i, dtype=np.float64)
         np.save(tmp_path / f"sample_{i}.npy", data)
-    samples = load_sample_folder(tmp_path, SINGLE)
+    samples = load_samples_from(tmp_path, SINGLE)
     array = samples.inputs["input"]
     assert array.shape == (3, 4) and array.dtype == np.float32
     np.testing.assert_array_equal(array[:, 0], [0, 1, 2])
-    assert load_sample_folder(tmp_path, SINGLE, limit=2).count == 2
+    assert load_samples_from(tmp_path, SINGLE, limit=2).count == 2
 
 
 def test_npz_folder_for_a_two_input_model(tmp_path: Path) -> None:
@@ -133,7 +135,7 @@ def test_npz_folder_for_a_two_input_model(tmp_path: Path) -> None:
             ids=np.array([i, i + 1]),
             unused=np.zeros(3),
         )
-    samples = load_sample_folder(tmp_path, DOUBLE)
+    samples = load_samples_from(tmp_path, DOUBLE)
     assert samples.inputs["input"].shape == (2, 4)
     assert samples.inputs["ids"].dtype == np.int64
     np.testing.assert_array_equal(samples.inputs["ids"], [[0, 1], [1, 2]])
@@ -141,36 +143,124 @@ def test_npz_folder_for_a_two_input_model(tmp_path: Path) -> None:
 
 def test_wrong_shape_names_the_file_and_input(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.zeros(4, np.float32))
-    np.save(tmp_path / "b.npy", np.zeros((2, 4), np.float32))
-    with pytest.raises(ConfigError, match=r"b\.npy input input has shape \(2, 4\)"):
-        load_sample_folder(tmp_path, SINGLE)
+    np.save(tmp_path / "b.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(ConfigError, match=r"b\.npy input input has shape \(2, 3\)"):
+        load_samples_from(tmp_path, SINGLE)
 
 
 def test_missing_input_names_the_file_and_input(tmp_path: Path) -> None:
     np.savez(tmp_path / "only_input.npz", input=np.zeros(4, np.float32))
     with pytest.raises(ConfigError, match=r"only_input\.npz lacks input\(s\) ids"):
-        load_sample_folder(tmp_path, DOUBLE)
+        load_samples_from(tmp_path, DOUBLE)
 
 
 def test_empty_folder_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no samples here")
     with pytest.raises(ConfigError, match=r"no \.npy or \.npz files") as info:
-        load_sample_folder(tmp_path, SINGLE)
+        load_samples_from(tmp_path, SINGLE)
     assert str(tmp_path) in str(info.value)
 
 
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a folder"):
-        load_sample_folder(tmp_path / "nope", SINGLE)
+    with pytest.raises(ConfigError, match="neither a file nor a folder"):
+        load_samples_from(tmp_path / "nope", SINGLE)
 
 
 def test_npy_files_for_a_two_input_model_name_the_inputs(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.zeros(4, np.float32))
     with pytest.raises(ConfigError, match=r"2 inputs \(input, ids\).*\.npz"):
-        load_sample_folder(tmp_path, DOUBLE)
+        load_samples_from(tmp_path, DOUBLE)
 
 
 def test_unreadable_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "broken.npy").write_bytes(b"not numpy")
     with pytest.raises(ConfigError, match=r"broken\.npy"):
-        load_sample_folder(tmp_path, SINGLE)
+        load_samples_from(tmp_path, SINGLE)
+
+
+# --- value ranges -------------------------------------------------------------------------
+
+TYPES = TensorSpec("token_type_ids", "int64", (6,), index_rows=2)
+VOCAB = TensorSpec("input_ids", "int32", (6,), index_rows=30522)
+ATTENTION = TensorSpec("attention_mask", "int64", (6,))
+DENSE = TensorSpec("dense", "float32", (13,))
+ENCODER = model(VOCAB, ATTENTION, TYPES, DENSE)
+
+
+def test_index_inputs_stay_inside_their_table_and_other_integers_get_the_default() -> None:
+    ranges = input_ranges(ENCODER)
+    assert (ranges["token_type_ids"].low, ranges["token_type_ids"].high) == (0, 1)
+    assert ranges["token_type_ids"].source == "indexes a table of 2 rows"
+    assert (ranges["input_ids"].low, ranges["input_ids"].high) == (0, 30521)
+    assert (ranges["attention_mask"].low, ranges["attention_mask"].high) == DEFAULT_INT_RANGE
+    assert "dense" not in ranges  # floats stay standard normal
+    samples = synthetic_samples(ENCODER, 400, seed=3, ranges=ranges)
+    types = samples.inputs["token_type_ids"]
+    assert types.min() == 0 and types.max() == 1
+    ids = samples.inputs["input_ids"]
+    assert ids.dtype == np.int32 and ids.min() >= 0 and ids.max() <= 30521 and ids.max() > 1000
+
+
+def test_an_override_wins_and_floats_take_one_too() -> None:
+    ranges = input_ranges(ENCODER, {"attention_mask": (1, 1), "dense": (0.0, 0.5)})
+    assert ranges["attention_mask"].source == "--input-range"
+    samples = synthetic_samples(ENCODER, 50, seed=0, ranges=ranges)
+    assert (samples.inputs["attention_mask"] == 1).all()
+    dense = samples.inputs["dense"]
+    assert dense.dtype == np.float32 and dense.min() >= 0.0 and dense.max() <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mask": (0, 1)}, r"--input-range mask: model m has no input 'mask' \(inputs: input_ids"),
+        ({"attention_mask": (0, 1.5)}, r"attention_mask: the input is int64; give whole numbers"),
+        ({"input_ids": (0, 2**40)}, r"input_ids: 0:1.09951e\+12 does not fit int32"),
+    ],
+)
+def test_bad_overrides_are_config_errors(
+    overrides: dict[str, tuple[float, float]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        input_ranges(ENCODER, overrides)
+
+
+# --- stacked data (tokenized sets) --------------------------------------------------------
+
+TOKENS = model(TensorSpec("input_ids", "int64", (8,)), TensorSpec("attention_mask", "int64", (8,)))
+
+
+def test_one_npz_archive_of_stacked_inputs(tmp_path: Path) -> None:
+    ids = np.arange(5 * 8).reshape(5, 8)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, attention_mask=np.ones((5, 8), np.int64))
+    samples = load_samples_from(tmp_path / "tokens.npz", TOKENS)
+    assert samples.count == 5
+    np.testing.assert_array_equal(samples.inputs["input_ids"], ids)
+    assert load_samples_from(tmp_path / "tokens.npz", TOKENS, limit=3).count == 3
+
+
+def test_a_folder_with_one_npy_per_input(tmp_path: Path) -> None:
+    np.save(tmp_path / "input_ids.npy", np.full((4, 8), 7, np.int32))
+    np.save(tmp_path / "attention_mask.npy", np.ones((4, 8), np.int64))
+    samples = load_samples_from(tmp_path, TOKENS)
+    assert samples.count == 4 and samples.inputs["input_ids"].dtype == np.int64
+
+
+def test_per_input_files_with_different_counts_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "input_ids.npy", np.zeros((4, 8), np.int64))
+    np.save(tmp_path / "attention_mask.npy", np.zeros((3, 8), np.int64))
+    with pytest.raises(ConfigError, match="input_ids 4, attention_mask 3"):
+        load_samples_from(tmp_path, TOKENS)
+
+
+def test_a_sequence_length_other_than_the_bound_one_names_file_and_input(tmp_path: Path) -> None:
+    np.savez(
+        tmp_path / "short.npz",
+        input_ids=np.zeros((2, 16), np.int64),
+        attention_mask=np.zeros((2, 16), np.int64),
+    )
+    with pytest.raises(ConfigError) as err:
+        load_samples_from(tmp_path / "short.npz", TOKENS)
+    message = str(err.value)
+    assert "short.npz input input_ids has shape (2, 16)" in message and "(8,)" in message
+    assert "--dim" in message and "\n" not in message

@@ -15,8 +15,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from harness.errors import ConfigError, ModelError
+from harness.errors import ConfigError, ModelError, VariantUnavailable
 from harness.models.info import ModelInfo, TensorSpec
+from harness.models.inspect import inspect_model, model_sha256
 from harness.precision import PRECISIONS, Agreement, Variant, agreement, make_variant
 
 CLASSES = 3
@@ -222,7 +223,15 @@ def test_failed_int8_build_is_a_one_line_model_error(tiny: ModelInfo, tmp_path: 
     assert "int8" in str(info.value)
     assert "tiny" in str(info.value)
     assert "\n" not in str(info.value)
-    assert list((tmp_path / "variants").iterdir()) == []
+    assert isinstance(info.value, VariantUnavailable)
+    assert "is infeasible for model 'tiny': the converter failed" in str(info.value)
+    # No half-built variant is left; the refusal is kept, so the next trial of this precision
+    # says why at once instead of failing the same build again.
+    left = [p.name for p in (tmp_path / "variants").iterdir()]
+    assert len(left) == 1 and left[0].endswith(".refused")
+    with pytest.raises(VariantUnavailable) as again:
+        make_variant(tiny, "int8", wrong_rank, tmp_path)
+    assert str(again.value) == str(info.value)
 
 
 def test_int8_needs_calibration_for_every_input(tiny: ModelInfo, tmp_path: Path) -> None:
@@ -240,8 +249,35 @@ def test_agreement_on_hand_made_outputs() -> None:
         np.array([1.0, 2.5, 3.0, 3.75], np.float32),
     ]
     score = agreement(reference, candidate)
-    assert score == Agreement(samples=4, top1=0.75, max_abs_error=0.75)
-    assert score.to_dict() == {"samples": 4, "top1": 0.75, "max_abs_error": 0.75}
+    assert score == Agreement(4, 0.75, 0.75, metric="top1", value=0.75)
+    assert score.to_dict() == {
+        "samples": 4,
+        "top1": 0.75,
+        "max_abs_error": 0.75,
+        "metric": "top1",
+        "value": 0.75,
+        "output": "",
+    }
+    second = agreement(reference, candidate, output=1, output_name="score")
+    # One value per sample: 1 - mean |b - a| / |a| = 1 - (0 + 0.25 + 0 + 0.0625) / 4.
+    assert (second.metric, second.output) == ("relative", "score")
+    assert second.value == pytest.approx(1 - 0.3125 / 4)
+
+
+def test_cosine_fits_hidden_states_and_can_be_chosen() -> None:
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(4, 6, 8))
+    flipped = hidden.copy()
+    flipped[0] *= -1  # one sample points the other way: cosine -1 there, 1 elsewhere
+    score = agreement([hidden], [flipped])
+    assert score.metric == "cosine"
+    assert score.value == pytest.approx((3 - 1) / 4)
+    assert math.isnan(score.top1) is False  # hidden states have a last axis > 1: argmax exists
+    logits = rng.normal(size=(5, 3))
+    assert agreement([logits], [2 * logits], metric="cosine").value == pytest.approx(1.0)
+    assert agreement([logits], [2 * logits], metric="relative").value == pytest.approx(0.0)
+    with pytest.raises(ConfigError, match="unknown value 'mse'"):
+        agreement([logits], [logits], metric="mse")
 
 
 def test_agreement_without_class_scores() -> None:
@@ -258,3 +294,37 @@ def test_agreement_rejects_mismatched_outputs() -> None:
         agreement([np.zeros((2, 3))], [np.zeros((3, 3))])
     with pytest.raises(ValueError, match="number of outputs"):
         agreement([np.zeros((2, 3))], [])
+
+
+def test_external_data_model_variants_keep_their_weights_beside_them(
+    tiny: ModelInfo,
+    tmp_path: Path,
+    calibration: dict[str, np.ndarray],
+    test_inputs: np.ndarray,
+) -> None:
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    path = folder / "tiny.onnx"
+    onnx.save_model(
+        onnx.load(str(tiny.path)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="tiny.onnx.data",
+        size_threshold=0,
+    )
+    external = inspect_model(path)
+    assert external.sha256 != tiny.sha256  # the hash covers the weights file too
+    reference = _run(path, test_inputs)
+    cache = tmp_path / "cache"
+    for precision in ("fp16", "int8"):
+        v = make_variant(external, precision, calibration, cache)
+        data = v.path.with_name(v.path.name + ".data")
+        assert data.is_file(), precision
+        assert (
+            v.sha256 == model_sha256(v.path)[0] != hashlib.sha256(v.path.read_bytes()).hexdigest()
+        )
+        score = agreement([reference], [_run(v.path, test_inputs)])
+        assert score.top1 >= 0.9, (precision, score)
+        assert make_variant(external, precision, calibration, cache).cached
+    assert not [p for p in (cache / "variants").iterdir() if p.name.startswith(".build-")]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.errors import ModelError
+from harness.errors import ConfigError, ModelError
 from harness.models import ModelInfo, TensorSpec, inspect_model
 
 Dims = Sequence[int | str | None]
@@ -152,13 +153,67 @@ def test_fixed_batch_dimension(tmp_path: Path) -> None:
     assert "dynamic batch" in message
 
 
-@pytest.mark.parametrize(
-    ("dims", "shown"), [(["N", "C"], "'C'"), (["N", None], "unknown")], ids=["symbolic", "unknown"]
-)
-def test_dynamic_non_batch_dimension(tmp_path: Path, dims: Dims, shown: str) -> None:
-    message = _error(_identity(tmp_path / "dyn.onnx", dims, out_dims=["N", 3]))
-    assert "'x' axis 1" in message
-    assert shown in message
+def _config_error(path: Path, **bindings: Any) -> str:
+    with pytest.raises(ConfigError) as err:
+        inspect_model(path, **bindings)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_an_unbound_symbolic_dim_names_input_axis_dim_and_flag(tmp_path: Path) -> None:
+    message = _config_error(_identity(tmp_path / "dyn.onnx", ["N", "C"], out_dims=["N", 3]))
+    assert "input 'x' axis 1" in message
+    assert "'C'" in message
+    assert "--dim C=N" in message
+    assert "[model] dims" in message
+
+
+def test_an_unnamed_dynamic_dim_points_to_shape(tmp_path: Path) -> None:
+    message = _config_error(_identity(tmp_path / "dyn.onnx", ["N", None], out_dims=["N", 3]))
+    assert "input 'x' axis 1 has no size and no name" in message
+    assert "--shape x=" in message
+
+
+def _encoder(path: Path) -> Path:
+    """Two inputs sharing a symbolic `sequence` axis; the output carries it too."""
+    return _save(
+        path,
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [_value("a", ["batch", "sequence", 4]), _value("b", ["batch", "sequence", 4])],
+        [_value("y", ["batch", "sequence", 4])],
+    )
+
+
+def test_dim_binds_every_axis_of_that_name(tmp_path: Path) -> None:
+    info = inspect_model(_encoder(tmp_path / "enc.onnx"), dims={"sequence": 128})
+    assert [t.sample_shape for t in info.inputs] == [(128, 4), (128, 4)]
+    assert info.outputs[0].sample_shape == (128, 4)
+    assert info.dims == {"sequence": 128}
+    assert info.inputs[0].symbols == ("sequence", "")
+
+
+def test_shape_sets_one_input_and_sizes_its_named_dims_everywhere(tmp_path: Path) -> None:
+    info = inspect_model(_encoder(tmp_path / "enc.onnx"), shapes={"a": (16, 4)})
+    assert [t.sample_shape for t in info.inputs] == [(16, 4), (16, 4)]
+    assert info.dims == {"sequence": 16}
+    unnamed = _identity(tmp_path / "unnamed.onnx", ["N", None, 3], out_dims=["N", None, 3])
+    assert inspect_model(unnamed, shapes={"x": [7, 3]}).inputs[0].sample_shape == (7, 3)
+
+
+def test_bad_bindings_are_one_line_config_errors(tmp_path: Path) -> None:
+    path = _encoder(tmp_path / "enc.onnx")
+    assert "no input of model enc.onnx has a dimension named 'seq'" in _config_error(
+        path, dims={"seq": 8}
+    )
+    assert "(its symbolic non-batch dims: sequence)" in _config_error(path, dims={"seq": 8})
+    assert "'batch' is the batch axis" in _config_error(path, dims={"batch": 8, "sequence": 8})
+    assert "has no input 'c'" in _config_error(path, shapes={"c": (8, 4)})
+    assert "2 non-batch axes, got 1 sizes" in _config_error(path, shapes={"a": (8,)})
+    assert "axis 2 is fixed at 4 in the model, got 5" in _config_error(path, shapes={"a": (8, 5)})
+    assert "another input binds to 8, not 9" in _config_error(
+        path, shapes={"a": (8, 4), "b": (9, 4)}
+    )
 
 
 def test_rank_zero_input(tmp_path: Path) -> None:
