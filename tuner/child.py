@@ -17,6 +17,9 @@ from typing import Any
 
 from harness.config import RunConfig, ScenarioSpec
 
+#: The failure of a configuration the model cannot take (harness VariantUnavailable): an
+#: infeasible trial, not a failed one.
+INFEASIBLE = "infeasible"
 #: Seconds a child gets to exit after it has sent its result, or after SIGTERM.
 _GRACE_S = 10.0
 
@@ -92,13 +95,15 @@ def _child(
     """The child's body: run, send JSON, exit. Ctrl-C is the parent's business."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from harness.cli_common import setup_logging
-    from harness.errors import OutOfMemory, TunerError
+    from harness.errors import OutOfMemory, TunerError, VariantUnavailable
 
     setup_logging(debug=False, quiet=quiet)
     try:
         message: dict[str, Any] = {"ok": True, "result": target(*args)}
     except OutOfMemory as exc:
         message = {"ok": False, "failure": "out of memory", "reason": str(exc)}
+    except VariantUnavailable as exc:
+        message = {"ok": False, "failure": INFEASIBLE, "reason": str(exc)}
     except TunerError as exc:
         message = {"ok": False, "failure": "error", "reason": str(exc)}
     except Exception as exc:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from harness.cli_common import (
     Parser,
+    add_input_flags,
     common_flags,
     default_cache_dir,
     format_table,
@@ -88,7 +89,13 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--device", help="cpu (default), cuda or cuda:N")
     g.add_argument("--threads", type=int, help="intra-op threads per stream")
-    g.add_argument("--data", dest="data_dir", type=Path, help="folder of .npy/.npz samples")
+    g.add_argument(
+        "--data",
+        dest="data_dir",
+        type=Path,
+        help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
+        "input (default: synthetic, seeded)",
+    )
     g.add_argument("--samples", type=int, help="samples in the QSL")
     g.add_argument(
         "--backend-option",
@@ -96,6 +103,10 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         type=parse_option,
         metavar="KEY=VALUE",
         help="backend setting (repeatable)",
+    )
+    add_input_flags(
+        p.add_argument_group("model inputs and accuracy (study file: [model], [study])"),
+        defaults=False,
     )
     g = p.add_argument_group("scenario")
     g.add_argument("--scenario", help="offline (default) or server")
@@ -358,12 +369,16 @@ def _optimize(args: argparse.Namespace) -> int:
         "seed",
         "objectives",
         "accuracy_floor",
+        "accuracy_metric",
+        "accuracy_output",
         "confirm_runs",
         "confirm_top",
         "cache_dir",
         "runs_dir",
     )
     overrides = {f: getattr(args, f) for f in fields}
+    for key in ("dims", "shapes", "input_ranges"):  # repeatable NAME=... flags -> a table
+        overrides[key] = dict(getattr(args, key)) if getattr(args, key) else None
     overrides["storage"] = args.storage or os.environ.get(STORAGE_ENV)
     if args.backend_option:
         overrides["backend_options"] = dict(args.backend_option)
@@ -452,7 +467,7 @@ def _optimize_gpus(args: argparse.Namespace, cfg: StudyConfig, say: Callable[[st
             f"--study: one name for GPUs of {len(groups)} models ({models}); each model gets "
             "its own study: leave --study out or pick GPUs of one model"
         )
-    model = resolve_model(cfg.model, cfg.cache_dir)
+    model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
     plans: list[tuple[GpuGroup, Prepared]] = []
     for group in groups:
         options = dict(cfg.backend_options)

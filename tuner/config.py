@@ -5,8 +5,12 @@ Layout of a study file (every key optional):
 
     [study]      name, storage, trials, timeout_s, trial_timeout_s, sampler, seed,
                  objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor,
+                 accuracy_metric (auto, top1, cosine, relative), accuracy_output,
                  confirm_runs, confirm_top
-    [model]      name (built-in or ONNX path), data_dir, samples
+    [model]      name (built-in or ONNX path), data_dir, samples,
+                 dims = {sequence = 128} (symbolic dims by name),
+                 shapes = {input_ids = [128]} (an input's non-batch sizes),
+                 input_ranges = {token_type_ids = [0, 1]} (synthetic values, inclusive)
     [backend]    name, device, threads, options = {...}
     [scenario]   name, latency_ms, percentile, duration_s, min_queries, answer_runs
     [space]      batch_sizes (list) or max_batch, streams (list) or max_streams,
@@ -24,12 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import (
+    ACCURACY_METRICS,
     PRECISIONS,
     SCENARIO_NAMES,
     ScenarioSpec,
     check_choice,
+    check_dims,
     check_float,
     check_int,
+    check_ranges,
+    check_shapes,
 )
 from harness.errors import ConfigError
 
@@ -64,6 +72,10 @@ class StudyConfig:
     #: synthetic weights and inputs with small logit margins (int8 agrees on ~80-90% of
     #: samples); with a real model and real data, 0.99 mirrors MLPerf's 99%-of-fp32 rule.
     accuracy_floor: float = 0.8
+    #: How fp16/int8 outputs are compared with fp32 (harness.precision.agreement): the floor
+    #: applies to this metric's value, on this output (None: the first).
+    accuracy_metric: str = "auto"
+    accuracy_output: str | None = None
     #: Extra measurements of each of the `confirm_top` best configurations once the budget is
     #: spent; the best median wins (0: the best single run wins).
     confirm_runs: int = 2
@@ -71,6 +83,12 @@ class StudyConfig:
     model: str = "resnet50"
     data_dir: Path | None = None
     samples: int | None = None
+    #: Symbolic non-batch dims bound by name, an input's non-batch sizes, and the synthetic
+    #: values' ranges (harness RunConfig.dims / shapes / input_ranges). Dims and shapes are
+    #: part of the study's identity.
+    dims: Mapping[str, int] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     backend: str = "onnxruntime"
     device: str = "cpu"
     threads: int | None = None
@@ -106,6 +124,18 @@ class StudyConfig:
                 "(Offline latencies measure the whole query, not a sample)"
             )
         check_float("study.accuracy_floor", self.accuracy_floor, -1e-9, 1.0 + 1e-9)
+        check_choice("study.accuracy_metric", self.accuracy_metric, ACCURACY_METRICS)
+        if self.accuracy_output is not None and not (
+            isinstance(self.accuracy_output, str) and self.accuracy_output
+        ):
+            raise ConfigError(
+                f"study.accuracy_output: must be an output name, got {self.accuracy_output!r}"
+            )
+        object.__setattr__(self, "dims", check_dims("model.dims", self.dims))
+        object.__setattr__(self, "shapes", check_shapes("model.shapes", self.shapes))
+        object.__setattr__(
+            self, "input_ranges", check_ranges("model.input_ranges", self.input_ranges)
+        )
         check_int("study.confirm_runs", self.confirm_runs, 0)
         check_int("study.confirm_top", self.confirm_top, 1)
         check_choice("scenario.name", self.scenario, SCENARIO_NAMES)
@@ -140,10 +170,19 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "seed": "seed",
         "objectives": "objectives",
         "accuracy_floor": "accuracy_floor",
+        "accuracy_metric": "accuracy_metric",
+        "accuracy_output": "accuracy_output",
         "confirm_runs": "confirm_runs",
         "confirm_top": "confirm_top",
     },
-    "model": {"name": "model", "data_dir": "data_dir", "samples": "samples"},
+    "model": {
+        "name": "model",
+        "data_dir": "data_dir",
+        "samples": "samples",
+        "dims": "dims",
+        "shapes": "shapes",
+        "input_ranges": "input_ranges",
+    },
     "backend": {
         "name": "backend",
         "device": "device",
@@ -160,6 +199,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     },
 }
 _SPACE_KEYS = {f.name for f in fields(Space)}
+#: Tables whose flags (--dim, --shape, --input-range) add entries to the study file's.
+_MERGED = ("dims", "shapes", "input_ranges")
 _POINT_KEYS = ("batch_size", "streams", "precision", "deque_timeout_us")
 
 
@@ -228,6 +269,9 @@ def build(file: Path | None = None, **overrides: Any) -> StudyConfig:
     """StudyConfig from defaults, then the study file, then the flags that were given."""
     values = load_file(file) if file is not None else {}
     space_over = {k: overrides.pop(k) for k in list(overrides) if k in _SPACE_KEYS}
+    for key in _MERGED:  # a flag adds to (or replaces one entry of) the file's table
+        if overrides.get(key):
+            overrides[key] = {**dict(values.get(key) or {}), **dict(overrides[key])}
     values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
     given = {
         k: tuple(v) if isinstance(v, list) else v for k, v in space_over.items() if v is not None
@@ -304,4 +348,6 @@ def _coerce(key: str, value: Any) -> Any:
         return tuple(value)
     if key == "backend_options" and not isinstance(value, dict):
         raise ConfigError(f"backend.options: must be a table, got {value!r}")
+    if key in _MERGED and not isinstance(value, Mapping):
+        raise ConfigError(f"model.{key}: must be a table, got {value!r}")
     return value

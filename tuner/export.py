@@ -402,13 +402,18 @@ def render_nvidia(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         settings["server_target_latency_ns"] = round(float(_need(attrs, "latency_ms")) * 1e6)
         settings["server_target_latency_percentile"] = float(_need(attrs, "percentile")) / 100
     system = _system_id(str(attrs.get("device") or "unknown"))
-    doc = {
+    doc: dict[str, Any] = {
         "benchmark": bench,
         "config_name": f"{system}_{bench}_{scenario}",
         bench: dict(sorted(settings.items())),
         "scenario": scenario,
         "system_id": system,
     }
+    if attrs.get("dims"):  # not a harness key: the shapes the engine must be built for
+        doc["batch_tuner_dims"] = dict(attrs["dims"])
+        doc["batch_tuner_input_shapes"] = {
+            str(t.get("name")): list(t.get("sample_shape", [])) for t in inputs
+        }
     return json.dumps(doc, indent=4) + "\n"
 
 
@@ -502,7 +507,14 @@ def _header(attrs: Mapping[str, Any], trial: FrozenTrial, what: str) -> list[str
     where = f"{attrs.get('backend')} on {attrs.get('device')}"
     if attrs.get("simulated") or trial.user_attrs.get("simulated"):
         where += " (SIMULATED measurements)"
-    return [
+    lines = [
         f"# {what} exported by batch-tuner: study {attrs.get('study_name')}, trial {trial.number}",
         f"# {knobs}; {where}",
     ]
+    if attrs.get("dims"):
+        lines.append(f"# model dims bound: {_dims_text(attrs['dims'])}")
+    return lines
+
+
+def _dims_text(dims: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name}={size}" for name, size in dims.items())

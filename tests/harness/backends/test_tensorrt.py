@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from harness.backends.trt_engine import (
     atomic_write,
     backend_error,
     import_runtime,
+    input_shapes,
     is_out_of_memory,
     numpy_dtype,
     parse_cuda_device,
@@ -137,6 +139,7 @@ def test_engine_path_is_stable_and_under_the_cache(tmp_path: Path) -> None:
         {"gpu_name": "Tesla T4"},
         {"compute_capability": (8, 9)},
         {"trt_version": "11.4.0.106"},
+        {"input_shapes": (("input_ids", (128,)),)},
     ],
 )
 def test_every_key_field_changes_the_engine(tmp_path: Path, change: dict[str, Any]) -> None:
@@ -194,6 +197,28 @@ def test_profile_shapes_for_every_input() -> None:
     shapes = profile_shapes(model, 3)
     assert shapes["image"] == ((1, 3, 4, 4), (3, 3, 4, 4), (3, 3, 4, 4))
     assert shapes["mask"] == ((1,), (3,), (3,))
+
+
+def _sequence_model(path: Path) -> Path:
+    """Token ids [batch, sequence] -> Cast -> float [batch, sequence]: a symbolic sequence."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["out"], to=TensorProto.FLOAT)],
+        "seq",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_a_bound_sequence_sizes_the_profile_and_the_engine_key(tmp_path: Path) -> None:
+    path = _sequence_model(tmp_path / "seq.onnx")
+    short = inspect_model(path, dims={"sequence": 128})
+    long = inspect_model(path, dims={"sequence": 384})
+    assert profile_shapes(short, 8) == {"input_ids": ((1, 128), (8, 128), (8, 128))}
+    assert input_shapes(short) == (("input_ids", (128,)),)
+    keys = [EngineKey(*astuple(KEY)[:6], input_shapes(m)) for m in (short, long)]
+    assert keys[0].engine_path(tmp_path) != keys[1].engine_path(tmp_path)
 
 
 # --- error mapping ------------------------------------------------------------------------
@@ -457,3 +482,14 @@ def test_engines_go_to_the_runs_cache_folder_unless_the_option_says_otherwise(
         model, BackendOptions(device="cuda", cache_dir=run_cache, extra={"cache_dir": str(own)})
     )
     assert backend.settings.cache_dir == own
+
+
+@pytest.mark.gpu
+@needs_runtime
+def test_gpu_engine_for_a_bound_sequence_runs_that_length(tmp_path: Path) -> None:
+    model = _sequence_model(tmp_path / "seq.onnx")
+    backend = trt_backend(model, tmp_path / "cache", max_batch=4, dims={"sequence": 24})
+    with backend:
+        ids = np.arange(3 * 24, dtype=np.int64).reshape(3, 24)
+        (out,) = backend.infer({"input_ids": ids}, 0)
+        np.testing.assert_array_equal(out, ids.astype(np.float32))
