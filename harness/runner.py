@@ -96,26 +96,8 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
     """Measure `run` in the scenario `spec` with LoadGen and return the result."""
     backend_cls = get_backend(run.backend)
     check_precision(backend_cls, run.precision, run.device)
-    model = resolve_model(run.model, run.cache_dir, run.dims, run.shapes)
-    if run.accuracy_output is not None:
-        output_index([t.name for t in model.outputs], run.accuracy_output)
-    ranges = input_ranges(model, run.input_ranges) if run.data_dir is None else {}
-    samples = load_samples(run, model, ranges)
-    calibration = samples.head(CALIBRATION_SAMPLES)
-    source = "fp32" if backend_cls.casts_precision else run.precision
-    variant = make_variant(model, source, calibration, run.cache_dir)
-    options = BackendOptions(
-        precision=run.precision,
-        max_batch=run.batch_size,
-        streams=run.streams,
-        device=run.device,
-        threads=run.threads,
-        extra=run.backend_options,
-        cache_dir=run.cache_dir,
-        dims=dict(run.dims),
-        shapes=dict(run.shapes),
-    )
-    backend = backend_cls(variant.path, options)
+    model, ranges, samples, variant = prepare_inputs(run, backend_cls)
+    backend = backend_cls(variant.path, backend_options(run, run.device))
     info = backend.info()
     started = time.perf_counter()
     with backend:
@@ -144,6 +126,36 @@ def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
         info = backend.info()
     result = _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
     return replace(result, gpu=sampler.telemetry(), inputs=describe_inputs(model, run, ranges))
+
+
+def prepare_inputs(
+    run: RunConfig, backend_cls: type[Backend]
+) -> tuple[ModelInfo, dict[str, InputRange], SampleSet, Variant]:
+    """The model with its dims bound, the synthetic inputs' ranges (none with --data), the
+    samples, and the precision variant the backend loads."""
+    model = resolve_model(run.model, run.cache_dir, run.dims, run.shapes)
+    if run.accuracy_output is not None:
+        output_index([t.name for t in model.outputs], run.accuracy_output)
+    ranges = input_ranges(model, run.input_ranges) if run.data_dir is None else {}
+    samples = load_samples(run, model, ranges)
+    source = "fp32" if backend_cls.casts_precision else run.precision
+    variant = make_variant(model, source, samples.head(CALIBRATION_SAMPLES), run.cache_dir)
+    return model, ranges, samples, variant
+
+
+def backend_options(run: RunConfig, device: str) -> BackendOptions:
+    """What the backend of `run` on `device` is told beyond the model file."""
+    return BackendOptions(
+        precision=run.precision,
+        max_batch=run.batch_size,
+        streams=run.streams,
+        device=device,
+        threads=run.threads,
+        extra=run.backend_options,
+        cache_dir=run.cache_dir,
+        dims=dict(run.dims),
+        shapes=dict(run.shapes),
+    )
 
 
 def describe_inputs(

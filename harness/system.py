@@ -17,13 +17,11 @@ from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, cast
 
-from harness.backends import BackendOptions, check_precision, get_backend
+from harness.backends import check_precision, get_backend
 from harness.backends.base import Backend
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
-from harness.models import resolve_model
-from harness.precision import CALIBRATION_SAMPLES, make_variant
-from harness.runner import Warmup, gpu_sampler, load_samples, run_warmup
+from harness.runner import Warmup, backend_options, gpu_sampler, prepare_inputs, run_warmup
 from harness.scenarios import Outcome, offline, server
 from harness.sut import BatchingSUT
 
@@ -142,24 +140,9 @@ def measure_system(run: RunConfig, spec: ScenarioSpec, devices: Sequence[str]) -
     backend_cls = get_backend(run.backend)
     for device in devices:
         check_precision(backend_cls, run.precision, device)
-    model = resolve_model(run.model, run.cache_dir)
-    samples = load_samples(run, model)
-    source = "fp32" if backend_cls.casts_precision else run.precision
-    variant = make_variant(model, source, samples.head(CALIBRATION_SAMPLES), run.cache_dir)
+    model, _, samples, variant = prepare_inputs(run, backend_cls)
     backends: list[Backend] = [
-        backend_cls(
-            variant.path,
-            BackendOptions(
-                precision=run.precision,
-                max_batch=run.batch_size,
-                streams=run.streams,
-                device=device,
-                threads=run.threads,
-                extra=run.backend_options,
-                cache_dir=run.cache_dir,
-            ),
-        )
-        for device in devices
+        backend_cls(variant.path, backend_options(run, device)) for device in devices
     ]
     with contextlib.ExitStack() as stack:
         for backend in backends:
