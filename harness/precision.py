@@ -8,6 +8,7 @@ for conv nets on CPU and is never offered. `agreement` scores a variant's output
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -283,15 +284,19 @@ def _build_int8(
             self.batches = iter(_batches(feeds))
 
     note = ""
+    source, tmp = source.resolve(), tmp.resolve()
     prepared = tmp / "prepared.onnx"
     try:
-        quant_pre_process(
-            str(source),
-            str(prepared),
-            save_as_external_data=external,
-            all_tensors_to_one_file=True,
-            external_data_location="prepared.onnx.data",
-        )
+        # Where symbolic shape inference stops short, ONNX Runtime saves what it inferred to
+        # the working folder (sym_shape_infer_temp.onnx and its weights): keep that in tmp.
+        with contextlib.chdir(tmp):
+            quant_pre_process(
+                str(source),
+                str(prepared),
+                save_as_external_data=external,
+                all_tensors_to_one_file=True,
+                external_data_location="prepared.onnx.data",
+            )
     except Exception as exc:  # symbolic shape inference fails on some models
         note = f"quant_pre_process failed ({_one_line(exc)}); quantized without it"
         prepared = source

@@ -110,6 +110,13 @@ def distilbert(
     )  # fmt: skip
 
 
+def bert_encoder(*, root: Path | None = None) -> Path:
+    """A bare `BertModel` (2 layers, hidden 64), sequence dynamic, with two outputs:
+    `last_hidden_state` [batch, sequence, 64] and `pooler_output` [batch, 64] (TorchScript
+    exporter: one output name per output)."""
+    return _cached("bert-encoder", {}, "torchscript", ("transformers",), root, _export_encoder)
+
+
 def dlrm(*, exporter: Exporter = "torchscript", root: Path | None = None) -> Path:
     """DLRM-shaped recommender: float32 `dense` [batch, 13] and int64 `cat_0..cat_3`
     [batch, 1] indexing tables of 3, 7, 50 and 1000 rows -> `score` [batch, 1] in (0, 1)."""
@@ -342,6 +349,44 @@ def _export_text(
     dynamic = {n: dict(axes) for n in names}
     limits = {"sequence": MAX_POSITIONS}
     export_module(model, args, file, exporter, names, "logits", dynamic, max_sizes=limits)
+
+
+def _export_encoder(file: Path) -> None:
+    torch = need("torch")
+    transformers = need("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=TEXT_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=MAX_POSITIONS, type_vocab_size=TYPE_VOCAB,
+    )  # fmt: skip
+    encoder = transformers.BertModel(config).eval()
+
+    class Encoder(torch.nn.Module):  # keyword arguments in, a tuple of tensors out
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return out.last_hidden_state, out.pooler_output
+
+    model = Encoder().eval()
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    example = text_feed(_EXAMPLE_BATCH, EXAMPLE_SEQUENCE)
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    outputs = ("last_hidden_state", "pooler_output")
+    axes = {
+        **{n: {0: "batch", 1: "sequence"} for n in names},
+        "last_hidden_state": {0: "batch", 1: "sequence"},
+        "pooler_output": {0: "batch"},
+    }
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            model, args, str(file), dynamo=False, input_names=list(names),
+            output_names=list(outputs), dynamic_axes=axes,
+        )  # fmt: skip
 
 
 def _export_dlrm(file: Path, exporter: Exporter) -> None:

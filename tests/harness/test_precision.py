@@ -328,3 +328,30 @@ def test_external_data_model_variants_keep_their_weights_beside_them(
         assert score.top1 >= 0.9, (precision, score)
         assert make_variant(external, precision, calibration, cache).cached
     assert not [p for p in (cache / "variants").iterdir() if p.name.startswith(".build-")]
+
+
+def test_a_refused_int8_build_leaves_nothing_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's symbolic shape inference, stopping short at an op it does not know,
+    saves what it inferred to the working folder; the build keeps that in its own folder."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Mystery", ["h"], ["y"], domain="example.custom"),
+        ],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    feeds = {"x": np.ones((8, 4), np.float32)}
+    with pytest.raises(VariantUnavailable, match="Mystery"):
+        make_variant(inspect_model(path), "int8", feeds, Path("cache"))
+    assert sorted(p.name for p in work.iterdir()) == ["cache"]
