@@ -24,6 +24,7 @@ from tuner.study import (
     engine_builds,
     robust_value,
 )
+from tuner.summary import out_of_reach_lines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,6 +37,8 @@ _TAIL = (
     "p90_ms",
     "p99_ms",
     "agreement_top1",
+    "agreement_metric",
+    "agreement_value",
     "engine_cached",
     "engine_build_s",
     "trial_seconds",
@@ -148,13 +151,17 @@ def _table_spec(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str
         ("confirmed_score", "median", _num(1)),
         ("p50_ms", "p50 ms", _num(2)),
         ("p99_ms", "p99 ms", _num(2)),
-        ("agreement_top1", "top1", _num(3)),
+        ("agreement_metric", "agree by", str),
+        ("agreement_value", "agreement", _num(3)),
+        ("agreement_top1", "top1", _num(3)),  # studies made before agreement had a metric
         ("engine_cached", "engine", lambda v: "cached" if v else "built"),
         ("engine_build_s", "build s", _num(1)),
         ("trial_seconds", "trial s", _num(1)),
         ("duplicate_of", "dup of", _num(0)),
         ("fail_reason", "fail reason", _clip(48)),
     ]
+    if "agreement_value" in frame.columns:
+        spec = [s for s in spec if s[0] != "agreement_top1"]
     return [s for s in spec if s[0] in frame.columns]
 
 
@@ -251,6 +258,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
     best, base = best_trial(study), _baseline(study)
     if best is None:
         lines.append("best: no feasible trial yet")
+        lines.extend(out_of_reach_lines(study))
     else:
         lines.append(
             f"best: trial {best.number}, {config_label(best.params)}: {_measure(best, study)}"
@@ -398,15 +406,19 @@ def _plot_group(
 
 
 def why_infeasible(trial: FrozenTrial) -> str:
-    """`INVALID`, `top1 0.900` or both: the violated constraints in a few words."""
+    """`INVALID`, `top1 0.900`, `precision infeasible`: the violated constraints in a few
+    words."""
     words = []
+    attrs = trial.user_attrs
     for name, value in sorted(trial.constraints.items(), key=lambda kv: kv[0] != "valid"):
         if value > 0:
-            top1 = trial.user_attrs.get("agreement_top1")
+            agreement = attrs.get("agreement_value", attrs.get("agreement_top1"))
             if name == "valid":
                 words.append("INVALID")
-            elif name == "accuracy" and top1 is not None:
-                words.append(f"top1 {float(top1):.3f}")
+            elif name == "accuracy" and agreement is not None:
+                words.append(f"{attrs.get('agreement_metric', 'top1')} {float(agreement):.3f}")
+            elif name == "precision":
+                words.append("precision infeasible")
             else:
                 words.append(name)
     return ", ".join(words)

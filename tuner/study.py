@@ -22,7 +22,7 @@ from harness.backends import BackendOptions, get_backend
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
-from tuner.child import ChildOutcome, measure_in_child
+from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import budget_used, committed, exclusive, run_trials
 from tuner.sampling import NoRepeatSampler
@@ -32,7 +32,15 @@ from tuner.storage import HEARTBEAT_S, open_storage, redact
 log = logging.getLogger("tuner")
 
 #: Study attributes that must match when a study is resumed.
-_IDENTITY = ("model_sha256", "backend", "device", "scenario", "latency_ms", "percentile")
+_IDENTITY = (
+    "model_sha256",
+    "dims",
+    "backend",
+    "device",
+    "scenario",
+    "latency_ms",
+    "percentile",
+)
 
 #: Trial attributes of a confirmed candidate (tuner.confirm): its own value then each repeat's
 #: score (0 for a failed or INVALID repeat), and their median once every repeat has run.
@@ -74,7 +82,7 @@ def prepare(
     """Validate everything, then create or load the study and enqueue its starting points."""
     backend_cls = get_backend(cfg.backend)
     space = resolve_space(cfg, backend_cls)
-    model = resolve_model(cfg.model, cfg.cache_dir)
+    model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
     probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
     info = probe.info()
     name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, info.device)
@@ -82,6 +90,8 @@ def prepare(
         "model": model.name,
         "model_path": str(model.path),
         "model_sha256": model.sha256,
+        # Every symbolic dim bound, by name (--dim, or sized by --shape): part of the identity.
+        "dims": dict(model.dims),
         "inputs": [
             {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
             for t in model.inputs
@@ -117,9 +127,15 @@ def prepare(
     for key in _IDENTITY:
         if key in existing and existing[key] != attrs[key]:
             raise ConfigError(
-                f"study {name!r} was made with {key}={existing[key]!r}, not {attrs[key]!r}; "
-                "name another study with --study"
+                f"study {name!r} was made with {_said(key, existing[key])}, not "
+                f"{_said(key, attrs[key])}; name another study with --study"
             )
+    # Inputs' bound shapes (a --shape, or a study made before dims were recorded).
+    if "inputs" in existing and _shapes(existing["inputs"]) != _shapes(attrs["inputs"]):
+        raise ConfigError(
+            f"study {name!r} was made with input shapes {_shapes(existing['inputs'])}, not "
+            f"{_shapes(attrs['inputs'])}; name another study with --study"
+        )
     if existing.get("objectives", attrs["objectives"]) != attrs["objectives"]:
         raise ConfigError(f"study {name!r} has objectives {existing['objectives']}")
     for key, value in attrs.items():
@@ -140,6 +156,17 @@ def prepare(
         if cfg.sampler == "grid":
             _enqueue_grid(study, space, cfg)
     return Prepared(cfg, study, space, attrs, measure)
+
+
+def _said(key: str, value: Any) -> str:
+    """`dims sequence=128` for bound dims, `key=value` for the rest."""
+    if key == "dims" and isinstance(value, Mapping):
+        return "dims " + (", ".join(f"{k}={v}" for k, v in value.items()) or "none")
+    return f"{key}={value!r}"
+
+
+def _shapes(inputs: Any) -> dict[str, list[int]]:
+    return {t["name"]: list(t["sample_shape"]) for t in inputs or []}
 
 
 def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> None:
@@ -244,6 +271,8 @@ class _Objective:
         measure = self.prepared.measure or measure_in_child
         outcome = measure(run, spec, cfg.trial_timeout_s)
         trial.set_user_attr("trial_seconds", round(outcome.seconds, 2))
+        if outcome.failure == INFEASIBLE:
+            return record_infeasible(trial, outcome, cfg)
         if outcome.result is None:
             trial.set_user_attr("failure", outcome.failure)
             trial.set_user_attr("fail_reason", outcome.reason)
@@ -271,6 +300,11 @@ def trial_configs(
         seed=cfg.seed,
         cache_dir=cfg.cache_dir,
         backend_options=dict(cfg.backend_options),
+        dims=dict(cfg.dims),
+        shapes=dict(cfg.shapes),
+        input_ranges=dict(cfg.input_ranges),
+        accuracy_metric=cfg.accuracy_metric,
+        accuracy_output=cfg.accuracy_output,
     )
     spec = ScenarioSpec(
         scenario=cfg.scenario,
@@ -283,6 +317,22 @@ def trial_configs(
         out_dir=cfg.runs_dir / name / f"trial-{number:04d}",
     )
     return run, spec
+
+
+def record_infeasible(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
+    """A configuration the model cannot take (its precision variant cannot be built): a
+    COMPLETE trial scoring 0 that breaks the `precision` constraint and says why, so the
+    samplers learn from it and the study goes on."""
+    trial.set_user_attr("failure", INFEASIBLE)
+    trial.set_user_attr("fail_reason", outcome.reason)
+    trial.set_user_attr("score", 0.0)
+    trial.set_user_attr("valid", False)
+    trial.set_constraint("precision", 1.0)
+    trial.set_constraint("accuracy", 0.0)
+    trial.set_constraint("valid", 1.0)
+    if cfg.multi_objective:
+        return 0.0, float(cfg.latency_ms * 10)
+    return 0.0
 
 
 def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
@@ -319,16 +369,21 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
     if agreement:
         attrs.update(
             agreement_top1=agreement.get("top1"),
+            agreement_metric=agreement.get("metric", "top1"),
+            agreement_value=agreement.get("value", agreement.get("top1")),
+            agreement_output=agreement.get("output", ""),
             agreement_max_abs_error=agreement.get("max_abs_error"),
             agreement_samples=agreement.get("samples"),
         )
+    if result.get("inputs"):  # bound dims, shapes and the synthetic values' ranges
+        attrs["inputs"] = result["inputs"]
     if result.get("gpu") is not None:  # GPU telemetry (harness.gpus); absent on CPU
         attrs["gpu"] = result["gpu"]
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    top1 = agreement.get("top1")
-    accurate = top1 is None or top1 != top1 or top1 >= cfg.accuracy_floor  # NaN: not classes
-    shortfall = 0.0 if accurate else cfg.accuracy_floor - float(top1)  # type: ignore[arg-type]
+    value = agreement.get("value", agreement.get("top1"))
+    accurate = value is None or value != value or value >= cfg.accuracy_floor  # NaN: unscored
+    shortfall = 0.0 if accurate else cfg.accuracy_floor - float(value)  # type: ignore[arg-type]
     trial.set_constraint("accuracy", shortfall)
     trial.set_constraint("valid", 0.0 if result["valid"] else 1.0)
     score = float(result["score"]) if result["valid"] else 0.0
@@ -340,6 +395,9 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
 
 def _compact_run(run: dict[str, Any]) -> dict[str, Any]:
     lat = run.get("latency_ms") or {}
+    # LoadGen's own percentile (a fraction, Server runs only): its latency is what the run was
+    # judged on, the lowest one a study measured is what its summary names (tuner.summary).
+    fraction = run.get("target_percentile")
     return {
         "scenario": run.get("scenario"),
         "target_qps": run.get("target_qps"),
@@ -348,6 +406,7 @@ def _compact_run(run: dict[str, Any]) -> dict[str, Any]:
         "scheduled_qps": run.get("scheduled_qps"),
         "completed_qps": run.get("completed_qps"),
         "p99_ms": lat.get("p99"),
+        "percentile_ms": lat.get(f"p{round(fraction * 100, 4):g}") if fraction else None,
         "invalid_reasons": run.get("invalid_reasons"),
         "log_dir": run.get("log_dir"),
     }
@@ -394,7 +453,9 @@ class _Progress:
         if self.cfg.timeout_s is not None:
             left = min(left, max(0.0, self.cfg.timeout_s - elapsed))
         unit = "samples/s" if self.cfg.scenario == "offline" else "QPS"
-        if trial.state == TrialState.COMPLETE:
+        if trial.user_attrs.get("failure") == INFEASIBLE:
+            what = f"infeasible: {trial.user_attrs.get('fail_reason', '')}"
+        elif trial.state == TrialState.COMPLETE:
             what = f"{trial.values[0]:,.1f} {unit}"
             if trial.user_attrs.get("duplicate_of") is not None:
                 what += f" (same as trial {trial.user_attrs['duplicate_of']})"
@@ -486,7 +547,7 @@ def join(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S, **local: Any) 
     cfg = from_stored(stored, storage=storage, name=name, **local)
     backend_cls = get_backend(cfg.backend)
     space = resolve_space(cfg, backend_cls)
-    model = resolve_model(cfg.model, cfg.cache_dir)
+    model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
     probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
     device = probe.info().device
     if model.sha256 != study.user_attrs.get("model_sha256"):

@@ -1,8 +1,13 @@
 """The table `optimize` ends with: the best configuration, its score (the median of its
 confirmation runs where it was confirmed), its speed-up over the baseline (batch 1, 1 stream,
-fp32) and how many engines the study built."""
+fp32) and how many engines the study built; with no feasible Server trial, the lowest latency
+measured and a bound it would have met."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -18,6 +23,8 @@ from tuner.study import (
     engine_builds,
     robust_value,
 )
+
+NO_FEASIBLE = "no feasible trial: every configuration failed or broke a constraint"
 
 
 def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
@@ -39,9 +46,10 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         if trial is not None:
             rows.append(_row(label, trial))
     if not rows:
-        lines.append("no complete trial yet")
+        lines.append(NO_FEASIBLE if complete else "no complete trial yet")
+        lines.extend(out_of_reach_lines(study) if complete else [])
         return "\n".join(lines)
-    header = ["", "trial", "batch", "streams", "precision", unit, "p99 ms", "top-1 vs fp32"]
+    header = ["", "trial", "batch", "streams", "precision", unit, "p99 ms", "agreement vs fp32"]
     if cfg.scenario == "server":
         header.insert(5, "deque us")
         for row, trial in zip(rows, [t for t in (best, base) if t is not None], strict=True):
@@ -64,7 +72,8 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     if builds is not None:
         lines.append(f"engine builds: {builds}")
     if best is None:
-        lines.append("no feasible trial: every configuration failed or broke a constraint")
+        lines.append(NO_FEASIBLE)
+        lines.extend(out_of_reach_lines(study))
     elif cfg.multi_objective:
         front = ", ".join(str(t.number) for t in study.best_trials)
         lines.append(f"Pareto front (throughput vs p99): trials {front}")
@@ -86,5 +95,101 @@ def _row(label: str, trial: FrozenTrial) -> list[object]:
         p.get("precision"),
         robust_value(trial),
         a.get("p99_ms"),
-        a.get("agreement_top1"),
+        agreement_text(a),
     ]
+
+
+def agreement_text(attrs: Mapping[str, Any]) -> str | None:
+    """`top1 0.969`, `cosine 0.9987`: a trial's agreement with fp32 and its metric."""
+    value = attrs.get("agreement_value", attrs.get("agreement_top1"))
+    if value is None or value != value:
+        return None
+    return f"{attrs.get('agreement_metric', 'top1')} {float(value):.4g}"
+
+
+def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], float] | None:
+    """The Server run of lowest latency at the study's percentile (its trial, its compact run,
+    the latency in ms) among measured trials that keep every constraint but validity (such as
+    the accuracy floor), else among all; None in an Offline study or where no run logged it."""
+    if study.user_attrs.get("scenario") != "server":
+        return None
+    percentile = study.user_attrs.get("percentile")
+    found: list[tuple[bool, float, int, FrozenTrial, dict[str, Any]]] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.user_attrs.get("duplicate_of") is not None:
+            continue  # a copy of an earlier trial's runs
+        broken = any(v > 0 for k, v in trial.constraints.items() if k != "valid")
+        for run in trial.user_attrs.get("loadgen_runs") or []:
+            if run.get("scenario") != "Server":
+                continue
+            ms = run.get("percentile_ms")
+            if ms is None and percentile == 99.0:  # runs stored before `percentile_ms`
+                ms = run.get("p99_ms")
+            if isinstance(ms, (int, float)) and ms > 0:
+                found.append((broken, float(ms), trial.number, trial, run))
+    if not found:
+        return None
+    _, ms, _, trial, run = min(found, key=lambda f: f[:3])
+    return trial, run, ms
+
+
+def round_up(value: float, digits: int = 2) -> float:
+    """`value` rounded up to `digits` significant figures: 20.84 -> 21, 8.5 -> 8.5."""
+    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return round(math.ceil(value / step - 1e-9) * step, 12)
+
+
+def out_of_reach_lines(study: optuna.Study) -> list[str]:
+    """With no feasible trial, how far the bound was: the lowest latency a Server run measured
+    at the study's percentile, its QPS and configuration, and a bound it would have met; or,
+    where no trial reached a Server run, the fastest warm-up batch."""
+    if study.user_attrs.get("scenario") != "server":
+        return []
+    pct = f"p{study.user_attrs.get('percentile', 99.0):g}"
+    bound = study.user_attrs.get("latency_ms")
+    bound_text = f"the {bound:g} ms bound" if isinstance(bound, (int, float)) else "the bound"
+    lowest = lowest_latency(study)
+    if lowest is None:
+        return _fastest_warmup(study, bound_text)
+    trial, run, ms = lowest
+    qps = run.get("target_qps") or run.get("scheduled_qps") or 0.0
+    line = (
+        f"lowest {pct} measured: {ms:,.2f} ms at {qps:,.1f} QPS, trial {trial.number} "
+        f"({config_label(trial.params)})"
+    )
+    suggested = round_up(ms)
+    if not isinstance(bound, (int, float)) or suggested > bound:
+        return [f"{line}; a bound of {suggested:g} ms at {pct} would have been met"]
+    if not run.get("valid"):
+        why = "; ".join(run.get("invalid_reasons") or []) or "INVALID"
+    else:
+        broken = sorted(k for k, v in trial.constraints.items() if v > 0)
+        why = f"the trial broke {', '.join(broken) or 'a constraint'}"
+    return [f"{line}: within {bound_text}, yet {why}"]
+
+
+def _fastest_warmup(study: optuna.Study, bound_text: str) -> list[str]:
+    """No Server run logged the percentile: the fastest warm-up batch, if any trial timed one."""
+    timed = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if isinstance(t.user_attrs.get("warmup_batch_ms"), (int, float))
+    ]
+    if not timed:
+        return []
+    fastest = min(timed, key=lambda t: float(t.user_attrs["warmup_batch_ms"]))
+    return [
+        f"no Server run measured a latency: the fastest warm-up batch took "
+        f"{fastest.user_attrs['warmup_batch_ms']:,.2f} ms (median), trial {fastest.number} "
+        f"({config_label(fastest.params)}), against {bound_text}"
+    ]
+
+
+def config_label(params: dict[str, Any]) -> str:
+    """`int8, batch 1, 1 stream` (and the batching timeout where the trial has one)."""
+    streams = params.get("streams")
+    text = f"{params.get('precision')}, batch {params.get('batch_size')}, "
+    text += f"{streams} stream{'' if streams == 1 else 's'}"
+    if params.get("deque_timeout_us") is not None:
+        text += f", deque {params['deque_timeout_us']:,} us"
+    return text

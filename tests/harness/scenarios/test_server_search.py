@@ -99,8 +99,9 @@ def test_a_wildly_wrong_guess_still_ends_on_a_valid_target(tmp_path: Path, error
         assert outcome.score > 2 * first  # it climbed
 
 
-def test_no_valid_target_scores_zero_with_a_note(tmp_path: Path) -> None:
-    # 2 ms per sample can never meet a 1 ms bound; the run-length guard ends the descent.
+def test_a_bound_missed_at_the_lowest_load_ends_the_search_out_of_reach(tmp_path: Path) -> None:
+    # 2 ms per sample can never meet a 1 ms bound. The run-length guard sets the lowest load
+    # (100 queries in 0.3 s: 333 QPS); the descent ends with a run there, and stops.
     spec = ScenarioSpec(
         scenario="server",
         find_max_qps=True,
@@ -110,19 +111,34 @@ def test_no_valid_target_scores_zero_with_a_note(tmp_path: Path) -> None:
         min_queries=100,
         max_run_s=0.3,
     )
+    lowest = server.lowest_qps(spec, 500.0)
+    assert lowest == pytest.approx(100 / 0.3)
     with BatchingSUT(null_backend(2.0), SAMPLES, 1, 1, 0) as sut:
         outcome = server.find_max_qps(sut, spec, 500.0, tmp_path, first_guess=480.0)
     assert not outcome.valid and outcome.score == 0.0
-    assert "no VALID" in outcome.note
     assert outcome.runs and not any(r.valid for r in outcome.runs)
     targets = [r.target_qps or 0.0 for r in outcome.runs]
     assert targets == sorted(targets, reverse=True) and targets[0] == 480.0
-    assert all(spec.server_min_queries / t <= spec.max_run_s for t in targets)
+    # LoadGen logs the target to a few decimals.
+    assert targets[-1] == pytest.approx(lowest, rel=1e-5) and len(targets) < spec.max_search_runs
+    assert all(spec.server_min_queries / t <= spec.max_run_s * (1 + 1e-5) for t in targets)
+    last = outcome.runs[-1]
+    assert outcome.primary is last
+    p90 = last.percentile_ms(90.0)
+    assert p90 is not None and p90 > spec.latency_ms
+    assert outcome.note.startswith("bound out of reach: no VALID target QPS")
+    assert f"{lowest:.1f} QPS, p90 {p90:.2f} ms misses the 1 ms bound" in outcome.note
 
 
-def scripted(capacity: float, fail_second_run_at: float | None = None, nth: int = 2) -> Any:
+def scripted(
+    capacity: float,
+    fail_second_run_at: float | None = None,
+    nth: int = 2,
+    p99_ms: float | None = None,
+) -> Any:
     """A stand-in for run_at: VALID below `capacity`, except run `nth` (default the second) at
-    `fail_second_run_at` (a run at the edge failing by chance); `.targets` lists the probes."""
+    `fail_second_run_at` (a run at the edge failing by chance), each run logging `p99_ms` if
+    given; `.targets` lists the probes."""
     targets: list[float] = []
 
     def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
@@ -134,6 +150,7 @@ def scripted(capacity: float, fail_second_run_at: float | None = None, nth: int 
             log_dir=str(out_dir),
             target_qps=qps,
             scheduled_qps=qps * 0.999,
+            latency_ms={} if p99_ms is None else {"p99": p99_ms},
         )
 
     run_at.targets = targets  # type: ignore[attr-defined]
@@ -241,3 +258,96 @@ def test_a_refined_guess_on_the_wrong_side_is_a_tolerance_step(
     monkeypatch.setattr(server, "run_at", probe)
     server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0, refine=lambda q, r: None)  # type: ignore[arg-type]
     assert probe.targets == pytest.approx([100.0, 102.0, 100.0])
+
+
+def test_the_lowest_load_is_the_higher_of_the_floor_and_the_run_length_guard() -> None:
+    spec = ScenarioSpec(scenario="server", find_max_qps=True)  # 600 queries, runs up to 60 s
+    assert server.lowest_qps(spec, 200.0) == pytest.approx(10.0)  # 600 queries in 60 s
+    assert server.lowest_qps(spec, 5000.0) == pytest.approx(server.FLOOR * 5000.0)
+    compliance = ScenarioSpec(scenario="server", find_max_qps=True, compliance=True)
+    assert server.lowest_qps(compliance, 200.0) == pytest.approx(server.FLOOR * 200.0)
+
+
+def test_a_search_stops_at_once_when_its_lowest_load_misses_the_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nothing passes: the descent's last step lands on the lowest load (10 QPS here), not
+    under it, and the run there ends the search with the figures it measured."""
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, latency_ms=10.0)
+    probe = scripted(capacity=0.0, p99_ms=20.84)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets[0] == 100.0 and probe.targets[-1] == pytest.approx(10.0)
+    assert min(probe.targets) == pytest.approx(10.0)
+    assert probe.targets == sorted(probe.targets, reverse=True)
+    assert len(probe.targets) < spec.max_search_runs  # stopped by the lowest load, not the cap
+    assert not outcome.valid and outcome.score == 0.0
+    assert outcome.primary is outcome.runs[-1]
+    assert outcome.note == (
+        "bound out of reach: no VALID target QPS; even at the search's lowest load, "
+        "10.0 QPS, p99 20.84 ms misses the 10 ms bound"
+    )
+
+
+def test_a_refit_that_finds_no_qps_sends_the_search_to_the_lowest_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`refine` returning 0.0 after an INVALID run (the refitted model: no target meets the
+    bound) skips the steps down: the next run is the lowest load's, and it decides."""
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, latency_ms=10.0)
+    probe = scripted(capacity=0.0, p99_ms=14.9)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(  # type: ignore[arg-type]
+        None, spec, 200.0, tmp_path, first_guess=160.0, refine=lambda q, r: 0.0
+    )
+    assert probe.targets == pytest.approx([160.0, 10.0])
+    assert not outcome.valid and "out of reach" in outcome.note and "10.0 QPS" in outcome.note
+
+    # The lowest load passes (the model was wrong): the search bisects up from it as usual.
+    probe = scripted(capacity=12.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(  # type: ignore[arg-type]
+        None, spec, 200.0, tmp_path, first_guess=160.0, refine=lambda q, r: 0.0
+    )
+    assert probe.targets[:2] == pytest.approx([160.0, 10.0])
+    assert outcome.valid and 10.0 * 0.999 <= outcome.score < 12.0 and not outcome.note
+    check_answer(outcome.runs, outcome.score)
+
+    # After a VALID run a refit of 0.0 says nothing: a blind step up, as with None.
+    probe = scripted(capacity=101.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0, refine=lambda q, r: 0.0)  # type: ignore[arg-type]
+    assert probe.targets == pytest.approx([100.0, 102.0, 100.0])
+
+
+def test_a_guess_under_the_lowest_load_is_raised_to_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A model's guess of 1 QPS would make a run of 600 queries last ten minutes: the first
+    probe is the lowest load instead (10 QPS), and its miss ends the search."""
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, latency_ms=10.0)
+    probe = scripted(capacity=0.0, p99_ms=30.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=1.0)  # type: ignore[arg-type]
+    assert probe.targets == pytest.approx([10.0])
+    assert not outcome.valid and "10.0 QPS, p99 30.00 ms misses" in outcome.note
+
+    # An upper bound under the lowest load: the first probe stays a tolerance under the bound
+    # (a run longer than max_run_s), and a miss there ends the search as well.
+    probe = scripted(capacity=0.0, p99_ms=30.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 8.0, tmp_path, first_guess=1.0)  # type: ignore[arg-type]
+    assert probe.targets == pytest.approx([8.0 / (1 + spec.qps_tolerance)])
+    assert not outcome.valid and "out of reach" in outcome.note
+
+
+def test_the_run_limit_still_ends_a_descent_with_its_own_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, max_search_runs=3)
+    probe = scripted(capacity=0.0, p99_ms=30.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert len(probe.targets) == 3 and min(probe.targets) > 10.0
+    assert not outcome.valid
+    assert outcome.note == f"no VALID target QPS found down to {min(probe.targets):.1f}"
