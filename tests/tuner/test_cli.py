@@ -344,12 +344,13 @@ def test_answer_runs_reaches_every_trials_search(tmp_path: Path) -> None:
 
 def test_study_file_values() -> None:
     server = config.build(STUDIES / "resnet50-server-cpu.toml")
-    assert (server.scenario, server.latency_ms, server.percentile) == ("server", 15.0, 99.0)
+    # CPU study files use bounds a 2-core CPU meets; MLPerf's 15 ms stays in the GPU file.
+    assert (server.scenario, server.latency_ms, server.percentile) == ("server", 200.0, 99.0)
     assert server.min_queries is not None and server.min_queries >= 600
     mobilenet = config.build(STUDIES / "mobilenet-server-cpu.toml")
-    assert (mobilenet.model, mobilenet.latency_ms, mobilenet.percentile) == ("mobilenet", 10, 99)
+    assert (mobilenet.model, mobilenet.latency_ms, mobilenet.percentile) == ("mobilenet", 30, 99)
     t4 = config.build(STUDIES / "resnet50-t4.toml")
-    assert t4.backend == "tensorrt" and t4.scenario == "server"
+    assert t4.backend == "tensorrt" and t4.scenario == "server" and t4.latency_ms == 15.0
     assert t4.enqueue[0] == {
         "batch_size": 26,
         "streams": 2,
