@@ -9,13 +9,17 @@ for conv nets on CPU and is never offered. `agreement` scores a variant's output
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,16 +113,17 @@ def make_variant(
     path = folder / f"{precision}-{key[:32]}.onnx"
     refused = path.with_suffix(f".ort{_ort_version()}.refused")
 
-    if path.exists():
-        sha, note = _read_variant(path)
+    if path.exists() and (checked := _checked(path, precision, model.name)) is not None:
+        sha, note = checked
         return Variant(precision, path, sha, model.sha256, 0.0, cached=True, note=note)
     if refused.exists():  # the converter failed on this model before: say why, build nothing
         raise VariantUnavailable(refused.read_text().strip())
 
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(folder)
     external = _external(model.path)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=_build_prefix()) as tmp:
         built = Path(tmp) / path.name
         try:
             if precision == "fp16":
@@ -133,8 +138,11 @@ def make_variant(
             if not isinstance(exc, MemoryError):  # a lack of memory may pass; this won't
                 _write_atomic_text(refused, reason)
             raise VariantUnavailable(reason) from exc
+        # The hash first, the weights beside the variant next, the .onnx last (each atomic):
+        # a variant in place has a recorded hash, and one cut short by a kill fails its check.
+        _write_atomic_text(_hash_path(path), model_sha256(built)[0])
         data = built.with_name(built.name + ".data")
-        if data.exists():  # weights beside the variant: moved first, the .onnx last
+        if data.exists():
             os.replace(data, path.with_name(path.name + ".data"))
         os.replace(built, path)  # atomic: a concurrent builder of the same key writes the same
     seconds = time.perf_counter() - start
@@ -353,6 +361,66 @@ def _arrays_sha256(feeds: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def _checked(path: Path, precision: str, model: str) -> tuple[str, str] | None:
+    """The cached variant's sha256 and note when its files hash to the sha256 recorded at its
+    build; otherwise None, after one warning, with its files removed so it is built anew."""
+    try:
+        recorded = _hash_path(path).read_text().strip()
+        sha, note = _read_variant(path)
+    except FileNotFoundError as exc:
+        reason = (
+            "no hash was recorded for it"
+            if exc.filename == str(_hash_path(path))
+            else f"{exc.filename} is missing"
+        )
+    except (ModelError, OSError) as exc:
+        reason = _one_line(exc)
+    else:
+        if sha == recorded:
+            return sha, note
+        reason = f"its sha256 {sha[:12]}... is not the {recorded[:12]}... recorded at its build"
+    log.warning(
+        "%s variant of %s: cached %s is damaged (%s); rebuilding it",
+        precision,
+        model,
+        path,
+        reason,
+    )
+    for stale in (path, path.with_name(path.name + ".data"), _hash_path(path)):
+        stale.unlink(missing_ok=True)
+    return None
+
+
+def _hash_path(path: Path) -> Path:
+    """Where a variant's sha256 (with its external data) is recorded when it is built."""
+    return path.with_name(path.name + ".sha256")
+
+
+def _build_prefix() -> str:
+    """Build folders are named by host and pid, so one whose builder died can be removed."""
+    return f".build-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_dead_builds(folder: Path) -> None:
+    """Remove the build folders this host's killed builders left behind (never used: a
+    variant is used only once moved into place, but they may be large)."""
+    host = f".build-{socket.gethostname()}-"
+    for leftover in folder.glob(f"{glob.escape(host)}*"):
+        pid = leftover.name[len(host) :].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _read_variant(path: Path) -> tuple[str, str]:
     """The variant's sha256 (with its external data) and the build note in its metadata."""
     sha, _ = model_sha256(path)
@@ -368,7 +436,7 @@ def _ort_version() -> str:
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
 

@@ -153,7 +153,10 @@ def test_resolve_builtin_builds_once_into_the_cache(
     assert first.path == expected_path
     assert [t.sample_shape for t in first.inputs] == [(16,)]
     assert [t.sample_shape for t in first.outputs] == [(10,)]
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [expected_path.name]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        expected_path.name,
+        expected_path.name + ".sha256",  # what resolve_model checks the cached file against
+    ]
 
 
 def test_resolve_concurrent_builds_leave_one_complete_file(
@@ -178,7 +181,8 @@ def test_resolve_concurrent_builds_leave_one_complete_file(
         t.join(timeout=60)
     assert len(results) == 2
     assert len(set(results)) == 1
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [f"tiny-v{zoo.VERSION}.onnx"]
+    name = f"tiny-v{zoo.VERSION}.onnx"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [name, f"{name}.sha256"]
 
 
 def test_resolve_failed_build_leaves_nothing_behind(

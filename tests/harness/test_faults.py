@@ -1,0 +1,232 @@
+"""Faults in the harness's caches, for real: precision variants cut short by a SIGKILL of the
+process building them or damaged on disk, and a truncated built-in model. Each is detected
+(hash or ONNX load), rebuilt with one warning, and the rebuilt file runs in ONNX Runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from harness.models import resolve_model
+from harness.models.info import ModelInfo
+from harness.models.inspect import inspect_model, model_sha256
+from harness.precision import agreement, make_variant
+from tests.conftest import make_mlp
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = 16
+
+
+def _external_mlp(folder: Path) -> ModelInfo:
+    """make_mlp's model with its weights in `mlp.onnx.data`, so a variant is two files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = make_mlp(folder / "plain.onnx", features=FEATURES)
+    path = folder / "mlp.onnx"
+    onnx.save_model(
+        onnx.load(str(plain)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="mlp.onnx.data",
+        size_threshold=0,
+    )
+    return inspect_model(path)
+
+
+def _inputs(count: int = 32, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, FEATURES)).astype(np.float32)
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"input": x})[0])
+
+
+def _assert_works(model: ModelInfo, variant_path: Path) -> None:
+    """The variant loads in ONNX Runtime and agrees with the source model."""
+    x = _inputs()
+    score = agreement([_run(model.path, x)], [_run(variant_path, x)], metric="cosine")
+    assert score.top1 >= 0.9, score
+    assert score.value >= 0.99, score
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> ModelInfo:
+    return _external_mlp(tmp_path / "model")
+
+
+# --------------------------------------------------------------- damaged variants on disk
+
+
+@pytest.mark.parametrize("damage", ["truncate-onnx", "truncate-data", "flip-data", "no-hash"])
+def test_damaged_variant_is_rebuilt_with_one_warning(
+    mlp: ModelInfo, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    cache = tmp_path / "cache"
+    first = make_variant(mlp, "fp16", {}, cache)
+    assert not first.cached
+    onnx_file = first.path
+    data = onnx_file.with_name(onnx_file.name + ".data")
+    recorded = onnx_file.with_name(onnx_file.name + ".sha256")
+    assert data.is_file() and recorded.read_text().strip() == first.sha256
+    if damage == "truncate-onnx":
+        onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])
+    elif damage == "truncate-data":
+        data.write_bytes(data.read_bytes()[:-64])
+    elif damage == "flip-data":  # same size, other bytes: only the hash can tell
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    else:
+        recorded.unlink()
+
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        again = make_variant(mlp, "fp16", {}, cache)
+    lines = _warnings(caplog)
+    assert len(lines) == 1, lines
+    assert "damaged" in lines[0] and str(onnx_file) in lines[0] and "rebuilding" in lines[0]
+    assert "\n" not in lines[0]
+    assert not again.cached  # rebuilt, not used as it was
+    assert again.path == onnx_file and again.sha256 == first.sha256
+    assert model_sha256(again.path)[0] == recorded.read_text().strip()
+    _assert_works(mlp, again.path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        assert make_variant(mlp, "fp16", {}, cache).cached  # and now trusted again
+    assert _warnings(caplog) == []
+
+
+# ------------------------------------------------------------------- a builder killed
+
+
+_BUILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+
+    from harness.models.inspect import inspect_model
+    from harness.precision import make_variant
+
+    model_path, cache, precision, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):  # a real SIGKILL of this process just before the kill_at-th move
+        calls.append(dst)
+        if len(calls) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+
+    os.replace = replace
+    rng = __import__("numpy").random.default_rng(0)
+    calibration = {"input": rng.standard_normal((32, 16)).astype("float32")}
+    make_variant(inspect_model(Path(model_path)), precision, calibration, Path(cache))
+    print("built")
+    """
+)
+
+
+def _build_in_child(model: ModelInfo, cache: Path, precision: str, kill_at: int) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(model.path), str(cache), precision, str(kill_at)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode
+
+
+@pytest.mark.parametrize(
+    "kill_at,left",
+    [
+        (1, "a build folder only"),
+        (2, "the hash, no weights, no .onnx"),
+        (3, "the hash and the weights, no .onnx"),
+    ],
+)
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_builder_killed_at_each_move_leaves_nothing_used_wrongly(
+    mlp: ModelInfo,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kill_at: int,
+    left: str,
+    precision: str,
+) -> None:
+    """A variant is put in place by three atomic moves (hash, weights, .onnx); a SIGKILL
+    before any of them leaves files that the next build replaces, never uses."""
+    cache = tmp_path / "cache"
+    assert _build_in_child(mlp, cache, precision, kill_at) == -signal.SIGKILL, left
+    folder = cache / "variants"
+    assert not list(folder.glob(f"{precision}-*.onnx")), left  # the .onnx is moved last
+    assert list(folder.glob(".build-*")), "the killed builder's folder is still there"
+
+    calibration = {"input": np.random.default_rng(0).standard_normal((32, 16)).astype("float32")}
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        variant = make_variant(mlp, precision, calibration, cache)
+    assert not variant.cached
+    assert not [w for w in _warnings(caplog) if "damaged" in w]
+    assert model_sha256(variant.path)[0] == variant.sha256
+    clean = make_variant(mlp, precision, calibration, tmp_path / "clean")
+    assert variant.sha256 == clean.sha256  # the same files an uninterrupted build writes
+    _assert_works(mlp, variant.path)
+    assert not list(folder.glob(".build-*")), "the dead builder's folder was not removed"
+
+
+def test_a_builder_killed_whenever_leaves_nothing_used_wrongly(tmp_path: Path) -> None:
+    """SIGKILL of a real int8 build as soon as its build folder appears, wherever it is."""
+    model = inspect_model(make_mlp(tmp_path / "mlp.onnx", features=FEATURES))
+    cache = tmp_path / "cache"
+    folder = cache / "variants"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BUILD, str(model.path), str(cache), "int8", "0"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while proc.poll() is None and not list(folder.glob(".build-*")):
+            time.sleep(0.002)
+        proc.kill()  # SIGKILL, unless it already finished
+    finally:
+        proc.wait(timeout=60)
+    calibration = {"input": np.random.default_rng(0).standard_normal((32, 16)).astype("float32")}
+    variant = make_variant(model, "int8", calibration, cache)
+    assert model_sha256(variant.path)[0] == variant.sha256
+    _assert_works(model, variant.path)
+    assert make_variant(model, "int8", calibration, cache).cached
+
+
+# ------------------------------------------------------------------- the model cache
+
+
+def test_truncated_builtin_model_is_rebuilt_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "cache"
+    first = resolve_model("tiny", cache)
+    good = first.path.read_bytes()
+    first.path.write_bytes(good[: len(good) // 3])
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        again = resolve_model("tiny", cache)
+    lines = _warnings(caplog)
+    assert len(lines) == 1 and "damaged" in lines[0] and str(first.path) in lines[0], lines
+    assert again.path == first.path and again.sha256 == first.sha256
+    assert again.path.read_bytes() == good
+    out = _run(again.path, _inputs(4))
+    assert out.shape == (4, 10)
