@@ -14,7 +14,6 @@ around all work in every thread (no pycuda.autoinit).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from harness.backends.trt_engine import (
     backend_error,
     import_runtime,
     input_shapes,
+    load_engine,
     numpy_dtype,
     parse_cuda_device,
     parse_settings,
@@ -110,13 +110,11 @@ class TensorRTBackend(Backend):
         self._ctx = cuda.Device(self.device_id).retain_primary_context()
         self._ctx.push()
         try:
-            started = time.perf_counter()
-            cached = path.is_file()
-            plan = path.read_bytes() if cached else self._build(trt, model, key)
-            build_s = 0.0 if cached else time.perf_counter() - started
-            if not cached:
-                atomic_write(path, plan)
-            self._engine = self._deserialize(trt, plan)
+            self._engine, cached, build_s = load_engine(
+                path,
+                lambda: self._build(trt, model, key),
+                lambda plan: self._deserialize(trt, plan),
+            )
             self._io_tensors(trt, model)
             self._streams = [self._make_stream(trt, cuda) for _ in range(self.options.streams)]
             if self.settings.cuda_graphs:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ _OOM = re.compile(
     r"|not (be )?enough (free )?memory|insufficient (device )?memory",
     re.IGNORECASE,
 )
+
+log = logging.getLogger(__name__)
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -136,6 +140,44 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_engine(
+    path: Path, build: Callable[[], bytes], deserialize: Callable[[bytes], Any]
+) -> tuple[Any, bool, float]:
+    """`(engine, cached, build_s)`: the engine deserialized from the plan cached at `path`,
+    or from a plan `build()` makes (then written to `path`).
+
+    A cached plan that `deserialize` cannot use (it returns None, as
+    `IRuntime.deserialize_cuda_engine` does on a corrupt plan, or raises anything but
+    OutOfMemory) is deleted with one warning and built anew; out of memory is not the file's
+    fault and is raised as it is.
+    """
+    if path.is_file():
+        try:
+            engine = deserialize(path.read_bytes())
+        except Exception as exc:  # TensorRT and pycuda raise their own types
+            if isinstance(exc, OutOfMemory) or isinstance(backend_error("", exc), OutOfMemory):
+                raise
+            reason = _one_line(exc)
+        else:
+            if engine is not None:
+                return engine, True, 0.0
+            reason = "TensorRT returned no engine"
+        log.warning(
+            "tensorrt: cached engine %s cannot be deserialized (%s); deleting it and rebuilding",
+            path,
+            reason,
+        )
+        path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    plan = build()
+    build_s = time.perf_counter() - started
+    atomic_write(path, plan)
+    engine = deserialize(plan)
+    if engine is None:
+        raise BackendError(f"tensorrt: cannot deserialize the engine just built ({path.name})")
+    return engine, False, build_s
 
 
 def import_runtime() -> tuple[Any, Any]:

@@ -5,7 +5,6 @@ process building them or damaged on disk, and a truncated built-in model. Each i
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -230,3 +229,70 @@ def test_truncated_builtin_model_is_rebuilt_with_one_warning(
     assert again.path.read_bytes() == good
     out = _run(again.path, _inputs(4))
     assert out.shape == (4, 10)
+
+
+# ----------------------------------------------------------- the TensorRT engine cache
+# TensorRT is not installed here: load_engine (the GPU-free part of TensorRTBackend.load) runs
+# on real files with a stand-in for IRuntime.deserialize_cuda_engine, which returns None for a
+# plan it cannot read. Nothing here ran on a GPU.
+
+GOOD_PLAN = b"plan:" + bytes(range(256)) * 8
+
+
+class _FakeRuntime:
+    """deserialize_cuda_engine's contract: an engine for a whole plan, None for anything else
+    (or, as `raising`, the error some TensorRT builds raise instead)."""
+
+    def __init__(self, raising: BaseException | None = None) -> None:
+        self.raising = raising
+        self.builds = 0
+
+    def build(self) -> bytes:
+        self.builds += 1
+        return GOOD_PLAN
+
+    def deserialize(self, plan: bytes) -> object | None:
+        if plan == GOOD_PLAN:
+            return {"engine": len(plan)}
+        if self.raising is not None:
+            raise self.raising
+        return None
+
+
+@pytest.mark.parametrize(
+    "raising", [None, RuntimeError("std::exception: Serialization assertion failed")]
+)
+def test_bad_engine_file_is_deleted_and_rebuilt_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, raising: BaseException | None
+) -> None:
+    from harness.backends.trt_engine import load_engine
+
+    path = tmp_path / "engines" / "fp16-b8-tesla-t4-sm75-trt10.13-0123456789abcdef.plan"
+    path.parent.mkdir()
+    path.write_bytes(GOOD_PLAN[:100])  # truncated
+    runtime = _FakeRuntime(raising)
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        engine, cached, _ = load_engine(path, runtime.build, runtime.deserialize)
+    lines = _warnings(caplog)
+    assert len(lines) == 1 and str(path) in lines[0] and "rebuilding" in lines[0], lines
+    assert engine == {"engine": len(GOOD_PLAN)} and not cached and runtime.builds == 1
+    assert path.read_bytes() == GOOD_PLAN
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        assert load_engine(path, runtime.build, runtime.deserialize)[1]  # cached now
+    assert runtime.builds == 1 and _warnings(caplog) == []
+
+
+def test_out_of_memory_while_deserializing_keeps_the_engine_file(tmp_path: Path) -> None:
+    from harness.backends.trt_engine import load_engine
+    from harness.errors import OutOfMemory
+
+    path = tmp_path / "engine.plan"
+    path.write_bytes(b"not read")
+    runtime = _FakeRuntime(MemoryError("cuMemAlloc failed: out of memory"))
+    with pytest.raises(MemoryError):
+        load_engine(path, runtime.build, runtime.deserialize)
+    runtime.raising = OutOfMemory("out of memory: tensorrt: cannot deserialize the engine")
+    with pytest.raises(OutOfMemory):
+        load_engine(path, runtime.build, runtime.deserialize)
+    assert path.read_bytes() == b"not read" and runtime.builds == 0
