@@ -1,13 +1,16 @@
 """Run one measurement in a child process with a timeout, so a native crash, an out-of-memory
 or a hung device becomes a failed trial with a reason instead of taking the study down.
 
-The child sends its result back as JSON (never a pickle) over a pipe.
+The child sends its result back as JSON (never a pickle) over a pipe. It dies with its parent
+(a parent-death signal: a killed worker leaves no trial measuring on), leads its own process
+group (a timeout ends it and whatever it started) and ignores Ctrl-C (the parent's business).
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -16,10 +19,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from harness.config import RunConfig, ScenarioSpec
+from tuner.lifetime import die_with_parent, kill_group, lead_own_group
 
 #: The failure of a configuration the model cannot take (harness VariantUnavailable): an
 #: infeasible trial, not a failed one.
 INFEASIBLE = "infeasible"
+#: The failure of a child ended by a signal from outside (SIGKILL: an operator, the kernel's
+#: out-of-memory killer; SIGTERM): says nothing sure about the configuration, so it is retried.
+KILLED = "killed"
 #: Seconds a child gets to exit after it has sent its result, or after SIGTERM.
 _GRACE_S = 10.0
 
@@ -27,7 +34,7 @@ _GRACE_S = 10.0
 @dataclass(frozen=True)
 class ChildOutcome:
     """`result` (Result.to_dict()) on success; otherwise `failure` ('error', 'out of memory',
-    'timeout', 'crash', 'interrupted') and a one-line `reason`."""
+    'timeout', 'crash', 'killed', 'interrupted', 'infeasible') and a one-line `reason`."""
 
     result: dict[str, Any] | None
     failure: str | None = None
@@ -51,7 +58,10 @@ def call_in_child(
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child, args=(target, args, quiet, sender), name="trial", daemon=True
+        target=_child,
+        args=(target, args, quiet, sender, os.getpid()),
+        name="trial",
+        daemon=True,
     )
     started = time.monotonic()
     process.start()
@@ -73,7 +83,9 @@ def call_in_child(
             _stop(process)
             return ChildOutcome(None, "timeout", f"timeout after {timeout_s:g} s", seconds)
         process.join(_GRACE_S)
-        return ChildOutcome(None, "crash", _exit_reason(process.exitcode), seconds)
+        code = process.exitcode
+        failure = KILLED if code in (-signal.SIGKILL, -signal.SIGTERM) else "crash"
+        return ChildOutcome(None, failure, _exit_reason(code), seconds)
     process.join(_GRACE_S)
     if process.is_alive():
         _stop(process)
@@ -90,9 +102,15 @@ def _measure(run: RunConfig, spec: ScenarioSpec) -> dict[str, Any]:
 
 
 def _child(
-    target: Callable[..., dict[str, Any]], args: tuple[Any, ...], quiet: bool, sender: Connection
+    target: Callable[..., dict[str, Any]],
+    args: tuple[Any, ...],
+    quiet: bool,
+    sender: Connection,
+    parent: int,
 ) -> None:
     """The child's body: run, send JSON, exit. Ctrl-C is the parent's business."""
+    die_with_parent(parent)
+    lead_own_group()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from harness.cli_common import setup_logging
     from harness.errors import OutOfMemory, TunerError, VariantUnavailable
@@ -113,10 +131,13 @@ def _child(
 
 
 def _stop(process: multiprocessing.process.BaseProcess) -> None:
-    process.terminate()
+    """SIGTERM to the child's whole process group, SIGKILL after the grace period."""
+    if process.pid is None:
+        return
+    kill_group(process.pid, signal.SIGTERM)
     process.join(_GRACE_S)
     if process.is_alive():
-        process.kill()
+        kill_group(process.pid, signal.SIGKILL)
         process.join()
 
 

@@ -533,7 +533,7 @@ def _worker(args: argparse.Namespace) -> int:
             log.info("%s%s", prefix, line)
 
     try:
-        ran = work(prepared, say)
+        ran = work(prepared, say, owner=args.worker_name or "worker")
     except KeyboardInterrupt:
         say("interrupted: the running trial is stored as FAIL (interrupted)")
         return 130

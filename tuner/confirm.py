@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tuner.child import measure_in_child
-from tuner.loop import committed, exclusive
+from tuner.child import KILLED, measure_in_child
+from tuner.loop import RETRIES, budget_used, exclusive
 from tuner.space import Params
 from tuner.study import (
     CONFIRM_SCORES,
@@ -71,8 +71,13 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
     cfg, study = prepared.cfg, prepared.study
     if cfg.confirm_runs == 0 or cfg.multi_objective:
         return None
-    if committed(study) < cfg.trials:
+    if budget_used(study) < cfg.trials:
         say("the budget is not spent: the best configurations are not confirmed yet")
+        return None
+    still = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if still:
+        listing = ", ".join(str(t.number) for t in still)
+        say(f"trial(s) {listing} still running elsewhere: the best are not confirmed yet")
         return None
     with exclusive(study, "confirm"):  # a second `optimize` waits, then finds it done
         top = candidates(study, cfg.confirm_top)
@@ -139,9 +144,13 @@ def _measure_again(
     run, spec = trial_configs(cfg, Params.from_mapping(trial.params), name, trial.number)
     spec = replace(spec, out_dir=cfg.runs_dir / name / f"confirm-{trial.number:04d}-{index}")
     measure = prepared.measure or measure_in_child
-    outcome = measure(run, spec, cfg.trial_timeout_s)
     unit = "samples/s" if cfg.scenario == "offline" else "QPS"
     what = f"confirm trial {trial.number} run {index}/{cfg.confirm_runs}"
+    for _ in range(RETRIES[KILLED]):  # a child killed from outside: said nothing sure
+        outcome = measure(run, spec, cfg.trial_timeout_s)
+        if outcome.failure != KILLED:
+            break
+        say(f"{what}: {outcome.reason}; measured again")
     if outcome.result is None:
         if outcome.failure == "interrupted":
             raise KeyboardInterrupt

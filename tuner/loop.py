@@ -1,9 +1,14 @@
 """The trial loop every worker runs: ask under a study-wide lock so that any number of workers
 on any number of hosts spend the budget exactly, keep a heartbeat while measuring, and tell.
 
-A worker killed in the middle of a trial leaves it RUNNING; once its heartbeat is older than
-the grace period, the next worker marks it FAIL and Optuna's retry callback enqueues its
-configuration again, once. A retried failure does not count against the budget; its retry does.
+Each trial records its owner (tuner.lifetime.Owner) when it is asked, under the same lock. A
+worker killed in the middle of a trial leaves it RUNNING; the next worker to take the lock
+(or the next `optimize`) fails it as 'worker died' at once when the owner was a process of
+this host that no longer exists, and when the owner was elsewhere once its heartbeat is older
+than the grace period; its configuration is enqueued again (`retry`). A retried failure does
+not count against the budget; its retry does. A trial whose child was killed by a signal from
+outside is retried the same way. A worker that finds the budget committed waits for the
+trials still RUNNING elsewhere instead of calling the study done.
 """
 
 from __future__ import annotations
@@ -16,14 +21,33 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine, text
 
 from harness.errors import TunerError
+from tuner.child import KILLED
+from tuner.lifetime import Owner, this_process
+
+#: Trial attribute: the process measuring it (Owner.to_dict()).
+OWNER = "worker"
+#: The failure of a trial whose worker ended while measuring it.
+WORKER_DIED = "worker died"
+#: Failures that say nothing sure about the configuration: it is measured again, at most
+#: RETRIES[failure] times in a row (then its last FAIL stands and counts against the budget).
+#: A worker never runs a configuration itself (its child does), so its death is retried
+#: almost without limit; a child killed by SIGKILL may be the out-of-memory killer's doing,
+#: so fewer times.
+RETRIES = {WORKER_DIED: 20, KILLED: 5}
+RETRIED = tuple(RETRIES)
+#: Seconds between looks at trials RUNNING elsewhere, and between the lines that say so.
+WAIT_POLL_S = 1.0
+WAIT_SAY_S = 30.0
 
 
 def budget_used(study: optuna.Study) -> int:
@@ -112,10 +136,79 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> It
         thread.join()
 
 
-def fail_stale(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Enqueue `trial`'s configuration again (a trial failing or failed, to retry) unless it is
+    already; False when it has failed so RETRIES times in a row already. Like Optuna's
+    RetryFailedTrialCallback (the same `failed_trial` and `retry_history` system attributes),
+    without the failed trial's user attributes (its failure, its owner), which would outlive
+    the retry's success."""
+    failure = str(trial.user_attrs.get("failure", WORKER_DIED))
+    counts = dict(trial.system_attrs.get("retries", {}))
+    counts[failure] = counts.get(failure, 0) + 1
+    if counts[failure] > RETRIES.get(failure, 0):
+        return False
+    history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+    for other in study.get_trials(deepcopy=False):  # retried already (then killed: recover)
+        if trial.number in other.system_attrs.get("retry_history", ()):
+            return True
+    system_attrs = {**trial.system_attrs, "retry_history": history, "retries": counts}
+    system_attrs.setdefault("failed_trial", trial.number)
+    distributions: dict[str, BaseDistribution] = dict(trial.distributions)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=dict(trial.params),
+            distributions=distributions,
+            system_attrs=system_attrs,
+        )
+    )
+    return True
+
+
+def recover(study: optuna.Study) -> list[str]:
+    """Fail the RUNNING trials whose worker is gone and retry their configurations; call it
+    holding `exclusive(study)`. Gone: an owner on this host that no longer exists, or no owner
+    at all (a trial is asked and owned under that lock, so its asker died in between), or an
+    owner elsewhere silent past the heartbeat's grace period. One line per trial failed."""
+    stale = set(_stale_trial_ids(study))
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = Owner.from_dict(trial.user_attrs.get(OWNER))
+        alive = owner.alive() if owner is not None else False
+        if alive or (alive is None and trial._trial_id not in stale):
+            continue
+        who = owner.describe() if owner is not None else "its worker"
+        why = "went silent" if alive is None else "ended"
+        reason = f"{who} {why} while measuring it"
+        if not _fail(study, trial, WORKER_DIED, reason):
+            continue  # finished meanwhile
+        again = retry(study, study._storage.get_trial(trial._trial_id))
+        then = "its configuration runs again" if again else "too many times in a row"
+        lines.append(f"trial {trial.number}: {reason}; failed as '{WORKER_DIED}', {then}")
+    return lines
+
+
+def _fail(study: optuna.Study, trial: FrozenTrial, failure: str, reason: str) -> bool:
+    """Fail a RUNNING trial of another process; False when it finished meanwhile."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "failure", failure)
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def _stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Ids of the RUNNING trials whose heartbeat is older than the grace period (Optuna's own
+    rule; `fail_stale_trials` would also fail those of live workers here, and retry with the
+    failed trial's user attributes)."""
+    storage: Any = study._storage
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage) or not backend.heartbeat_interval:
+        return []
+    ids: list[int] = backend._get_stale_trial_ids(study._study_id)
+    return ids
 
 
 def run_trials(
@@ -125,9 +218,13 @@ def run_trials(
     timeout_s: float | None,
     on_done: Callable[[optuna.Study, FrozenTrial], None],
     failed: tuple[type[Exception], ...],
+    owner: str = "",
+    say: Callable[[str], None] = lambda _: None,
 ) -> int:
     """Run trials until the study's budget (or `timeout_s`) is spent; return how many ran here.
 
+    Each trial is owned by this process, named `owner`. Once the budget is committed, wait
+    while trials RUNNING elsewhere may still fail (and be retried here), saying which.
     `failed` exceptions end a trial as FAIL and the loop goes on; KeyboardInterrupt ends it as
     FAIL and propagates; anything else is a bug and propagates too.
     """
@@ -135,13 +232,18 @@ def run_trials(
     done = 0
     storage: Any = study._storage
     interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+    me = this_process(owner)
+    waiting = _Waiting(study, say)
     while timeout_s is None or time.monotonic() - started < timeout_s:
         with _interrupt_deferred() as interrupted:
-            trial = _next_trial(study, budget, interval)
+            trial = _next_trial(study, budget, interval, me, say)
         if trial is None:
             if interrupted:
                 raise KeyboardInterrupt
-            break
+            if not waiting.still():
+                break
+            time.sleep(WAIT_POLL_S)
+            continue
         state, values = TrialState.FAIL, None
         try:
             if interrupted:
@@ -157,23 +259,70 @@ def run_trials(
                 trial.set_user_attr("fail_reason", "interrupted")
             study.tell(trial, state=TrialState.FAIL)
             raise
-        study.tell(trial, values, state=state)
+        if state == TrialState.FAIL and trial.user_attrs.get("failure") in RETRIED:
+            with exclusive(study):  # retried first: a kill in between leaves no trial lost
+                retry(study, study._storage.get_trial(trial._trial_id))
+                study.tell(trial, state=state)
+        else:
+            study.tell(trial, values, state=state)
         done += 1
         on_done(study, study._storage.get_trial(trial._trial_id))
+    else:
+        waiting.left_running()
     return done
 
 
-def _next_trial(study: optuna.Study, budget: int, interval: int | None) -> optuna.Trial | None:
-    """A new trial (asked under the study-wide lock, with a first heartbeat), or None when the
-    budget is spent."""
+class _Waiting:
+    """Trials RUNNING elsewhere once the budget is committed: `still()` says whether to wait
+    for them (saying which now and then), `left_running()` says they are left behind."""
+
+    def __init__(self, study: optuna.Study, say: Callable[[str], None]) -> None:
+        self.study = study
+        self.say = say
+        self.said = -WAIT_SAY_S
+
+    def still(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if trials and time.monotonic() - self.said >= WAIT_SAY_S:
+            self.said = time.monotonic()
+            for trial in trials:
+                self.say(f"waiting for trial {trial.number}: {_whereabouts(trial)}")
+        return bool(trials)
+
+    def left_running(self) -> None:
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self.say(f"trial {trial.number} is left running: {_whereabouts(trial)}")
+
+
+def _whereabouts(trial: FrozenTrial) -> str:
+    """`worker 2 (pid 4711 on host-a) measures it, started 40 s ago`."""
+    owner = Owner.from_dict(trial.user_attrs.get(OWNER))
+    who = owner.describe() if owner is not None else "a worker"
+    started = trial.datetime_start
+    if started is None:
+        return f"{who} measures it"
+    age = (datetime.now() - started).total_seconds()
+    return f"{who} measures it, started {age:.0f} s ago"
+
+
+def _next_trial(
+    study: optuna.Study,
+    budget: int,
+    interval: int | None,
+    owner: Owner,
+    say: Callable[[str], None],
+) -> optuna.Trial | None:
+    """A new trial (asked under the study-wide lock, owned by `owner`, with a first heartbeat),
+    or None when the budget is committed."""
     with exclusive(study):
-        if interval:
-            fail_stale(study)
+        for line in recover(study):
+            say(line)
         if committed(study) >= budget:
             return None
         with warnings.catch_warnings():  # run_trials keeps the heartbeat itself
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
+        trial.set_user_attr(OWNER, owner.to_dict())
         if interval:  # from now on a killed worker leaves a stale trial, not a RUNNING one
             study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         return trial

@@ -24,7 +24,7 @@ from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
-from tuner.loop import budget_used, committed, exclusive, run_trials
+from tuner.loop import budget_used, committed, exclusive, recover, run_trials
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
@@ -234,13 +234,22 @@ def optimize(
     return prepared
 
 
-def work(prepared: Prepared, say: Callable[[str], None]) -> int:
-    """This process's share of the study: trials until the budget is spent."""
+def work(prepared: Prepared, say: Callable[[str], None], owner: str = "optimize") -> int:
+    """This process's share of the study (`owner` names it on its trials): trials until the
+    budget is spent, and none RUNNING elsewhere (a trial whose worker died is failed and its
+    configuration retried here)."""
     cfg, study = prepared.cfg, prepared.study
+    with exclusive(study):
+        for line in recover(study):
+            say(line)
+    trials = study.get_trials(deepcopy=False)
     used = budget_used(study)
+    elsewhere = sum(t.state == TrialState.RUNNING for t in trials)
+    now = f", {elsewhere} running elsewhere" if elsewhere else ""
     say(
         f"study {study.study_name} in {redact(cfg.storage)}: {used} of {cfg.trials} trials "
-        f"done, {max(0, cfg.trials - used)} to go (space of {prepared.space.size} configurations)"
+        f"done{now}, {max(0, cfg.trials - used - elsewhere)} to go "
+        f"(space of {prepared.space.size} configurations)"
     )
     progress = _Progress(cfg, prepared, say, time.monotonic())
     return run_trials(
@@ -250,6 +259,8 @@ def work(prepared: Prepared, say: Callable[[str], None]) -> int:
         timeout_s=cfg.timeout_s,
         on_done=progress,
         failed=(TrialFailed,),
+        owner=owner,
+        say=say,
     )
 
 
@@ -463,6 +474,12 @@ class _Progress:
                 what += " INVALID"
         else:
             what = f"FAILED: {trial.user_attrs.get('fail_reason', trial.state.name)}"
+            retried = any(
+                trial.number in t.system_attrs.get("retry_history", ())
+                for t in study.get_trials(deepcopy=False)
+            )
+            if retried:
+                what += " (its configuration runs again)"
         best = best_trial(study)
         best_text = (
             f"best {robust_value(best):,.1f} (trial {best.number})"

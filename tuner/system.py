@@ -14,7 +14,7 @@ from harness.cli_common import format_table
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, ScenarioError, TunerError
 from harness.gpus import GpuInfo
-from tuner.child import call_in_child
+from tuner.child import KILLED, call_in_child
 from tuner.config import from_stored
 from tuner.space import Params
 from tuner.study import best_trial, is_feasible, load, trial_configs
@@ -152,7 +152,7 @@ def _measure_in_child(
         return outcome.result
     if outcome.failure == "interrupted":
         raise KeyboardInterrupt
-    if outcome.failure in ("timeout", "crash"):
+    if outcome.failure in ("timeout", "crash", KILLED):
         raise ScenarioError(
             f"the system run stopped after {outcome.seconds:.0f} s: {outcome.reason}"
         )

@@ -4,7 +4,8 @@ its GPU model).
 
 The storage URL reaches them through the environment (never a command line, which `ps`
 shows with its password). Ctrl-C reaches them too: a terminal signals the whole process
-group, and a SIGINT sent to this process alone is forwarded.
+group, and a SIGINT sent to this process alone is forwarded. They end with this process, a
+SIGKILL of it included (tuner.lifetime).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, TunerError
 from harness.gpus import VISIBLE_ENV, GpuInfo
+from tuner.lifetime import popen_dies_with_parent
 
 if TYPE_CHECKING:
     from tuner.config import StudyConfig
@@ -97,8 +99,8 @@ def run_workers(
 
 def run_processes(commands: Sequence[Command], popen: Popen = subprocess.Popen) -> int:
     """Start every command, wait for all; 130 if interrupted (SIGINT forwarded to those still
-    running), else the worst exit code."""
-    procs = [popen(c.argv, env=c.env) for c in commands]
+    running), else the worst exit code. Each dies with this process (SIGKILL included)."""
+    procs = [popen(c.argv, env=c.env, preexec_fn=popen_dies_with_parent()) for c in commands]
     interrupted = False
     try:
         codes = [p.wait() for p in procs]

@@ -4,6 +4,7 @@ standing in for a GPU backend, real worker processes, real LoadGen, real SQLite.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,8 @@ def test_run_processes_reports_the_worst_exit(codes: list[int], expected: int) -
     started: list[tuple[list[str], dict[str, str]]] = []
     remaining = list(codes)
 
-    def popen(argv: list[str], env: dict[str, str]) -> FakeProcess:
+    def popen(argv: list[str], env: dict[str, str], preexec_fn: Callable[[], None]) -> FakeProcess:
+        assert callable(preexec_fn)  # the parent-death signal, armed in the started process
         started.append((argv, env))
         return FakeProcess(remaining.pop(0))
 
