@@ -6,7 +6,7 @@ is measured. The result is stored on the study (`system_result`) and printed as 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, ScenarioError, TunerError
 from harness.gpus import GpuInfo
 from tuner.child import KILLED, call_in_child
-from tuner.config import from_stored
+from tuner.config import StudyConfig, from_stored
 from tuner.space import Params
 from tuner.study import best_trial, is_feasible, load, trial_configs
 from tuner.workers import check_gpu_backend, select_gpus, visible_devices
@@ -71,18 +71,8 @@ def run_system(
             f"--gpus: study {request.study!r} was tuned on {device!r}, not on {models[0]!r}"
         )
     params = Params.from_mapping(best.params)
-    run, _ = trial_configs(cfg, params, request.study, best.number)
-    scenario = request.scenario or cfg.scenario
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    spec = ScenarioSpec(
-        scenario=scenario,
-        duration_s=request.duration_s or cfg.duration_s,
-        find_max_qps=scenario == "server",
-        latency_ms=request.latency_ms or cfg.latency_ms,
-        percentile=cfg.percentile,
-        min_queries=cfg.min_queries,
-        out_dir=cfg.runs_dir / request.study / f"system-{scenario}-{stamp}",
-    )
+    run, spec = system_configs(cfg, request, params, best.number)
+    scenario = spec.scenario
     devices = [f"cuda:{i}" for i in range(len(gpus))]
     say(f"system: {len(gpus)} x {models[0]}, trial {best.number} ({params.label()}), {scenario}")
     with visible_devices(",".join(g.cuda_id for g in gpus)):
@@ -136,6 +126,25 @@ def render(result: dict[str, Any]) -> str:
     if result.get("note"):
         lines.append(f"note: {result['note']}")
     return "\n".join(lines)
+
+
+def system_configs(
+    cfg: StudyConfig, request: SystemRequest, params: Params, number: int
+) -> tuple[RunConfig, ScenarioSpec]:
+    """The harness inputs of a system run: trial `number`'s (the study's one mapping, so every
+    study setting such as `answer_runs` holds), with the request's scenario, bound and
+    duration over the study's, and a folder of its own."""
+    run, spec = trial_configs(cfg, params, request.study, number)
+    scenario = request.scenario or cfg.scenario
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return run, replace(
+        spec,
+        scenario=scenario,
+        duration_s=request.duration_s or cfg.duration_s,
+        find_max_qps=scenario == "server",
+        latency_ms=request.latency_ms or cfg.latency_ms,
+        out_dir=cfg.runs_dir / request.study / f"system-{scenario}-{stamp}",
+    )
 
 
 def _measure_in_child(

@@ -344,3 +344,24 @@ def test_optimize_on_three_gpus_of_two_models_then_a_system_run(
     assert Path(result["log_dir"]).is_relative_to(runs_dir / T4_STUDY)
     assert f"system run of study {T4_STUDY}" in out and "[simulated]" in out
     assert re.search(r"^all\s", out, re.M) and "samples/s VALID" in out
+
+
+def test_a_system_run_keeps_every_study_setting_of_its_trial() -> None:
+    """`tuner system` maps the study the way trials do (it used to drop `answer_runs`)."""
+    from tuner import config
+    from tuner.space import Params
+    from tuner.study import trial_configs
+    from tuner.system import SystemRequest, system_configs
+
+    cfg = config.build(scenario="server", answer_runs=3, latency_ms=30.0, min_queries=900)
+    point = Params(batch_size=4, streams=2, precision="int8", deque_timeout_us=500)
+    request = SystemRequest(storage="sqlite://", study="s", duration_s=7.0)
+    run, spec = system_configs(cfg, request, point, 5)
+    trial_run, trial_spec = trial_configs(cfg, point, "s", 5)
+    assert run == trial_run
+    assert (spec.answer_runs, spec.latency_ms, spec.min_queries) == (3, 30.0, 900)
+    assert spec.percentile == trial_spec.percentile and spec.find_max_qps
+    assert spec.duration_s == 7.0 and spec.out_dir.name.startswith("system-server-")
+    offline = system_configs(cfg, SystemRequest("sqlite://", "s", scenario="offline"), point, 5)
+    assert offline[1].scenario == "offline" and not offline[1].find_max_qps
+    assert offline[1].duration_s == cfg.duration_s
