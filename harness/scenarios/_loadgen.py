@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,9 @@ from harness.loadgen_log import LoadgenRun, read_run
 from harness.sut import BatchingSUT
 
 log = logging.getLogger("harness")
+
+_MIN_FREE_BYTES = 4096
+"""Free space (one block) below which a folder counts as full for LoadGen's logs."""
 
 
 def test_settings(scenario: str, **fields: Any) -> Any:
@@ -35,9 +40,7 @@ def run_test(sut: BatchingSUT, settings: Any, out_dir: Path) -> LoadgenRun:
     """
     import mlperf_loadgen as lg
 
-    out_dir.mkdir(parents=True, exist_ok=True)  # LoadGen does not create it (and then aborts)
-    for stale in out_dir.glob("mlperf_log_*"):
-        stale.unlink()
+    _prepare_log_dir(out_dir)
     count = sut.samples.count
     lg_sut = lg.ConstructFastSUT(sut.issue, sut.flush)
     qsl = lg.ConstructQSL(count, count, _noop, _noop)
@@ -55,12 +58,46 @@ def run_test(sut: BatchingSUT, settings: Any, out_dir: Path) -> LoadgenRun:
         if isinstance(error, BackendError):
             raise error
         raise BackendError(f"the backend failed during the LoadGen run: {error!r}") from error
+    _check_space(out_dir)  # LoadGen says nothing when its writes fail
     try:
         return read_run(out_dir)
     except ScenarioError:
         raise
     except Exception as exc:  # a log LoadGen wrote but we cannot read
         raise ScenarioError(f"cannot read LoadGen's log in {out_dir}: {exc}") from exc
+
+
+def _prepare_log_dir(out_dir: Path) -> None:
+    """Create `out_dir` without stale logs and prove a block can be written there: LoadGen
+    aborts the process when it cannot open its log files, and writes nothing, silently, when
+    the disk is full. ScenarioError naming the folder and the reason otherwise."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)  # LoadGen does not create it
+        for stale in out_dir.glob("mlperf_log_*"):
+            stale.unlink()
+        probe = out_dir / f".write-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:  # a full disk refuses the write (or the flush)
+                f.write(b"\0" * _MIN_FREE_BYTES)
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _log_error(out_dir, exc.strerror or str(exc)) from None
+
+
+def _check_space(out_dir: Path) -> None:
+    """ScenarioError when the disk under `out_dir` filled up during the run: LoadGen's log
+    writes then failed without a word and its logs are cut short."""
+    try:
+        stat = os.statvfs(out_dir)
+    except OSError as exc:
+        raise _log_error(out_dir, exc.strerror or str(exc)) from None
+    if stat.f_bavail * stat.f_frsize < _MIN_FREE_BYTES:
+        raise _log_error(out_dir, os.strerror(errno.ENOSPC))
+
+
+def _log_error(out_dir: Path, reason: str) -> ScenarioError:
+    return ScenarioError(f"LoadGen could not write its logs to {out_dir}: {reason}")
 
 
 def _noop(indices: list[int]) -> None:

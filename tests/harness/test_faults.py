@@ -296,3 +296,37 @@ def test_out_of_memory_while_deserializing_keeps_the_engine_file(tmp_path: Path)
     with pytest.raises(OutOfMemory):
         load_engine(path, runtime.build, runtime.deserialize)
     assert path.read_bytes() == b"not read" and runtime.builds == 0
+
+
+# --------------------------------------------------------- a full disk under LoadGen's logs
+
+
+@pytest.mark.parametrize(
+    "leave_bytes,when", [(0, "full before the run"), (12 * 1024, "fills during the run")]
+)
+def test_a_full_disk_under_loadgens_logs_is_a_one_line_scenario_error(
+    tmp_path: Path, leave_bytes: int, when: str
+) -> None:
+    """A real tmpfs of 64 KiB, filled up (LoadGen writes ~33 KB of logs per Offline run)."""
+    from harness.backends import BackendOptions
+    from harness.backends.null import NullBackend
+    from harness.config import ScenarioSpec
+    from harness.dataset import SampleSet
+    from harness.errors import ScenarioError
+    from harness.scenarios import offline
+    from harness.sut import BatchingSUT
+    from tests.tmpfs import fill, tmpfs
+
+    backend = NullBackend(
+        Path("unused.onnx"), BackendOptions(max_batch=4, extra={"latency_ms": 1})
+    )
+    backend.load()
+    samples = SampleSet({"input": np.zeros((16, 4), np.float32)})
+    with tmpfs(tmp_path / "logs", 64) as logs:
+        fill(logs, leave_bytes)
+        with BatchingSUT(backend, samples, 4, 1, 0) as sut, pytest.raises(ScenarioError) as info:
+            offline.run(sut, ScenarioSpec(duration_s=0.2), estimate_sps=1000, out_dir=logs)
+    message = str(info.value)
+    assert message == (
+        f"LoadGen could not write its logs to {logs / 'offline-1'}: No space left on device"
+    ), when
