@@ -361,7 +361,13 @@ def render_trtexec(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     lines.append(
         "# --stronglyTyped makes TensorRT 10 keep the ONNX types; TensorRT 11 always does"
     )
-    lines.append(shlex.join(args))
+    for line in lines:  # names and paths from the study: a line break would leave the comment
+        if any(ord(c) < 32 for c in line):
+            raise TunerError(
+                f"trtexec export: a name or path in the study has a control character, "
+                f"which a shell would run as a command: {line!r}"
+            )
+    lines.append(shlex.join(args))  # every argument quoted for the shell
     return "\n".join(lines) + "\n"
 
 
