@@ -21,9 +21,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from tuner import optuna_compat as compat
 from tuner.child import KILLED, measure_in_child
 from tuner.loop import RETRIES, budget_used, exclusive
 from tuner.space import Params
@@ -165,22 +164,5 @@ def _measure_again(
 
 
 def set_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    """Set a user attribute of a finished trial. Optuna's API allows that only while a trial
-    runs, so the row is written directly (RDB storage) and this process's cached copy updated;
-    other processes see it when they next load the study."""
-    storage: Any = study._storage
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, optuna.storages.RDBStorage):
-        from optuna.storages._rdb.models import TrialUserAttributeModel as Row
-
-        payload = json.dumps(value)
-        with Session(backend.engine) as session, session.begin():
-            row = session.scalars(
-                select(Row).where(Row.trial_id == trial._trial_id, Row.key == key)
-            ).one_or_none()
-            if row is None:
-                session.add(Row(trial_id=trial._trial_id, key=key, value_json=payload))
-            else:
-                row.value_json = payload
-    storage.get_trial(trial._trial_id).user_attrs[key] = value  # the cache (or in-memory) copy
-    trial.user_attrs[key] = value
+    """Set a user attribute of a finished trial (see tuner.optuna_compat)."""
+    compat.set_finished_user_attr(study, trial, key, value)

@@ -28,9 +28,10 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from harness.errors import TunerError
+from tuner import optuna_compat as compat
 from tuner.child import KILLED
 from tuner.lifetime import Owner, this_process
 
@@ -80,7 +81,7 @@ def exclusive(study: optuna.Study, purpose: str = "") -> Iterator[None]:
     """Hold a lock on `study` shared by every worker: an advisory lock on PostgreSQL, a file
     lock beside an SQLite database (only workers on this host can share one). A `purpose`
     names a separate lock (`confirm`) that trials never wait for."""
-    engine = _engine(study)
+    engine = compat.engine(study)
     suffix = f".{purpose}" if purpose else ""
     key = zlib.crc32(f"{study.study_name}{suffix}".encode())
     if engine is None:
@@ -104,26 +105,17 @@ def exclusive(study: optuna.Study, purpose: str = "") -> Iterator[None]:
         yield
 
 
-def _engine(study: optuna.Study) -> Engine | None:
-    """The SQLAlchemy engine under the study's storage (Optuna wraps RDBStorage in a cache)."""
-    storage = study._storage
-    rdb = getattr(storage, "_backend", storage)
-    engine = getattr(rdb, "engine", None)
-    return engine if isinstance(engine, Engine) else None
-
-
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> Iterator[None]:
     """Record the trial's heartbeat every `interval_s` while the block runs."""
-    storage: Any = study._storage
-    if not hasattr(storage, "record_heartbeat") or not storage.get_heartbeat_interval():
+    if not compat.heartbeat_interval(study):
         yield
         return
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial._trial_id)
+            compat.record_heartbeat(study, trial)
             if stop.wait(interval_s):
                 return
 
@@ -170,45 +162,22 @@ def recover(study: optuna.Study) -> list[str]:
     holding `exclusive(study)`. Gone: an owner on this host that no longer exists, or no owner
     at all (a trial is asked and owned under that lock, so its asker died in between), or an
     owner elsewhere silent past the heartbeat's grace period. One line per trial failed."""
-    stale = set(_stale_trial_ids(study))
+    stale = set(compat.stale_trial_ids(study))
     lines = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = Owner.from_dict(trial.user_attrs.get(OWNER))
         alive = owner.alive() if owner is not None else False
-        if alive or (alive is None and trial._trial_id not in stale):
+        if alive or (alive is None and compat.trial_id(trial) not in stale):
             continue
         who = owner.describe() if owner is not None else "its worker"
         why = "went silent" if alive is None else "ended"
         reason = f"{who} {why} while measuring it"
-        if not _fail(study, trial, WORKER_DIED, reason):
+        if not compat.fail_running(study, trial, {"failure": WORKER_DIED, "fail_reason": reason}):
             continue  # finished meanwhile
-        again = retry(study, study._storage.get_trial(trial._trial_id))
+        again = retry(study, compat.frozen(study, trial))
         then = "its configuration runs again" if again else "too many times in a row"
         lines.append(f"trial {trial.number}: {reason}; failed as '{WORKER_DIED}', {then}")
     return lines
-
-
-def _fail(study: optuna.Study, trial: FrozenTrial, failure: str, reason: str) -> bool:
-    """Fail a RUNNING trial of another process; False when it finished meanwhile."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "failure", failure)
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-
-
-def _stale_trial_ids(study: optuna.Study) -> list[int]:
-    """Ids of the RUNNING trials whose heartbeat is older than the grace period (Optuna's own
-    rule; `fail_stale_trials` would also fail those of live workers here, and retry with the
-    failed trial's user attributes)."""
-    storage: Any = study._storage
-    backend = getattr(storage, "_backend", storage)
-    if not isinstance(backend, optuna.storages.RDBStorage) or not backend.heartbeat_interval:
-        return []
-    ids: list[int] = backend._get_stale_trial_ids(study._study_id)
-    return ids
 
 
 def run_trials(
@@ -230,8 +199,7 @@ def run_trials(
     """
     started = time.monotonic()
     done = 0
-    storage: Any = study._storage
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+    interval = compat.heartbeat_interval(study)
     me = this_process(owner)
     waiting = _Waiting(study, say)
     while timeout_s is None or time.monotonic() - started < timeout_s:
@@ -261,12 +229,12 @@ def run_trials(
             raise
         if state == TrialState.FAIL and trial.user_attrs.get("failure") in RETRIED:
             with exclusive(study):  # retried first: a kill in between leaves no trial lost
-                retry(study, study._storage.get_trial(trial._trial_id))
+                retry(study, compat.frozen(study, trial))
                 study.tell(trial, state=state)
         else:
             study.tell(trial, values, state=state)
         done += 1
-        on_done(study, study._storage.get_trial(trial._trial_id))
+        on_done(study, compat.frozen(study, trial))
     else:
         waiting.left_running()
     return done
@@ -324,7 +292,7 @@ def _next_trial(
             trial = study.ask()
         trial.set_user_attr(OWNER, owner.to_dict())
         if interval:  # from now on a killed worker leaves a stale trial, not a RUNNING one
-            study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+            compat.record_heartbeat(study, trial)
         return trial
 
 
