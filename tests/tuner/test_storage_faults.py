@@ -222,7 +222,10 @@ _RESTART_WINDOW_S = 120
 @pytest.mark.slow
 def test_postgres_restarted_mid_study_loses_nothing(postgres_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`optimize` runs in its own process; the server is restarted (`pg_ctl restart -m fast`,
-    which ends every session) while a trial runs, twice. The study finishes its budget."""
+    which ends every session) while a trial is measured, twice. The study finishes its budget.
+
+    Only restarts between statements are survived: one that kills a statement in flight
+    still ends the command (pool_pre_ping replaces idle connections only)."""
     url = postgres_server.create_database()
     trials = 8
     proc = subprocess.Popen(
@@ -242,9 +245,10 @@ def test_postgres_restarted_mid_study_loses_nothing(postgres_server, tmp_path: P
         deadline = time.monotonic() + _RESTART_WINDOW_S
         seen = -1
         while restarts < 2 and proc.poll() is None and time.monotonic() < deadline:
-            running = _running_trial(url)
+            running = _measuring_trial(url)
             if running is not None and running > seen:
                 seen = running
+                time.sleep(0.3)  # into its 1 s LoadGen run, while the worker waits on it
                 _restart(postgres_server)
                 restarts += 1
             time.sleep(0.05)
@@ -253,7 +257,7 @@ def test_postgres_restarted_mid_study_loses_nothing(postgres_server, tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert restarts == 2, "the study ended before the server could be restarted twice"
+    assert restarts == 2, f"the study ended before the server could be restarted twice: {err}"
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     states = [t.state for t in _trials(url)]
@@ -267,16 +271,19 @@ def _restart(server) -> None:  # type: ignore[no-untyped-def]
     server._run("pg_ctl", "-D", data, "-l", log, "-m", "fast", "-w", "restart")
 
 
-def _running_trial(url: str) -> int | None:
-    """The number of the trial now RUNNING, read with a connection of our own."""
+def _measuring_trial(url: str) -> int | None:
+    """The number of the RUNNING trial whose configuration is stored (it is being measured),
+    read with a connection of our own."""
     import sqlalchemy
 
+    query = sqlalchemy.text(
+        "select max(t.number) from trials t where t.state = 'RUNNING' and "
+        "(select count(*) from trial_params p where p.trial_id = t.trial_id) >= 3"
+    )
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as conn:
-            row = conn.execute(
-                sqlalchemy.text("select max(number) from trials where state = 'RUNNING'")
-            ).fetchone()
+            row = conn.execute(query).fetchone()
     except sqlalchemy.exc.SQLAlchemyError:
         return None  # the study's tables are not there yet, or the server is restarting
     finally:
