@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import signal
 import threading
 import time
@@ -49,6 +50,8 @@ RETRIED = tuple(RETRIES)
 #: Seconds between looks at trials RUNNING elsewhere, and between the lines that say so.
 WAIT_POLL_S = 1.0
 WAIT_SAY_S = 30.0
+
+log = logging.getLogger("tuner")
 
 
 def budget_used(study: optuna.Study) -> int:
@@ -115,7 +118,10 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval_s: float) -> It
 
     def beat() -> None:
         while True:
-            compat.record_heartbeat(study, trial)
+            try:
+                compat.record_heartbeat(study, trial)
+            except Exception as exc:  # the database is locked or restarting: beat next time
+                log.debug("heartbeat of trial %d not recorded: %s", trial.number, exc)
             if stop.wait(interval_s):
                 return
 

@@ -95,6 +95,17 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return self.grid()
 
+    @classmethod
+    def from_dict(cls, grid: Mapping[str, Any]) -> SearchSpace:
+        """The space `to_dict` wrote."""
+        deque = grid.get("deque_timeout_us")
+        return cls(
+            batch_sizes=tuple(int(b) for b in grid["batch_size"]),
+            streams=tuple(int(s) for s in grid["streams"]),
+            precisions=tuple(str(p) for p in grid["precision"]),
+            deque_timeout_us=tuple(int(d) for d in deque) if deque else None,
+        )
+
 
 def resolve_space(cfg: StudyConfig, backend: type[Backend]) -> SearchSpace:
     """The study's space; lists default to powers of two, 1..max streams, and every

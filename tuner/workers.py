@@ -11,6 +11,7 @@ SIGKILL of it included (tuner.lifetime).
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError, TunerError
 from harness.gpus import VISIBLE_ENV, GpuInfo
-from tuner.lifetime import popen_dies_with_parent
+from tuner.lifetime import die_with_parent, popen_dies_with_parent
 
 if TYPE_CHECKING:
     from tuner.config import StudyConfig
@@ -221,43 +222,52 @@ def prepare_elsewhere(cfg: StudyConfig, heartbeat_s: int) -> Prepared:
     A GPU backend probes its device with cuInit, which reads CUDA_VISIBLE_DEVICES once per
     process: probing the studies of several GPU models from this process would name every one
     after the first. This process never touches CUDA."""
+    from tuner.space import SearchSpace
     from tuner.study import Prepared, load
 
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_prepare_child, args=(cfg, heartbeat_s, sender), name="prepare", daemon=True
+        target=_prepare_child,
+        args=(cfg, heartbeat_s, sender, os.getpid()),
+        name="prepare",
+        daemon=True,
     )
     process.start()
     sender.close()
     try:
-        message = receiver.recv()
+        message = json.loads(receiver.recv_bytes())  # JSON, never a pickle
     except EOFError:
-        message = ("error", 1, f"preparing study {cfg.name!r} crashed")
+        message = {"ok": False, "code": 1, "text": f"preparing study {cfg.name!r} crashed"}
     finally:
         receiver.close()
         process.join()
-    if message[0] != "ok":
-        _, code, text = message
+    if not message["ok"]:
+        code, text = message["code"], message["text"]
         raise (ConfigError if code == ConfigError.exit_code else TunerError)(text)
-    _, name, space = message
-    study = load(cfg.storage, name, heartbeat_s)
+    study = load(cfg.storage, message["name"], heartbeat_s)
+    space = SearchSpace.from_dict(message["space"])
     return Prepared(cfg, study, space, dict(study.user_attrs))
 
 
-def _prepare_child(cfg: StudyConfig, heartbeat_s: int, sender: Connection) -> None:
+def _prepare_child(cfg: StudyConfig, heartbeat_s: int, sender: Connection, parent: int) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     import optuna
 
     from tuner.study import prepare
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    message: dict[str, Any]
     try:
         prepared = prepare(cfg, heartbeat_s)
-        sender.send(("ok", prepared.study.study_name, prepared.space))
+        name, space = prepared.study.study_name, prepared.space.to_dict()
+        message = {"ok": True, "name": name, "space": space}
     except TunerError as exc:
-        sender.send(("error", exc.exit_code, str(exc)))
+        message = {"ok": False, "code": exc.exit_code, "text": str(exc)}
     except Exception as exc:
-        sender.send(("error", 1, f"{type(exc).__name__}: {exc}"))
+        message = {"ok": False, "code": 1, "text": f"{type(exc).__name__}: {exc}"}
+    try:
+        sender.send_bytes(json.dumps(message).encode())
     finally:
         sender.close()
