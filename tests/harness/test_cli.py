@@ -96,7 +96,11 @@ def test_offline_tiny_onnxruntime(
     assert (out / "offline-1" / "mlperf_log_summary.txt").is_file()
     assert (out / "offline-1" / "mlperf_log_detail.txt").is_file()
     stdout = capsys.readouterr().out
-    assert "VALID" in stdout and str(out) in stdout and str(result) in stdout
+    # The result table's one row: scenario, then LoadGen's verdict as its own cell (a bare
+    # substring test would also pass on "INVALID").
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("offline ")]
+    assert [row[:2] for row in rows] == [["offline", "VALID"]], stdout
+    assert f"LoadGen logs: {out}\n" in stdout and f"result: {result}\n" in stdout
 
 
 def test_server_at_a_target_qps_with_the_null_backend(
