@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import pytest
@@ -46,19 +46,46 @@ def test_run_config_rejects(key: str, value: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("key", "lowest"),
     [
-        {},
-        {"batch_size": 256, "streams": 8, "precision": "int8", "threads": 1},
-        {"precision": "fp16", "device": "cuda:1", "samples": 1, "deque_timeout_us": 0},
-        {"model": "some/file.onnx", "backend": "null", "backend_options": {"latency_ms": 1}},
-        {"agreement_samples": 0, "seed": 12345, "data_dir": Path("data")},
+        ("batch_size", 1),
+        ("streams", 1),
+        ("threads", 1),
+        ("deque_timeout_us", 0),
+        ("samples", 1),
+        ("seed", 0),
+        ("agreement_samples", 0),
     ],
 )
-def test_run_config_accepts(kwargs: dict[str, Any]) -> None:
-    run = RunConfig(**kwargs)
-    for key, value in kwargs.items():
-        assert getattr(run, key) == value
+def test_run_config_takes_the_lowest_allowed_value_and_refuses_one_below(
+    key: str, lowest: int
+) -> None:
+    RunConfig(**{key: lowest})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"^{key}: must be an integer >= {lowest}, got"):
+        RunConfig(**{key: lowest - 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_run_config_takes_every_precision_name(precision: str) -> None:
+    RunConfig(precision=precision)  # fp16 on a CPU is refused later, by the backend
+
+
+def test_run_config_normalises_its_tables() -> None:
+    """Lists from TOML or flags become tuples, range bounds floats, and the config keeps its
+    own copy of each table."""
+    dims = {"sequence": 128}
+    run = RunConfig(
+        dims=dims,
+        shapes={"input_ids": [128], "mask": (1, 128)},
+        input_ranges={"ids": [0, 5], "x": (-1.5, 2)},
+    )
+    assert run.shapes == {"input_ids": (128,), "mask": (1, 128)}  # [128] != (128,)
+    assert run.input_ranges == {"ids": (0.0, 5.0), "x": (-1.5, 2.0)}
+    assert all(type(v) is float for pair in run.input_ranges.values() for v in pair)
+    dims["sequence"] = 1
+    assert run.dims == {"sequence": 128}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.batch_size = 2  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -94,19 +121,27 @@ def test_scenario_spec_rejects(key: str, kwargs: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "min_duration_s", "server_min_queries"),
     [
-        {},
-        {"scenario": "server", "target_qps": 0.5},
-        {"scenario": "server", "find_max_qps": True, "percentile": 99.9, "latency_ms": 0.1},
-        {"duration_s": 0.01, "percentile": 50, "min_queries": 1, "expected_qps": 10},
-        {"compliance": True, "qps_tolerance": 0.5, "max_search_runs": 1},
+        ({}, 5.0, 600),
+        ({"scenario": "server", "target_qps": 0.5}, 5.0, 600),
+        (
+            {"scenario": "server", "find_max_qps": True, "percentile": 99.9, "latency_ms": 0.1},
+            5,
+            600,
+        ),
+        ({"duration_s": 0.01, "percentile": 50, "min_queries": 1, "expected_qps": 10}, 0.01, 1),
+        ({"compliance": True, "qps_tolerance": 0.5, "max_search_runs": 1}, 60.0, 270_336),
+        ({"compliance": True, "duration_s": 90.0, "min_queries": 1000}, 90.0, 1000),
     ],
 )
-def test_scenario_spec_accepts(kwargs: dict[str, Any]) -> None:
+def test_scenario_spec_accepts_and_derives_the_run_lengths(
+    kwargs: dict[str, Any], min_duration_s: float, server_min_queries: int
+) -> None:
+    """What LoadGen is given: the hand-computed run lengths for each accepted spec."""
     spec = ScenarioSpec(**kwargs)
-    for key, value in kwargs.items():
-        assert getattr(spec, key) == value
+    assert spec.min_duration_s == min_duration_s
+    assert spec.server_min_queries == server_min_queries
 
 
 def test_defaults_use_search_length_runs() -> None:
