@@ -178,17 +178,23 @@ def test_server_study_with_null_backend_finds_a_valid_qps(tmp_path: Path, cache_
     assert main(args) == 0
     study = load(tmp_path)
     assert study.user_attrs["latency_ms"] == 20.0 and study.user_attrs["percentile"] == 99.0
-    for trial in study.get_trials():
+    trials = study.get_trials()
+    assert len(trials) == 2
+    valid = [t for t in trials if t.user_attrs["valid"] is True]
+    # A few ms per batch under a 20 ms bound: a search that finds no VALID QPS is a failure,
+    # not a case to skip.
+    assert valid, [t.user_attrs.get("note") for t in trials]
+    for trial in trials:
         assert trial.state == TrialState.COMPLETE
         runs = trial.user_attrs["loadgen_runs"]
         assert runs[0]["scenario"] == "Offline"  # the upper bound
-        server_runs = [r for r in runs if r["scenario"] == "Server"]
-        assert server_runs
-        if trial.user_attrs["valid"]:
-            # The largest target below every INVALID one, VALID each time it ran (twice once
-            # the search converged); the score is its lowest scheduled QPS.
-            check_answer(server_runs, trial.value, confirmed=not trial.user_attrs["note"])
-            assert trial.user_attrs["p99_ms"] <= 20.0
+        assert any(r["scenario"] == "Server" for r in runs)
+    for trial in valid:
+        server_runs = [r for r in trial.user_attrs["loadgen_runs"] if r["scenario"] == "Server"]
+        # The largest target below every INVALID one, VALID each time it ran (twice once the
+        # search converged); the score is its lowest scheduled QPS.
+        check_answer(server_runs, trial.value, confirmed=not trial.user_attrs["note"])
+        assert trial.user_attrs["p99_ms"] <= 20.0
 
 
 def test_onnxruntime_on_a_tiny_model_measures_int8_agreement(
