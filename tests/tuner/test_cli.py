@@ -51,11 +51,7 @@ def sqlite_url(path: Path) -> str:
 # ---------------------------------------------------------------------------- 1. export
 
 
-def test_every_format_is_covered() -> None:
-    assert set(FORMATS) == {"json", "user.conf", "triton", "trtexec", "nvidia"}
-
-
-@pytest.mark.parametrize("fmt", ["json", "user.conf", "triton", "trtexec", "nvidia"])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))  # a new format fails below until checked
 def test_export_every_format_of_an_optimized_study(
     fmt: str, tmp_path: Path, offline_study: MadeStudy, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -92,12 +88,14 @@ def test_export_every_format_of_an_optimized_study(
         assert args[0] == "trtexec"
         assert f"--infStreams={p['streams']}" in args
         assert f"--shapes=input:{p['batch_size']}x16" in args
-    else:
+    elif fmt == "nvidia":
         doc = json.loads(text)
         assert doc["benchmark"] == "tiny" and doc["scenario"] == "Offline"
         assert doc["tiny"]["gpu_batch_size"] == p["batch_size"]
         assert doc["tiny"]["gpu_inference_streams"] == p["streams"]
         assert doc["tiny"]["precision"] == p["precision"]
+    else:
+        pytest.fail(f"export format {fmt!r} has no check of its output here: add one")
 
 
 def test_export_a_chosen_trial(
