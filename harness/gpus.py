@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from harness.device import cuda_ordinal
+
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 
 #: Bits of nvmlDeviceGetCurrentClocksEventReasons (`nvmlClocksEventReason*`; the same bits as
@@ -120,16 +122,6 @@ def _match(gpus: Sequence[GpuInfo], entry: str) -> GpuInfo | None:
     wanted = entry if entry.startswith("GPU-") else f"GPU-{entry}"
     found = [g for g in gpus if g.uuid.startswith(wanted)]
     return found[0] if len(found) == 1 else None
-
-
-def cuda_ordinal(device: str) -> int | None:
-    """N of 'cuda' / 'cuda:N' (0 for 'cuda'); None for any other device."""
-    if device == "cuda":
-        return 0
-    prefix, sep, number = device.partition(":")
-    if prefix == "cuda" and sep and number.isdigit():
-        return int(number)
-    return None
 
 
 def gpu_for_device(device: str, gpus: Sequence[GpuInfo]) -> GpuInfo | None:

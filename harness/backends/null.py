@@ -19,6 +19,7 @@ import numpy as np
 
 from harness.backends.base import Backend, BackendInfo, BackendOptions
 from harness.config import PRECISIONS
+from harness.device import read_device
 from harness.errors import BackendError, ConfigError, OutOfMemory
 
 DEFAULT_SPEEDUP = {"fp32": 1.0, "fp16": 2.0, "bf16": 2.0, "int8": 3.0}
@@ -138,8 +139,7 @@ class NullBackend(Backend):
 
 def _check_device(device: str) -> None:
     """cpu, cuda or cuda:N: the devices the simulation stands in for."""
-    kind, sep, number = device.partition(":")
-    if not (device in ("cpu", "cuda") or (kind == "cuda" and sep and number.isdigit())):
+    if read_device(device) is None:
         raise ConfigError(
             f"backend null: device must be cpu, cuda or cuda:N (simulated), got {device!r}"
         )

@@ -12,21 +12,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from harness.backends.base import Backend, BackendInfo, BackendOptions, threads_per_stream
-from harness.device import cpu_name
+from harness.device import cpu_name, parse_device
 from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
 
 CPU_PRECISIONS = ("fp32", "int8")
 CUDA_PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """'cpu' -> ('cpu', 0); 'cuda' or 'cuda:N' -> ('cuda', N); anything else: ConfigError."""
-    kind, _, index = device.partition(":")
-    if kind == "cpu" and not index:
-        return "cpu", 0
-    if kind == "cuda" and (not index or index.isdigit()):
-        return "cuda", int(index or 0)
-    raise ConfigError(f"device: {device!r} is not one of cpu, cuda, cuda:N")
 
 
 class OnnxRuntimeBackend(Backend):

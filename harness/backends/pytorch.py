@@ -26,8 +26,7 @@ from harness.backends.base import (
     check_precision,
     threads_per_stream,
 )
-from harness.backends.onnxruntime import parse_device
-from harness.device import cpu_name
+from harness.device import cpu_name, parse_device
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 
 CPU_PRECISIONS = ("fp32",)

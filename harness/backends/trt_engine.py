@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.device import cuda_ordinal
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 from harness.models.info import ModelInfo
 
@@ -42,9 +43,9 @@ Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 def parse_cuda_device(device: str) -> int:
     """'cuda' -> 0, 'cuda:N' -> N; anything else (cpu included) is a ConfigError naming it."""
-    kind, sep, index = device.partition(":")
-    if kind == "cuda" and (not sep or index.isdigit()):
-        return int(index or 0)
+    index = cuda_ordinal(device)
+    if index is not None:
+        return index
     raise ConfigError(f"device: backend tensorrt runs on cuda or cuda:N, not {device!r}")
 
 
