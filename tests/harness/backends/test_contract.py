@@ -1,7 +1,8 @@
 """The backend contract, run against every backend in `BACKENDS` that can run here.
 
-Like Optuna's StorageTestCase: one suite, parametrised over the implementations. A backend with
-no way to run on this machine is skipped with a reason (so a new backend shows up in `-ra`).
+Like Optuna's StorageTestCase: one suite, parametrised over the implementations. A backend
+whose runtime or device is missing is skipped with a reason that names what it needs, and a
+backend without a case in CASES fails (so a new backend cannot slip past the contract).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -20,17 +21,28 @@ import pytest
 from harness.backends import BACKENDS, Backend, BackendOptions, check_precision, get_backend
 from harness.backends.null import NullBackend
 from harness.backends.onnxruntime import OnnxRuntimeBackend
+from harness.backends.trt_engine import import_runtime
 from harness.config import PRECISIONS
 from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
 
 FEATURES = 16
 
-#: How each backend runs here: (needs a real model file, simulated flag, a valid option).
-RUNNABLE: dict[str, tuple[bool, bool, dict[str, Any]]] = {
-    "onnxruntime": (True, False, {"graph_optimization": "basic"}),
-    "null": (False, True, {"latency_ms": 0.2, "per_sample_ms": 0.0}),
-    "replay": (False, True, {"seed": 3}),
-    "torch": (True, False, {"cuda_graphs": False}),
+
+class Case(NamedTuple):
+    """How the contract runs a backend."""
+
+    needs_file: bool  # load() reads the model file
+    simulated: bool
+    option: dict[str, Any]  # one valid backend option
+    device: str = "cpu"
+
+
+CASES: dict[str, Case] = {
+    "onnxruntime": Case(True, False, {"graph_optimization": "basic"}),
+    "null": Case(False, True, {"latency_ms": 0.2, "per_sample_ms": 0.0}),
+    "replay": Case(False, True, {"seed": 3}),
+    "torch": Case(True, False, {"cuda_graphs": False}),
+    "tensorrt": Case(True, False, {"cuda_graphs": False}, device="cuda"),
 }
 #: Backends whose runtime is an optional extra: (modules it imports, the extra).
 OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {"torch": (("torch", "onnx2torch"), "torch")}
@@ -38,20 +50,40 @@ OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {"torch": (("torch", "onnx2to
 Factory = Callable[..., Backend]
 
 
+def tensorrt_missing() -> str | None:
+    """Why the tensorrt case cannot run here (its runtime or a CUDA GPU is absent), or None."""
+    try:
+        _, cuda = import_runtime()
+        cuda.init()
+        count = cuda.Device.count()
+    except Exception as exc:  # BackendUnavailable, or pycuda's error when there is no driver
+        return f"backend tensorrt needs tensorrt and an NVIDIA GPU: {exc}"
+    return None if count else "backend tensorrt needs tensorrt and an NVIDIA GPU: no CUDA device"
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    if name not in RUNNABLE:
-        pytest.skip(f"backend {name} has no contract case runnable on this machine")
+    assert name in CASES, f"backend {name} has no contract case: add one to CASES"
     modules, extra = OPTIONAL.get(name, ((), ""))
     if any(importlib.util.find_spec(m) is None for m in modules):
         pytest.skip(f"backend {name} needs {', '.join(modules)} (the {extra} extra)")
+    if name == "tensorrt" and (reason := tensorrt_missing()) is not None:
+        pytest.skip(reason)
     return name
 
 
 @pytest.fixture
+def device(backend_name: str) -> str:
+    return CASES[backend_name].device
+
+
+@pytest.fixture
 def required(backend_name: str, tmp_path: Path) -> dict[str, Any]:
-    """Options a backend cannot run without: the replay backend's landscape (0.1-0.25 ms)."""
+    """Options a backend cannot run without: the replay backend's landscape (0.1-0.25 ms);
+    TensorRT's engines go to this test's folder."""
+    if backend_name == "tensorrt":
+        return {"cache_dir": str(tmp_path / "engines")}
     if backend_name != "replay":
         return {}
     points = [
@@ -69,7 +101,9 @@ def required(backend_name: str, tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make(backend_name: str, mlp_model: Path, required: dict[str, Any]) -> Iterator[Factory]:
+def make(
+    backend_name: str, device: str, mlp_model: Path, required: dict[str, Any]
+) -> Iterator[Factory]:
     """Build a (not loaded) backend; everything it built is closed at teardown."""
     made: list[Backend] = []
 
@@ -80,7 +114,7 @@ def make(backend_name: str, mlp_model: Path, required: dict[str, Any]) -> Iterat
             precision=precision,
             max_batch=max_batch,
             streams=streams,
-            device="cpu",
+            device=device,
             extra={**required, **extra},
         )
         backend = BACKENDS[backend_name](mlp_model, options)
@@ -101,16 +135,15 @@ def batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_constructor_does_no_work_before_load(
-    backend_name: str, tmp_path: Path, required: dict[str, Any]
+    backend_name: str, device: str, tmp_path: Path, required: dict[str, Any]
 ) -> None:
     """A missing model file is only noticed by load() (for backends that read the file)."""
     missing = tmp_path / "missing.onnx"
-    options = BackendOptions(max_batch=2, streams=2, extra=required)
+    options = BackendOptions(max_batch=2, streams=2, device=device, extra=required)
     backend = BACKENDS[backend_name](missing, options)
     assert backend.model_path == missing
     assert backend.options.streams == 2
-    needs_file = RUNNABLE[backend_name][0]
-    if needs_file:
+    if CASES[backend_name].needs_file:
         with pytest.raises(BackendError, match=r"missing\.onnx"):
             backend.load()
     else:
@@ -126,7 +159,7 @@ def test_info_before_and_after_load(backend_name: str, make: Factory) -> None:
     assert before.versions and all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in before.versions.items()
     )
-    assert before.simulated is RUNNABLE[backend_name][1]
+    assert before.simulated is CASES[backend_name].simulated
     backend.load()
     after = backend.info()
     assert (after.backend, after.device, dict(after.versions), after.simulated) == (
@@ -140,8 +173,7 @@ def test_info_before_and_after_load(backend_name: str, make: Factory) -> None:
 
 
 def test_valid_option_is_accepted(backend_name: str, make: Factory) -> None:
-    extra = RUNNABLE[backend_name][2]
-    backend = make(**extra)
+    backend = make(**CASES[backend_name].option)
     backend.load()
     assert len(backend.infer(batch(1), 0)[0]) == 1
 
@@ -223,17 +255,17 @@ def test_context_manager_loads_and_closes(make: Factory, monkeypatch: pytest.Mon
 # --- precisions ---------------------------------------------------------------------------
 
 
-def test_precisions_and_check_precision(backend_name: str) -> None:
+def test_precisions_and_check_precision(backend_name: str, device: str) -> None:
     cls = BACKENDS[backend_name]
-    supported = cls.precisions("cpu")
+    supported = cls.precisions(device)
     assert supported and "fp32" in supported
     assert set(supported) <= set(PRECISIONS)
     for precision in PRECISIONS:
         if precision in supported:
-            check_precision(cls, precision, "cpu")
+            check_precision(cls, precision, device)
             continue
         with pytest.raises(ConfigError, match=precision) as info:
-            check_precision(cls, precision, "cpu")
+            check_precision(cls, precision, device)
         message = str(info.value)
         assert backend_name in message
         assert all(p in message for p in supported)
