@@ -1,21 +1,33 @@
 """The backend contract, shaped like Polygraphy's runners: a cheap constructor, `load()` does
 the expensive work (session, engine, contexts, streams), `infer()` runs one batch on one
 stream, `close()` frees it all; a context manager wraps load/close.
+
+`infer()` is final: it calls the backend's own `_infer()` and maps what the runtime raises
+onto the project's errors once for every backend (`backend_error`: out of memory becomes
+`OutOfMemory`, anything else `BackendError` naming the backend), as Polygraphy's `infer()`
+wraps each runner's `infer_impl()`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import numpy as np
 
 from harness.device import cpu_count
-from harness.errors import ConfigError
+from harness.errors import BackendError, ConfigError, OutOfMemory, TunerError
+
+_OOM = re.compile(
+    r"out of memory|out_of_memory|outofmemory|memoryallocation|could not be allocated"
+    r"|not (be )?enough (free )?memory|insufficient (device )?memory",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -85,10 +97,28 @@ class Backend(abc.ABC):
     def load(self) -> None:
         """Build or load the engine and allocate per-stream resources."""
 
-    @abc.abstractmethod
+    @final
     def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         """Run one batch on stream `stream` (0 <= stream < options.streams); thread-safe across
-        distinct streams."""
+        distinct streams. What the runtime raises comes back as OutOfMemory or BackendError
+        (`backend_error`); the project's own errors pass through unchanged."""
+        try:
+            return self._infer(inputs, stream)
+        except TunerError:
+            raise
+        except Exception as exc:  # each runtime raises its own types
+            what = f"inference failed on stream {stream}"
+            raise backend_error(self.name, what, exc, self._error_log()) from exc
+
+    @abc.abstractmethod
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+        """The backend's own inference of one batch on one stream; it raises what its runtime
+        raises, which `infer()` maps."""
+
+    def _error_log(self) -> Sequence[str]:
+        """The runtime's latest error lines, read when inference fails (TensorRT logs the cause
+        of a failure, out of memory included, rather than raising it); none by default."""
+        return ()
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -129,3 +159,30 @@ def threads_per_stream(options: BackendOptions, on_cpu: bool) -> int:
     if not on_cpu:
         return 1
     return max(1, cpu_count() // options.streams)
+
+
+def is_out_of_memory(text: str) -> bool:
+    """Whether a runtime's message says the device (or host) ran out of memory."""
+    return bool(_OOM.search(text))
+
+
+def backend_error(
+    backend: str, what: str, exc: BaseException | None = None, log: Iterable[str] = ()
+) -> BackendError:
+    """The project's error for `backend`'s failure at `what`: OutOfMemory when `exc` (a
+    MemoryError of any module, or its text) or one of the runtime's error `log` lines says
+    memory ran out; BackendError otherwise. One line, naming the backend."""
+    lines = list(log)
+    text = one_line(exc) if exc is not None else (lines[-1] if lines else "no detail")
+    oom = exc is not None and (type(exc).__name__ == "MemoryError" or isinstance(exc, MemoryError))
+    oom = oom or is_out_of_memory(text) or any(is_out_of_memory(line) for line in lines)
+    if oom:
+        detail = next((line for line in lines if is_out_of_memory(line)), text)
+        return OutOfMemory(f"out of memory: {backend}: {what}: {one_line(detail)}")
+    return BackendError(f"{backend}: {what}: {text}")
+
+
+def one_line(value: object) -> str:
+    """`value`'s text on one line (whitespace collapsed), at most 300 characters."""
+    text = " ".join(str(value).split()) or type(value).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

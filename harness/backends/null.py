@@ -99,7 +99,7 @@ class NullBackend(Backend):
             seconds *= max(0.0, 1.0 + self.jitter * float(self._rngs[stream].standard_normal()))
         return seconds
 
-    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         n = len(next(iter(inputs.values())))
         if self.fail_after_batches is not None:
             with self._lock:

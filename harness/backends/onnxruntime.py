@@ -11,9 +11,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, BackendInfo, BackendOptions, threads_per_stream
+from harness.backends.base import (
+    Backend,
+    BackendInfo,
+    BackendOptions,
+    backend_error,
+    threads_per_stream,
+)
 from harness.device import cpu_name, parse_device
-from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
+from harness.errors import BackendUnavailable, ConfigError
 
 CPU_PRECISIONS = ("fp32", "int8")
 CUDA_PRECISIONS = ("fp32", "fp16", "int8")
@@ -82,14 +88,11 @@ class OnnxRuntimeBackend(Backend):
                 str(self.model_path), so, providers=self.providers()
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-            raise _backend_error(exc, f"cannot load {self.model_path.name}") from exc
+            raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
         self._output_names = [o.name for o in self._session.get_outputs()]
 
-    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
-        try:
-            outputs: list[np.ndarray] = self._session.run(self._output_names, dict(inputs))
-        except Exception as exc:
-            raise _backend_error(exc, "inference failed") from exc
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+        outputs: list[np.ndarray] = self._session.run(self._output_names, dict(inputs))
         return outputs
 
     def close(self) -> None:
@@ -109,10 +112,3 @@ class OnnxRuntimeBackend(Backend):
                 "streams_share_session": True,
             },
         )
-
-
-def _backend_error(exc: Exception, what: str) -> BackendError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return OutOfMemory(f"out of memory: {what}: {text}")
-    return BackendError(f"onnxruntime: {what}: {text}")

@@ -23,7 +23,9 @@ from harness.backends.base import (
     Backend,
     BackendInfo,
     BackendOptions,
+    backend_error,
     check_precision,
+    one_line,
     threads_per_stream,
 )
 from harness.device import cpu_name, parse_device
@@ -128,7 +130,7 @@ class TorchBackend(Backend):
             module = onnx2torch.convert(str(self.model_path))
         except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ...
             raise BackendError(
-                f"torch: onnx2torch cannot convert {self.model_path.name}: {_one_line(exc)}"
+                f"torch: onnx2torch cannot convert {self.model_path.name}: {one_line(exc)}"
             ) from exc
         try:
             self._module = module.eval().to(self._device, self._dtype)
@@ -149,17 +151,18 @@ class TorchBackend(Backend):
             raise
         except Exception as exc:
             self.close()
-            raise self._error(exc, f"cannot load {self.model_path.name}") from exc
+            raise self._load_error(exc, f"cannot load {self.model_path.name}") from exc
 
-    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+        if self.kind == "cpu":
+            return self._infer_cpu(inputs)
+        torch = self._torch
         try:
-            if self.kind == "cpu":
-                return self._infer_cpu(inputs)
             return self._infer_cuda(inputs, self._streams[stream])
-        except BackendError:
+        except Exception as exc:  # infer() maps it; out of memory first frees the cached blocks
+            if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
             raise
-        except Exception as exc:
-            raise self._error(exc, "inference failed") from exc
 
     def close(self) -> None:
         torch = self._torch
@@ -321,24 +324,15 @@ class TorchBackend(Backend):
                 static_out = self._outputs(self._module(*static_in))
         stream.graph, stream.graph_in, stream.graph_out = graph, static_in, static_out
 
-    def _error(self, exc: BaseException, what: str) -> BackendError:
-        torch = self._torch
-        text = _one_line(exc)
-        oom = isinstance(exc, MemoryError) or "out of memory" in text.lower()
-        if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
-            oom = True
-        if oom:
-            if torch is not None and self.kind == "cuda":
-                torch.cuda.empty_cache()
-            return OutOfMemory(f"out of memory: torch: {what}: {text}")
-        return BackendError(f"torch: {what}: {text}")
+    def _load_error(self, exc: BaseException, what: str) -> BackendError:
+        """`exc` from loading as the project's error; after out of memory on CUDA, the cached
+        blocks are freed."""
+        error = backend_error(self.name, what, exc)
+        if isinstance(error, OutOfMemory) and self._torch is not None and self.kind == "cuda":
+            self._torch.cuda.empty_cache()
+        return error
 
 
 def _float_out(tensor: Any) -> Any:
     """Float outputs as float32 (NumPy has no bfloat16); other dtypes unchanged."""
     return tensor.float() if tensor.is_floating_point() else tensor
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -115,7 +115,7 @@ class ReplayBackend(Backend):
         seconds = self.replay.seconds(n, self.options.max_batch, self._rngs[stream])
         return seconds * self.time_scale
 
-    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         n = len(next(iter(inputs.values())))
         seconds = self.batch_seconds(n, stream)
         if seconds > 0:

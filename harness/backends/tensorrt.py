@@ -215,7 +215,7 @@ class TensorRTBackend(Backend):
 
     # --- infer / close / info ---------------------------------------------------------------
 
-    def infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         import pycuda.driver as cuda
 
         s = self._streams[stream]
@@ -233,14 +233,12 @@ class TensorRTBackend(Backend):
                 cuda.memcpy_dtoh_async(s.host[name][:n], s.device[name], s.stream)
             s.stream.synchronize()
             return [s.host[name][:n].copy() for name in self._outputs]
-        except TunerError:
-            raise
-        except Exception as exc:
-            raise backend_error(
-                f"inference failed on stream {stream}", exc, self._log.errors[-3:]
-            ) from exc
         finally:
             cuda.Context.pop()
+
+    def _error_log(self) -> list[str]:
+        """TensorRT's last error lines: `infer()` finds out of memory there too."""
+        return self._log.errors[-3:] if self._log is not None else []
 
     def _execute(self, s: _Stream, n: int) -> None:
         handle = s.stream.handle

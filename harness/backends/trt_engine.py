@@ -1,8 +1,9 @@
 """GPU-free parts of the TensorRT backend: device and option parsing, engine cache keys and
-paths, optimization-profile shapes, atomic writes, and the mapping of TensorRT / CUDA failures
-onto the project's errors (out of memory becomes `OutOfMemory`, so a trial fails as "out of
-memory"). Also the CUDA-graph calls, made through the CUDA driver with ctypes because the
-released pycuda (2026.1) wraps no stream capture; libcuda is opened only when graphs are used.
+paths, optimization-profile shapes, atomic writes, and TensorRT / CUDA failures as the
+project's errors (`backend_error`: the shared `harness.backends.base.backend_error` in
+tensorrt's name; out of memory becomes `OutOfMemory`, so a trial fails as "out of memory").
+Also the CUDA-graph calls, made through the CUDA driver with ctypes because the released
+pycuda (2026.1) wraps no stream capture; libcuda is opened only when graphs are used.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.backends import base
+from harness.backends.base import is_out_of_memory as is_out_of_memory  # re-exported
+from harness.backends.base import one_line
 from harness.device import cuda_ordinal
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 from harness.models.info import ModelInfo
@@ -30,12 +34,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 KEY_VERSION = 2
 """Bump when the build recipe changes, so engines built by the old one are not reused."""
 INSTALL_HINT = "install the gpu extra: pip install 'batch-tuner[gpu]'"
-_OOM = re.compile(
-    r"out of memory|out_of_memory|outofmemory|memoryallocation|could not be allocated"
-    r"|not (be )?enough (free )?memory|insufficient (device )?memory",
-    re.IGNORECASE,
-)
-
 log = logging.getLogger(__name__)
 
 Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -160,7 +158,7 @@ def load_engine(
         except Exception as exc:  # TensorRT and pycuda raise their own types
             if isinstance(exc, OutOfMemory) or isinstance(backend_error("", exc), OutOfMemory):
                 raise
-            reason = _one_line(exc)
+            reason = one_line(exc)
         else:
             if engine is not None:
                 return engine, True, 0.0
@@ -187,13 +185,13 @@ def import_runtime() -> tuple[Any, Any]:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: the wheel is there, libnvinfer is not
         raise BackendUnavailable(
-            f"backend tensorrt: cannot import tensorrt ({_one_line(exc)}); {INSTALL_HINT}"
+            f"backend tensorrt: cannot import tensorrt ({one_line(exc)}); {INSTALL_HINT}"
         ) from exc
     try:
         import pycuda.driver as cuda
     except (ImportError, OSError) as exc:
         raise BackendUnavailable(
-            f"backend tensorrt: cannot import pycuda ({_one_line(exc)}); {INSTALL_HINT}"
+            f"backend tensorrt: cannot import pycuda ({one_line(exc)}); {INSTALL_HINT}"
         ) from exc
     return tensorrt, cuda
 
@@ -208,35 +206,19 @@ def numpy_dtype(nptype: Callable[[Any], Any], trt_dtype: Any, tensor: str) -> np
         ) from exc
 
 
-def is_out_of_memory(text: str) -> bool:
-    return bool(_OOM.search(text))
-
-
 def backend_error(
     what: str, exc: BaseException | None = None, log: Iterable[str] = ()
 ) -> BackendError:
-    """OutOfMemory when `exc` (pycuda's or Python's MemoryError, or its text) or one of the
-    TensorRT error `log` lines says the device ran out of memory; BackendError otherwise."""
-    lines = list(log)
-    text = _one_line(exc) if exc is not None else (lines[-1] if lines else "no detail")
-    oom = exc is not None and (type(exc).__name__ == "MemoryError" or isinstance(exc, MemoryError))
-    oom = oom or is_out_of_memory(text) or any(is_out_of_memory(line) for line in lines)
-    if oom:
-        detail = next((line for line in lines if is_out_of_memory(line)), text)
-        return OutOfMemory(f"out of memory: tensorrt: {what}: {_one_line(detail)}")
-    return BackendError(f"tensorrt: {what}: {text}")
+    """`harness.backends.base.backend_error` for tensorrt: OutOfMemory when `exc` or one of
+    the TensorRT error `log` lines says the device ran out of memory; BackendError otherwise."""
+    return base.backend_error("tensorrt", what, exc, log)
 
 
 def parser_error(model: Path, errors: Iterable[str]) -> ModelError:
-    found = [_one_line(e) for e in errors] or ["no error reported"]
+    found = [one_line(e) for e in errors] or ["no error reported"]
     return ModelError(
         f"tensorrt cannot parse {model.name}: {len(found)} error(s): " + " | ".join(found)
     )
-
-
-def _one_line(value: object) -> str:
-    text = " ".join(str(value).split()) or type(value).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class CudaGraphs:
