@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
@@ -50,6 +51,15 @@ RETRIED = tuple(RETRIES)
 #: Seconds between looks at trials RUNNING elsewhere, and between the lines that say so.
 WAIT_POLL_S = 1.0
 WAIT_SAY_S = 30.0
+
+#: Errors of the study database itself (a PostgreSQL restart cutting a statement off, a lost
+#: connection): the trial in flight cannot be told. It stays RUNNING, owned by this process,
+#: which ends with one line; the next run fails it as 'worker died' and retries it.
+STORAGE_ERRORS = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
 
 log = logging.getLogger("tuner")
 
@@ -203,6 +213,26 @@ def run_trials(
     `failed` exceptions end a trial as FAIL and the loop goes on; KeyboardInterrupt ends it as
     FAIL and propagates; anything else is a bug and propagates too.
     """
+    try:
+        return _run_trials(study, objective, budget, timeout_s, on_done, failed, owner, say)
+    except STORAGE_ERRORS as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise TunerError(
+            f"storage: lost the study database ({first}); a trial this process was measuring "
+            "is failed and retried by the next run: re-run the same command"
+        ) from None
+
+
+def _run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    budget: int,
+    timeout_s: float | None,
+    on_done: Callable[[optuna.Study, FrozenTrial], None],
+    failed: tuple[type[Exception], ...],
+    owner: str,
+    say: Callable[[str], None],
+) -> int:
     started = time.monotonic()
     done = 0
     interval = compat.heartbeat_interval(study)
@@ -228,6 +258,8 @@ def run_trials(
         except failed:
             pass
         except BaseException as exc:
+            if isinstance(exc, STORAGE_ERRORS):
+                raise  # nothing can be told now; the trial is recovered as its owner's death
             if isinstance(exc, KeyboardInterrupt):
                 trial.set_user_attr("failure", "interrupted")
                 trial.set_user_attr("fail_reason", "interrupted")
