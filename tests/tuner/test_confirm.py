@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import statistics
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
@@ -26,6 +28,7 @@ from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner import config
 from tuner.child import ChildOutcome
 from tuner.cli import main
+from tuner.confirm import candidates
 from tuner.space import SearchSpace
 from tuner.study import best_trial, engine_builds, grid_order, prepare, robust_value
 
@@ -62,18 +65,48 @@ def load(db: Path) -> optuna.Study:
     return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
 
 
-def top(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The k best distinct feasible configurations by single-run value (what gets confirmed)."""
-    done = [
+def check_top(study: optuna.Study, numbers: list[int], k: int) -> list[FrozenTrial]:
+    """Check that `numbers` are the k best distinct feasible configurations, against their
+    definition rather than a second copy of the selection: measured (not copied) feasible trials,
+    no configuration twice, best first, and every other feasible measured trial either repeats a
+    chosen configuration without beating its trial or is no better than the last one chosen.
+    Returns the chosen trials."""
+    trials = {t.number: t for t in study.get_trials()}
+    feasible = [
         t
-        for t in study.get_trials(states=(TrialState.COMPLETE,))
-        if "duplicate_of" not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
+        for t in trials.values()
+        if t.state == TrialState.COMPLETE
+        and "duplicate_of" not in t.user_attrs
+        and all(v <= 0 for v in t.constraints.values())
     ]
-    chosen: list[FrozenTrial] = []
-    for t in sorted(done, key=lambda t: (-t.values[0], t.number)):
-        if all(c.params != t.params for c in chosen):
-            chosen.append(t)
-    return chosen[:k]
+    chosen = [trials[n] for n in numbers]
+    assert all(t in feasible for t in chosen), numbers
+    assert len({json.dumps(t.params, sort_keys=True) for t in chosen}) == len(chosen)
+    assert len(chosen) == min(k, len({json.dumps(t.params, sort_keys=True) for t in feasible}))
+    values = [t.values[0] for t in chosen]
+    assert values == sorted(values, reverse=True), values
+    for other in feasible:
+        if other in chosen:
+            continue
+        same = [t for t in chosen if t.params == other.params]
+        bound = same[0] if same else chosen[-1]
+        assert other.values[0] <= bound.values[0], (other.number, bound.number)
+    return chosen
+
+
+def checked_candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """`confirm.candidates(study, k)`, checked against the definition (check_top)."""
+    chosen = candidates(study, k)
+    return check_top(study, [t.number for t in chosen], k)
+
+
+def summary_row(out: str, label: str) -> dict[str, str]:
+    """The cells of the summary table's row `label` ("best", "baseline"), by column name."""
+    lines = out.splitlines()
+    (i,) = [i for i, line in enumerate(lines[:-1]) if set(lines[i + 1]) == {"-", " "}]
+    header = ["", *re.split(r"\s{2,}", lines[i].strip())]
+    (row,) = [line for line in lines[i + 2 :] if line.split()[:1] == [label]]
+    return dict(zip(header, re.split(r"\s{2,}", row.strip()), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +142,11 @@ def fake_measure(
 
     def measure(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
         calls.append(spec.out_dir.name)
+        _, number, repeat = spec.out_dir.name.split("-")  # confirm-<trial>-<i>
+        (trial,) = [t for t in study.get_trials() if t.number == int(number)]
         params = {"batch_size": run.batch_size, "streams": run.streams, "precision": run.precision}
-        (trial,) = [t for t in top(study, 99) if t.params == params]
-        got = scores(trial, int(spec.out_dir.name.rsplit("-", 1)[1]))
+        assert params == trial.params  # the repeat measures that trial's configuration
+        got = scores(trial, int(repeat))
         if isinstance(got, ChildOutcome):
             return got
         return ChildOutcome({"score": got, "valid": True}, seconds=0.1)
@@ -142,23 +177,30 @@ def test_optimize_confirms_the_top_configurations(
     assert main(argv) == 0
     out = capsys.readouterr().out
     study = load(study_db)
-    candidates = top(study, 2)
-    assert study.user_attrs["confirmed_top"] == [t.number for t in candidates]
+    confirmed = check_top(study, study.user_attrs["confirmed_top"], 2)
+    assert len(confirmed) == 2  # TRIALS configurations, feasible on the null backend
     assert study.user_attrs["confirmed_at"]
-    for trial in candidates:
+    for trial in confirmed:
         scores = trial.user_attrs["confirm_scores"]
         assert len(scores) == 3 and scores[0] == trial.values[0]
         assert trial.user_attrs["confirmed_score"] == statistics.median(scores)
         assert {p.name for p in runs.glob("*/confirm-*")} >= {
             f"confirm-{trial.number:04d}-{i}" for i in (1, 2)
         }
-    winner = max(candidates, key=lambda t: (t.user_attrs["confirmed_score"], -t.number))
+    winner = max(confirmed, key=lambda t: (t.user_attrs["confirmed_score"], -t.number))
     assert study.user_attrs["confirmed_best"] == winner.number
     best = best_trial(study)
     assert best is not None and best.number == winner.number
     assert robust_value(best) == winner.user_attrs["confirmed_score"]
     assert "confirmed: median of 3 runs" in out
-    assert f"best      {winner.number} " in out
+    row, p = summary_row(out, "best"), winner.params
+    assert (row["trial"], row["batch"], row["streams"], row["precision"]) == (
+        str(winner.number),
+        str(p["batch_size"]),
+        str(p["streams"]),
+        p["precision"],
+    )
+    assert row["samples/s"] == f"{winner.user_attrs['confirmed_score']:,.2f}"  # the median
     assert len(study.get_trials()) == TRIALS  # confirmation adds no trials
 
     exported = tmp_path / "best.json"
@@ -178,7 +220,7 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     study = load(study_db)
-    lucky, runner_up, third = top(study, 3)
+    lucky, runner_up, third = checked_candidates(study, 3)
     assert best_trial(study).number == lucky.number  # type: ignore[union-attr]
 
     def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
@@ -204,7 +246,9 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     assert attrs[runner_up.number]["confirmed_score"] == pytest.approx(median)
     assert study.user_attrs["confirmed_best"] == runner_up.number
     assert best_trial(study).number == runner_up.number  # type: ignore[union-attr]
-    assert f"best      {runner_up.number} " in out and "confirmed: median of 3 runs" in out
+    row = summary_row(out, "best")
+    assert (row["trial"], row["samples/s"]) == (str(runner_up.number), f"{median:,.2f}")
+    assert "confirmed: median of 3 runs" in out
 
     # Every export, the report and the listing use the confirmed winner and its median.
     export = ["export", "--storage", f"sqlite:///{study_db}", "--study", study.study_name]
@@ -252,7 +296,7 @@ def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     study = load(study_db)
-    first = top(study, 1)[0]
+    (first,) = checked_candidates(study, 1)
 
     def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
         if i == 2:
@@ -288,12 +332,63 @@ def test_with_workers_the_parent_confirms_after_they_finish(
     argv[argv.index("--trials") + 1] = "3"
     assert main([*argv, "--confirm-top", "2"]) == 0
     study = load(db)
-    candidates = top(study, 2)
-    assert study.user_attrs["confirmed_top"] == [t.number for t in candidates]
-    assert all(len(t.user_attrs["confirm_scores"]) == 2 for t in candidates)
-    assert study.user_attrs["confirmed_best"] in {t.number for t in candidates}
+    confirmed = check_top(study, study.user_attrs["confirmed_top"], 2)
+    assert len(confirmed) == 2
+    assert all(len(t.user_attrs["confirm_scores"]) == 2 for t in confirmed)
+    assert study.user_attrs["confirmed_best"] in {t.number for t in confirmed}
     assert len(list(runs.glob("*/confirm-*"))) == 2
     assert "confirmed: median of 2 runs" in capsys.readouterr().out
+
+
+def _made(
+    batch: int,
+    streams: int,
+    value: float | None,
+    feasible: bool = True,
+    state: TrialState = TrialState.COMPLETE,
+    **attrs: Any,
+) -> FrozenTrial:
+    return create_trial(
+        state=state,
+        value=value,
+        params={"batch_size": batch, "streams": streams, "precision": "fp32"},
+        distributions={
+            "batch_size": CategoricalDistribution([1, 2, 4, 8]),
+            "streams": CategoricalDistribution([1, 2]),
+            "precision": CategoricalDistribution(["fp32"]),
+        },
+        user_attrs=attrs,
+        constraints={"valid": 0.0 if feasible else 1.0},
+    )
+
+
+def test_candidates_are_the_best_measured_feasible_trial_of_each_configuration() -> None:
+    """Hand-built trials and hand-picked answers (b = batch size, s = streams)."""
+    study = optuna.create_study(direction="maximize")
+    for trial in [
+        _made(1, 1, 100.0),  # 0: b1 s1
+        _made(2, 1, 300.0),  # 1: b2 s1, measured again by trial 3
+        _made(4, 1, 500.0, feasible=False),  # 2: the highest value, but INVALID
+        _made(2, 1, 350.0),  # 3: b2 s1's better run
+        _made(2, 1, 400.0, duplicate_of=1),  # 4: a copy, never a candidate
+        _made(1, 2, 350.0),  # 5: ties trial 3: the lower number first
+        _made(8, 1, None, state=TrialState.FAIL),  # 6
+        _made(2, 2, 250.0),  # 7
+        _made(8, 2, 50.0),  # 8
+    ]:
+        study.add_trial(trial)
+    assert [t.number for t in candidates(study, 1)] == [3]
+    assert [t.number for t in candidates(study, 3)] == [3, 5, 7]
+    assert [t.number for t in candidates(study, 99)] == [3, 5, 7, 0, 8]
+    check_top(study, [3, 5, 7], 3)  # the checker the end-to-end tests use agrees
+    with pytest.raises(AssertionError):
+        check_top(study, [3, 7, 5], 3)  # ... and fails on a wrong order
+    with pytest.raises(AssertionError):
+        check_top(study, [3, 5, 0], 3)  # ... or a better configuration left out
+    with pytest.raises(AssertionError):
+        check_top(study, [4, 5, 7], 3)  # ... or a copy
+    with pytest.raises(AssertionError):
+        check_top(study, [5, 1, 7], 3)  # ... or a configuration's worse run
 
 
 def test_confirm_settings_are_checked_and_read_from_a_study_file(tmp_path: Path) -> None:
