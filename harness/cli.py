@@ -14,18 +14,26 @@ from harness.cli_common import (
     Parser,
     add_input_flags,
     common_flags,
-    default_cache_dir,
     format_table,
     parse_option,
     run_guarded,
     setup_logging,
 )
-from harness.config import PRECISIONS, SCENARIO_NAMES, RunConfig, ScenarioSpec
+from harness.config import (
+    COMPLIANCE_SERVER_QUERIES,
+    PRECISIONS,
+    SCENARIO_NAMES,
+    SEARCH_SERVER_QUERIES,
+    RunConfig,
+    ScenarioSpec,
+    default_cache_dir,
+)
 from harness.result import Result
 from harness.runner import measure
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags' defaults are RunConfig's and ScenarioSpec's, never a second copy."""
     parser = Parser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser(
@@ -38,34 +46,65 @@ def build_parser() -> argparse.ArgumentParser:
     what = run.add_argument_group("what runs")
     what.add_argument(
         "--model",
-        default="resnet50",
-        help="built-in name (resnet50, mobilenet, "
-        "tiny) or a path to an ONNX file with a dynamic batch dimension",
+        default=RunConfig.model,
+        help="built-in name (resnet50, mobilenet, tiny) or a path to an ONNX file with a "
+        "dynamic batch dimension (default %(default)s)",
     )
-    what.add_argument("--backend", default="onnxruntime", help=f"one of {', '.join(BACKENDS)}")
-    what.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    what.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
-    what.add_argument("--batch-size", type=int, default=1, help="largest batch (default 1)")
-    what.add_argument("--streams", type=int, default=1, help="concurrent workers (default 1)")
+    what.add_argument(
+        "--backend",
+        default=RunConfig.backend,
+        help=f"one of {', '.join(BACKENDS)} (default %(default)s)",
+    )
+    what.add_argument(
+        "--device", default=RunConfig.device, help="cpu, cuda or cuda:N (default %(default)s)"
+    )
+    what.add_argument(
+        "--precision",
+        default=RunConfig.precision,
+        help=f"one of {', '.join(PRECISIONS)} (default %(default)s)",
+    )
+    what.add_argument(
+        "--batch-size",
+        type=int,
+        default=RunConfig.batch_size,
+        help="largest batch (default %(default)s)",
+    )
+    what.add_argument(
+        "--streams",
+        type=int,
+        default=RunConfig.streams,
+        help="concurrent workers (default %(default)s)",
+    )
     what.add_argument(
         "--threads",
         type=int,
+        default=RunConfig.threads,
         help="intra-op threads per stream (default: the cores split among the streams)",
     )
     what.add_argument(
         "--deque-timeout-us",
         type=int,
-        default=2000,
-        help="how long the batcher waits to fill a batch (default 2000)",
+        default=RunConfig.deque_timeout_us,
+        help="how long the batcher waits to fill a batch (default %(default)s)",
     )
-    what.add_argument("--samples", type=int, help="samples in the QSL (default: fits 128 MiB)")
+    what.add_argument(
+        "--samples",
+        type=int,
+        default=RunConfig.samples,
+        help="samples in the QSL (default: fits 128 MiB)",
+    )
     what.add_argument(
         "--data",
         type=Path,
         help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
         "input (default: synthetic, seeded)",
     )
-    what.add_argument("--seed", type=int, default=0, help="seed of the synthetic samples")
+    what.add_argument(
+        "--seed",
+        type=int,
+        default=RunConfig.seed,
+        help="seed of the synthetic samples (default %(default)s)",
+    )
     what.add_argument(
         "--backend-option",
         action="append",
@@ -76,8 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_input_flags(run.add_argument_group("model inputs and accuracy"))
     how = run.add_argument_group("how LoadGen measures")
-    how.add_argument("--scenario", default="offline", help=f"one of {', '.join(SCENARIO_NAMES)}")
-    how.add_argument("--target-qps", type=float, help="Server: run at this QPS")
+    how.add_argument(
+        "--scenario",
+        default=ScenarioSpec.scenario,
+        help=f"one of {', '.join(SCENARIO_NAMES)} (default %(default)s)",
+    )
+    how.add_argument(
+        "--target-qps", type=float, default=ScenarioSpec.target_qps, help="Server: run at this QPS"
+    )
     how.add_argument(
         "--find-max-qps",
         action="store_true",
@@ -94,26 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--latency-ms",
         type=float,
-        default=15.0,
-        help="Server latency bound (default 15, ResNet-50's MLPerf bound)",
+        default=ScenarioSpec.latency_ms,
+        help="Server latency bound (default %(default)s, ResNet-50's MLPerf bound)",
     )
     how.add_argument(
-        "--percentile", type=float, default=99.0, help="Server latency percentile (default 99)"
+        "--percentile",
+        type=float,
+        default=ScenarioSpec.percentile,
+        help="Server latency percentile (default %(default)s)",
     )
     how.add_argument(
         "--duration-s",
         type=float,
-        default=5.0,
-        help="LoadGen minimum duration of each run (default 5)",
+        default=ScenarioSpec.duration_s,
+        help="LoadGen minimum duration of each run (default %(default)s)",
     )
     how.add_argument(
         "--min-queries",
         type=int,
-        help="Server minimum query count (default 600; 270,336 with --compliance)",
+        default=ScenarioSpec.min_queries,
+        help=f"Server minimum query count (default {SEARCH_SERVER_QUERIES:,}; "
+        f"{COMPLIANCE_SERVER_QUERIES:,} with --compliance)",
     )
     how.add_argument(
         "--expected-qps",
         type=float,
+        default=ScenarioSpec.expected_qps,
         help="Offline expected QPS (default: estimated from a warm-up)",
     )
     how.add_argument(
@@ -122,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLPerf-length runs: 60 s, 270,336 Server queries",
     )
     out = run.add_argument_group("output")
-    out.add_argument("--out", type=Path, help="folder for LoadGen's logs (default runs/<name>)")
+    out.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder for LoadGen's logs (default {ScenarioSpec.out_dir}/<name>)",
+    )
     out.add_argument("--json", type=Path, help="write the result as JSON to this file")
     out.add_argument(
         "--cache-dir",
@@ -139,8 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(lambda: _run(args), args.debug, "harness")
 
 
-def _run(args: argparse.Namespace) -> int:
-    run = RunConfig(
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the `run` flags describe."""
+    return RunConfig(
         model=args.model,
         backend=args.backend,
         precision=args.precision,
@@ -160,11 +216,11 @@ def _run(args: argparse.Namespace) -> int:
         accuracy_metric=args.accuracy_metric,
         accuracy_output=args.accuracy_output,
     )
-    out = args.out or Path("runs") / (
-        f"{Path(run.model).stem}-{run.backend}-{run.precision}-b{run.batch_size}"
-        f"-s{run.streams}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    spec = ScenarioSpec(
+
+
+def scenario_spec(args: argparse.Namespace, out: Path) -> ScenarioSpec:
+    """The ScenarioSpec the `run` flags describe, logging to `out`."""
+    return ScenarioSpec(
         scenario=args.scenario,
         duration_s=args.duration_s,
         target_qps=args.target_qps,
@@ -177,6 +233,15 @@ def _run(args: argparse.Namespace) -> int:
         expected_qps=args.expected_qps,
         out_dir=out,
     )
+
+
+def _run(args: argparse.Namespace) -> int:
+    run = run_config(args)
+    out = args.out or ScenarioSpec.out_dir / (
+        f"{Path(run.model).stem}-{run.backend}-{run.precision}-b{run.batch_size}"
+        f"-s{run.streams}-{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    spec = scenario_spec(args, out)
     result = measure(run, spec)
     print(render(result))
     print(f"LoadGen logs: {out}")

@@ -5,6 +5,7 @@ LoadGen measures it). Every value is checked here, once; code past this edge tru
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,14 @@ COMPLIANCE_DURATION_S = 60.0
 #: Enough Server queries for LoadGen's early-stopping check at p99 with a few late queries
 #: (459 are needed with none late; see reference/feasibility.md).
 SEARCH_SERVER_QUERIES = 600
+
+
+def default_cache_dir() -> Path:
+    """Where built models, precision variants and engines are cached unless a run says:
+    `$XDG_CACHE_HOME/batch-tuner` (`~/.cache/batch-tuner`). The one default of every config
+    and CLI, so a model built by `harness run` is found by `tuner optimize`."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "batch-tuner"
 
 
 def check_int(key: str, value: object, minimum: int) -> int:
@@ -126,7 +135,7 @@ class RunConfig:
     #: first).
     accuracy_metric: str = "auto"
     accuracy_output: str | None = None
-    cache_dir: Path = Path(".cache")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     #: Backend-specific settings (e.g. the null backend's latency model).
     backend_options: dict[str, Any] = field(default_factory=dict)
 

@@ -382,9 +382,7 @@ def _optimize(args: argparse.Namespace) -> int:
     overrides["storage"] = args.storage or os.environ.get(STORAGE_ENV)
     if args.backend_option:
         overrides["backend_options"] = dict(args.backend_option)
-    if args.cache_dir is None:
-        overrides["cache_dir"] = default_cache_dir()
-    cfg = config.build(args.config, **overrides)
+    cfg = config.build(args.config, **overrides)  # no --cache-dir: StudyConfig's default
     # The progress lines of `optimize` say what Optuna's INFO log would, once; -q means quiet.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
     check_int("--workers", args.workers, 1)

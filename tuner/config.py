@@ -38,6 +38,7 @@ from harness.config import (
     check_int,
     check_ranges,
     check_shapes,
+    default_cache_dir,
 )
 from harness.errors import ConfigError
 
@@ -102,7 +103,7 @@ class StudyConfig:
     answer_runs: int = ScenarioSpec.answer_runs
     space: Space = Space()
     enqueue: tuple[Mapping[str, Any], ...] = ()
-    cache_dir: Path = Path(".cache")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     runs_dir: Path = Path("runs")
 
     def __post_init__(self) -> None:

@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from harness.cli import main
+from harness.cli import build_parser, main, run_config, scenario_spec
+from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
 from tests.harness.search_checks import check_answer
 
@@ -333,3 +334,10 @@ def test_usage_error_without_a_subcommand(capsys: pytest.CaptureFixture[str]) ->
         main([])
     assert exit.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_run_flags_default_to_the_dataclass_defaults(tmp_path: Path) -> None:
+    """`python -m harness run` with no flags measures RunConfig() under ScenarioSpec()."""
+    args = build_parser().parse_args(["run"])
+    assert run_config(args) == RunConfig()
+    assert scenario_spec(args, tmp_path) == ScenarioSpec(out_dir=tmp_path)
