@@ -1,20 +1,25 @@
 """Measure one configuration: model -> precision variant -> backend -> batching SUT -> LoadGen.
 
-This is the harness's single entry point; the tuner calls it once per trial (in a child
-process). It knows nothing of Optuna.
+`measure` is the harness's single entry point; the tuner calls it once per trial (in a child
+process). It knows nothing of Optuna. It runs the one measure pipeline (`measure_devices`) on a
+system of one device; `harness.system.measure_system` runs the same pipeline on several, so
+both get the same checks, warm-up and scenarios (the Server search's queueing-model start and
+refit included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import itertools
 import logging
 import math
 import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +36,9 @@ from harness.dataset import (
     load_samples_from,
     synthetic_samples,
 )
-from harness.errors import BackendError
-from harness.gpus import GpuSampler, cuda_ordinal, sampler_for
+from harness.device import cuda_ordinal
+from harness.errors import BackendError, ConfigError
+from harness.gpus import GpuSampler, sampler_for
 from harness.loadgen_log import LoadgenRun
 from harness.models import ModelInfo, resolve_model
 from harness.precision import (
@@ -52,7 +58,7 @@ from harness.queueing import (
 )
 from harness.result import Result
 from harness.scenarios import Outcome, offline, server
-from harness.sut import BatchingSUT
+from harness.sut import BatchingSUT, LoadgenSut, SystemSUT
 
 log = logging.getLogger("harness")
 
@@ -83,49 +89,132 @@ class Warmup:
         return min(1.0, max(0.0, share))
 
 
+def system_warmup(warmups: Sequence[Warmup]) -> Warmup:
+    """Several devices' warm-ups as one system's: the throughputs add up, every timed batch
+    latency is pooled (the queueing model's service) and the slowest device's batch (and
+    one-sample) latency stands for the system's. A system of one: its own warm-up."""
+    if len(warmups) == 1:
+        return warmups[0]
+    slowest = max(warmups, key=lambda w: w.batch_ms)
+    return Warmup(
+        batch_ms=slowest.batch_ms,
+        samples_per_second=sum(w.samples_per_second for w in warmups),
+        batch_latencies_s=tuple(
+            itertools.chain.from_iterable(w.batch_latencies_s for w in warmups)
+        ),
+        single_ms=slowest.single_ms,
+    )
+
+
 @dataclass(frozen=True)
 class _Context:
     run: RunConfig
     spec: ScenarioSpec
-    sut: BatchingSUT
+    sut: LoadgenSut
     warmup: Warmup
     out_dir: Path
+    #: Devices behind `sut`, each with `run.streams` workers (the queueing model's servers).
+    devices: int = 1
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the measure pipeline found on a system of one or more devices."""
+
+    model: ModelInfo
+    ranges: dict[str, InputRange]
+    variant: Variant
+    devices: tuple[str, ...]
+    #: Each device's backend, read after the LoadGen runs (an engine's build details).
+    infos: tuple[BackendInfo, ...]
+    warmups: tuple[Warmup, ...]
+    #: Seconds to load every device's backend (build or deserialize the engines).
+    build_s: float
+    agreement: Agreement | None
+    outcome: Outcome
+    #: Samples LoadGen's queries sent to each device, and the batches each device ran.
+    routed: tuple[int, ...]
+    batches: tuple[int, ...]
+    gpu: dict[str, Any] | None
+
+    @property
+    def simulated(self) -> bool:
+        return any(info.simulated for info in self.infos)
 
 
 def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
-    """Measure `run` in the scenario `spec` with LoadGen and return the result."""
+    """Measure `run` in the scenario `spec` with LoadGen and return the result: the measure
+    pipeline on a system of one device, `run.device`."""
+    return _result(run, spec, measure_devices(run, spec, [run.device], agreement=True))
+
+
+def measure_devices(
+    run: RunConfig, spec: ScenarioSpec, devices: Sequence[str], agreement: bool = False
+) -> Measurement:
+    """The measure pipeline: model -> precision variant -> one backend per device of
+    `devices` (loaded, checked on one batch, warmed up) -> a batching SUT each, behind one
+    `SystemSUT` -> the scenario under LoadGen (`run.device` is ignored). With `agreement`,
+    the first device's outputs are also scored against ONNX Runtime fp32."""
+    if not devices or len(set(devices)) != len(devices):
+        raise ConfigError(f"devices: give distinct devices, got {list(devices)!r}")
     backend_cls = get_backend(run.backend)
-    check_precision(backend_cls, run.precision, run.device)
+    for device in devices:
+        check_precision(backend_cls, run.precision, device)
     model, ranges, samples, variant = prepare_inputs(run, backend_cls)
-    backend = backend_cls(variant.path, backend_options(run, run.device))
-    info = backend.info()
+    backends = [backend_cls(variant.path, backend_options(run, device)) for device in devices]
+    infos = [backend.info() for backend in backends]
+    simulated = any(info.simulated for info in infos)
     started = time.perf_counter()
-    with backend:
+    with contextlib.ExitStack() as stack:
+        for backend in backends:
+            stack.enter_context(backend)
         build_s = time.perf_counter() - started
-        log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, info.device, build_s)
-        check_batch(backend, samples, model, run, ranges)
-        warm = run_warmup(backend, samples, run, single=spec.find_max_qps)
-        log.info(
-            "warm-up: %.2f ms per batch of %d, ~%.1f samples/s",
-            warm.batch_ms,
-            run.batch_size,
-            warm.samples_per_second,
-        )
+        names = ", ".join(info.device for info in infos)
+        log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, names, build_s)
+        warmups = []
+        for device, backend in zip(devices, backends, strict=True):
+            check_batch(backend, samples, model, run, ranges)
+            warm = run_warmup(backend, samples, run, single=spec.find_max_qps)
+            log.info(
+                "warm-up %s: %.2f ms per batch of %d, ~%.1f samples/s",
+                device,
+                warm.batch_ms,
+                run.batch_size,
+                warm.samples_per_second,
+            )
+            warmups.append(warm)
         agree = None
-        if not info.simulated and (run.precision != "fp32" or run.backend != "onnxruntime"):
-            agree = _agreement(backend, model, samples, run)
-        sampler = gpu_sampler([run.device], info.simulated)
-        with (
-            BatchingSUT(
-                backend, samples, run.batch_size, run.streams, run.deque_timeout_us
-            ) as sut,
-            sampler,
+        if (
+            agreement
+            and not simulated
+            and (run.precision != "fp32" or run.backend != "onnxruntime")
         ):
-            ctx = _Context(run, spec, sut, warm, spec.out_dir)
+            agree = _agreement(backends[0], model, samples, run)
+        sampler = gpu_sampler(list(devices), simulated)
+        suts = [
+            BatchingSUT(backend, samples, run.batch_size, run.streams, run.deque_timeout_us)
+            for backend in backends
+        ]
+        system = SystemSUT(suts, [w.samples_per_second for w in warmups])
+        with system, sampler:
+            warm = system_warmup(warmups)
+            ctx = _Context(run, spec, system, warm, spec.out_dir, len(devices))
             outcome = SCENARIOS[spec.scenario](ctx)
-        info = backend.info()
-    result = _result(run, spec, model, variant, info, build_s, warm, agree, outcome)
-    return replace(result, gpu=sampler.telemetry(), inputs=describe_inputs(model, run, ranges))
+        infos = [backend.info() for backend in backends]
+    return Measurement(
+        model=model,
+        ranges=ranges,
+        variant=variant,
+        devices=tuple(devices),
+        infos=tuple(infos),
+        warmups=tuple(warmups),
+        build_s=build_s,
+        agreement=agree,
+        outcome=outcome,
+        routed=tuple(system.routed),
+        batches=tuple(sut.batches for sut in suts),
+        gpu=sampler.telemetry(),
+    )
 
 
 def prepare_inputs(
@@ -262,7 +351,7 @@ def _queue_model(ctx: _Context) -> SutModel | None:
     run = ctx.run
     return SutModel(
         run.batch_size,
-        run.streams,
+        run.streams * ctx.devices,
         run.deque_timeout_us / 1e6,
         latencies,
         fixed_fraction=ctx.warmup.fixed_fraction(run.batch_size),
@@ -440,17 +529,10 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _result(
-    run: RunConfig,
-    spec: ScenarioSpec,
-    model: ModelInfo,
-    variant: Variant,
-    info: BackendInfo,
-    build_s: float,
-    warm: Warmup,
-    agree: Agreement | None,
-    outcome: Outcome,
-) -> Result:
+def _result(run: RunConfig, spec: ScenarioSpec, measured: Measurement) -> Result:
+    """The Result of a system of one."""
+    model, variant, outcome = measured.model, measured.variant, measured.outcome
+    (info,), (warm,) = measured.infos, measured.warmups
     primary: LoadgenRun | None = outcome.primary
     latency = dict(primary.latency_ms) if primary is not None else {}
     offline_mode = spec.scenario == "offline"
@@ -476,15 +558,17 @@ def _result(
         streams=run.streams,
         simulated=info.simulated,
         versions={**_versions(), **info.versions},
-        engine_build_s=round(build_s, 4),
+        engine_build_s=round(measured.build_s, 4),
         warmup={
             "batch_ms": warm.batch_ms,
             "samples_per_second": warm.samples_per_second,
             "single_ms": warm.single_ms,
         },
-        agreement=agree.to_dict() if agree is not None else None,
+        agreement=measured.agreement.to_dict() if measured.agreement is not None else None,
         latency_bound_ms=None if offline_mode else spec.latency_ms,
         percentile=None if offline_mode else spec.percentile,
         note=outcome.note,
         backend_details=dict(info.details),
+        gpu=measured.gpu,
+        inputs=describe_inputs(model, run, measured.ranges),
     )

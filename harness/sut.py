@@ -4,6 +4,9 @@ to `batch_size` of them, waiting at most `deque_timeout_us` for the batch to fil
 a first sample, runs the batch on its stream and completes every sample of it with one
 `QuerySamplesComplete` call, in `finally`, so a failing engine fails the measurement instead of
 hanging LoadGen.
+
+`SystemSUT` puts several of them (one per device) behind one LoadGen SUT; both are what the
+scenarios need of a SUT, the `LoadgenSut` protocol.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +28,21 @@ _COMPACT_AT = 1 << 16
 #: GIL switch interval while the SUT runs: LoadGen's issue thread must not wait CPython's
 #: default 5 ms for the GIL behind a busy worker (that alone breaks a 10 ms p99 bound).
 _SWITCH_INTERVAL_S = 0.0005
+
+
+class LoadgenSut(Protocol):
+    """What a scenario needs of a system under test: LoadGen's two callbacks (which must never
+    raise), the samples (the QSL's size) and the first failure of a run, re-raised after it."""
+
+    @property
+    def samples(self) -> SampleSet: ...
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+    def issue(self, ids: list[int], indices: list[int]) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class BatchingSUT:
@@ -155,3 +175,84 @@ class BatchingSUT:
                 complete([response(i, 0, 0) for i in ids])
                 self._batches[stream] += 1
                 self._samples_done[stream] += len(ids)
+
+
+class SystemSUT:
+    """One LoadGen SUT over several BatchingSUTs, one per device (NVIDIA's multi-GPU harness):
+    every issued batch of samples goes to the least-loaded device (outstanding samples over
+    the device's warm-up throughput). An Offline query is cut into batch-size chunks spread
+    that way, i.e. in proportion to each device's speed; a Server query goes whole to the
+    least-loaded device. A system of one passes every query straight through. Use as a
+    context manager."""
+
+    def __init__(self, suts: Sequence[BatchingSUT], weights: Sequence[float]) -> None:
+        if not suts or len(suts) != len(weights):
+            raise ValueError("give one weight per device SUT, and at least one SUT")
+        self.suts = list(suts)
+        self.samples = self.suts[0].samples
+        positive = [w for w in weights if w > 0]
+        fallback = min(positive) if positive else 1.0
+        self.weights = [w if w > 0 else fallback for w in weights]
+        #: Samples routed to each device so far (over every LoadGen run).
+        self.routed = [0] * len(self.suts)
+        self._chunk = min(s.batch_size for s in self.suts)
+        self._lock = threading.Lock()
+        self._next = 0
+
+    @property
+    def error(self) -> BaseException | None:
+        return next((s.error for s in self.suts if s.error is not None), None)
+
+    @property
+    def samples_done(self) -> int:
+        return sum(s.samples_done for s in self.suts)
+
+    # LoadGen callbacks: they run on LoadGen's threads and must never raise.
+    def issue(self, ids: list[int], indices: list[int]) -> None:
+        if len(self.suts) == 1:
+            with self._lock:
+                self.routed[0] += len(ids)
+            self.suts[0].issue(ids, indices)
+            return
+        with self._lock:
+            parts: list[tuple[list[int], list[int]]] = [([], []) for _ in self.suts]
+            outstanding = [r - s.samples_done for r, s in zip(self.routed, self.suts, strict=True)]
+            for start in range(0, len(ids), self._chunk):
+                end = min(start + self._chunk, len(ids))
+                device = self._least_loaded(outstanding, end - start)
+                outstanding[device] += end - start
+                self.routed[device] += end - start
+                parts[device][0].extend(ids[start:end])
+                parts[device][1].extend(indices[start:end])
+        for sut, (part_ids, part_indices) in zip(self.suts, parts, strict=True):
+            if part_ids:
+                sut.issue(part_ids, part_indices)
+
+    def _least_loaded(self, outstanding: list[int], size: int) -> int:
+        """The device that would finish `size` more samples first; ties rotate."""
+        n = len(self.suts)
+        best, best_load = self._next, float("inf")
+        for k in range(n):
+            device = (self._next + k) % n
+            load = (outstanding[device] + size) / self.weights[device]
+            if load < best_load:
+                best, best_load = device, load
+        self._next = (best + 1) % n
+        return best
+
+    def flush(self) -> None:
+        """LoadGen's flush: nothing is held back beyond each batcher's timeout."""
+
+    def __enter__(self) -> SystemSUT:
+        for sut in self.suts:
+            sut.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sut in self.suts:
+            sut.stop()

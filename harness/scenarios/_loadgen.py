@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.errors import BackendError, ScenarioError
 from harness.loadgen_log import LoadgenRun, read_run
-from harness.sut import BatchingSUT
+from harness.sut import LoadgenSut
 
 log = logging.getLogger("harness")
 
@@ -32,7 +32,7 @@ def test_settings(scenario: str, **fields: Any) -> Any:
     return settings
 
 
-def run_test(sut: BatchingSUT, settings: Any, out_dir: Path) -> LoadgenRun:
+def run_test(sut: LoadgenSut, settings: Any, out_dir: Path) -> LoadgenRun:
     """Run one LoadGen test against `sut` and read its result from `out_dir`.
 
     A backend failure during the run is re-raised (as the BackendError it was, or wrapped)

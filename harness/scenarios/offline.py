@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.config import COMPLIANCE_OFFLINE_SAMPLES, ScenarioSpec
 from harness.scenarios._loadgen import run_test, test_settings
 from harness.scenarios.outcome import Outcome
-from harness.sut import BatchingSUT
+from harness.sut import LoadgenSut
 
 log = logging.getLogger("harness")
 
@@ -18,7 +18,7 @@ log = logging.getLogger("harness")
 HEADROOM = 1.3
 
 
-def run(sut: BatchingSUT, spec: ScenarioSpec, estimate_sps: float, out_dir: Path) -> Outcome:
+def run(sut: LoadgenSut, spec: ScenarioSpec, estimate_sps: float, out_dir: Path) -> Outcome:
     """Measure Offline throughput. A query too small to meet the minimum duration is re-sized
     from the rate the run measured and rerun (at most twice)."""
     expected = spec.expected_qps or HEADROOM * estimate_sps

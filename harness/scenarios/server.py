@@ -15,7 +15,7 @@ from harness.config import ScenarioSpec
 from harness.loadgen_log import LoadgenRun
 from harness.scenarios._loadgen import run_test, test_settings
 from harness.scenarios.outcome import Outcome
-from harness.sut import BatchingSUT
+from harness.sut import LoadgenSut
 
 log = logging.getLogger("harness")
 
@@ -36,7 +36,7 @@ FLOOR = 0.01
 Refine = Callable[[float, LoadgenRun], float | None]
 
 
-def run_at(sut: BatchingSUT, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+def run_at(sut: LoadgenSut, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
     """One Server run at `qps`."""
     settings = test_settings(
         "server",
@@ -61,7 +61,7 @@ def run_at(sut: BatchingSUT, spec: ScenarioSpec, qps: float, out_dir: Path) -> L
     return result
 
 
-def run(sut: BatchingSUT, spec: ScenarioSpec, out_dir: Path) -> Outcome:
+def run(sut: LoadgenSut, spec: ScenarioSpec, out_dir: Path) -> Outcome:
     """One Server run at `spec.target_qps`; the score is LoadGen's scheduled QPS."""
     assert spec.target_qps is not None
     result = run_at(sut, spec, spec.target_qps, out_dir / "server")
@@ -83,7 +83,7 @@ def lowest_qps(spec: ScenarioSpec, upper_qps: float) -> float:
 
 
 def find_max_qps(
-    sut: BatchingSUT,
+    sut: LoadgenSut,
     spec: ScenarioSpec,
     upper_qps: float,
     out_dir: Path,
