@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from harness.config import ACCURACY_METRICS
+from harness.config import default_cache_dir as default_cache_dir  # re-exported
 from harness.errors import TunerError
 
 
@@ -20,12 +19,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def default_cache_dir() -> Path:
-    """Where built models, precision variants and engines are cached."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "batch-tuner"
 
 
 def common_flags() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 from harness.backends import base
 from harness.backends.base import is_out_of_memory as is_out_of_memory  # re-exported
 from harness.backends.base import one_line
+from harness.config import default_cache_dir
 from harness.device import cuda_ordinal
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 from harness.models.info import ModelInfo
@@ -52,13 +53,15 @@ class TrtSettings:
     """The backend's extra options, validated: where engines are cached, the builder's
     workspace limit (None: TensorRT's default, the device memory) and CUDA graphs."""
 
-    cache_dir: Path = Path(".cache")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     workspace_mb: int | None = None
     cuda_graphs: bool = False
 
 
 def parse_settings(extra: Mapping[str, Any]) -> TrtSettings:
-    cache_dir = extra.get("cache_dir", ".cache")
+    cache_dir = extra.get("cache_dir", None)
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
     if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
         raise ConfigError(f"backend tensorrt: cache_dir must be a folder path, got {cache_dir!r}")
     workspace = extra.get("workspace_mb")

@@ -35,6 +35,7 @@ from harness.backends.trt_engine import (
     parser_error,
     profile_shapes,
 )
+from harness.config import default_cache_dir
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 from harness.models import inspect_model
 from harness.models.info import ModelInfo, TensorSpec
@@ -87,7 +88,7 @@ def test_registered() -> None:
 
 
 def test_settings_defaults_and_values(tmp_path: Path) -> None:
-    assert parse_settings({}) == TrtSettings(Path(".cache"), None, False)
+    assert parse_settings({}) == TrtSettings(default_cache_dir(), None, False)
     got = parse_settings({"cache_dir": str(tmp_path), "workspace_mb": 512, "cuda_graphs": True})
     assert got == TrtSettings(tmp_path, 512, True)
 
