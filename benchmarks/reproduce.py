@@ -1,6 +1,6 @@
 """Does a fresh run reproduce what a study exported? Re-measures the study's declared best
 configuration N times (each in a fresh child process, like a trial) and compares the median
-with the stored value (`tuner.study.robust_value`: the confirmed median where there is one).
+with the stored value (`tuner.results.robust_value`: the confirmed median where there is one).
 Target (issue 5): the median of 5 fresh runs within 5% of the stored value.
 
     python -m tuner optimize                       # the README's default study
@@ -18,8 +18,9 @@ from pathlib import Path
 from harness.cli_common import default_cache_dir
 from tuner.child import measure_in_child
 from tuner.config import DEFAULT_STORAGE, from_stored
+from tuner.results import best_trial, robust_value
 from tuner.space import Params
-from tuner.study import best_trial, load, robust_value, trial_configs
+from tuner.study import load, trial_configs
 
 TOLERANCE = 0.05
 

@@ -1,6 +1,6 @@
 """How cheaply does each search strategy find the best configuration of a recorded landscape?
 
-The tuner's own study code (`tuner.study.optimize`: samplers, enqueued baseline, duplicate reuse,
+The tuner's own pipeline (`tuner.pipeline.optimize`: samplers, enqueued baseline, duplicate reuse,
 confirmation, SQLite storage) runs on each landscape of `benchmarks/landscapes/`, its trials
 answered by `tuner.replay.LandscapeReplay` (a recorded repeat drawn at random, so the recorded
 noise is in it). For every strategy and seed it runs two studies:
@@ -48,8 +48,9 @@ import optuna
 
 import tuner.study
 from tuner.config import SAMPLERS, Space, StudyConfig
+from tuner.pipeline import optimize
 from tuner.replay import NOISE, LandscapeReplay, drawable, objective, params_of
-from tuner.study import best_trial, optimize
+from tuner.results import best_trial
 
 HERE = Path(__file__).resolve().parent
 #: Within this share of the true best counts as found.
@@ -146,8 +147,8 @@ def run_landscape(
             db = work / f"{path.stem}-{sampler}-{seed}.db"
             long_cfg = study_config(path, data, sampler, seed, grid, False, db)
             replay = LandscapeReplay(path, seed, noise)
-            prepared = optimize(long_cfg, on_trial=lambda line: None, measure=replay)
-            count = trials_to_near(prepared.study, replay, floor, best)
+            finished = optimize(long_cfg, lambda line: None, measure=replay)
+            count = trials_to_near(finished.study, replay, floor, best)
             reached.append(count if count else math.inf)
 
             cfg = replace(
@@ -158,8 +159,8 @@ def run_landscape(
                 confirm_top=confirm[1],
             )
             replay = LandscapeReplay(path, 1000 + seed, noise)
-            prepared = optimize(cfg, on_trial=lambda line: None, measure=replay)
-            winner = best_trial(prepared.study)
+            finished = optimize(cfg, lambda line: None, measure=replay)
+            winner = best_trial(finished.study)
             declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
             measurements.append(replay.calls)
             builds.append(len(replay.engines))

@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.cli_common import (
     Parser,
@@ -25,13 +24,8 @@ from harness.cli_common import (
     setup_logging,
 )
 from harness.config import check_int
-from harness.errors import ConfigError
 from tuner.config import DEFAULT_STORAGE, OBJECTIVES, SAMPLERS
 from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
-
-if TYPE_CHECKING:
-    from tuner.config import StudyConfig
-    from tuner.workers import GpuGroup
 
 STORAGE_ENV = "TUNER_STORAGE"
 log = logging.getLogger("tuner")
@@ -338,9 +332,7 @@ def _optimize(args: argparse.Namespace) -> int:
     import optuna
 
     from tuner import config
-    from tuner.confirm import confirm
-    from tuner.study import prepare, work
-    from tuner.summary import render_summary
+    from tuner.pipeline import Trials, optimize
 
     fields = (
         "name",
@@ -389,127 +381,13 @@ def _optimize(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (
         (lambda _: None) if args.quiet else (lambda line: log.info("%s", line))
     )
-    if args.gpus is not None:
-        return _optimize_gpus(args, cfg, say)
-    prepared = prepare(cfg, args.heartbeat_s)
-    if args.workers > 1:
-        from tuner.workers import run_workers
-
-        code = run_workers(
-            args.workers,
-            cfg.storage,
-            prepared.study.study_name,
-            cfg.cache_dir,
-            cfg.runs_dir,
-            args.heartbeat_s,
-            args.quiet,
-        )
-        if code != 0:
-            print(render_summary(prepared.study, cfg))
-            return code
-    else:
-        try:
-            work(prepared, say)
-        except KeyboardInterrupt:
-            return _interrupted(
-                render_summary(prepared.study, cfg),
-                "interrupted; the running trial is stored as FAIL (interrupted); "
-                "re-run the same command to continue",
-            )
-    try:
-        confirm(prepared, say)
-    except KeyboardInterrupt:
-        return _interrupted(
-            render_summary(prepared.study, cfg),
-            "interrupted while confirming the best configurations; the runs measured so far "
-            "are kept: re-run the same command to finish",
-        )
-    print(render_summary(prepared.study, cfg))
-    return 0
-
-
-def _optimize_gpus(args: argparse.Namespace, cfg: StudyConfig, say: Callable[[str], None]) -> int:
-    """`optimize --gpus`: one study per GPU model, one worker per GPU (CUDA_VISIBLE_DEVICES
-    set to it, device cuda:0 inside), all at once; then each study's confirmation, on a GPU of
-    its model."""
-    from dataclasses import replace
-
-    from harness import gpus as nvml
-    from harness.models import resolve_model
-    from tuner.confirm import confirm
-    from tuner.study import Prepared, study_name
-    from tuner.summary import render_summary
-    from tuner.workers import (
-        SIMULATED_GPU_BACKENDS,
-        check_gpu_backend,
-        gpu_commands,
-        group_by_model,
-        prepare_elsewhere,
-        run_processes,
-        select_gpus,
-        visible_devices,
-    )
-
-    check_gpu_backend(cfg.backend)
-    if args.workers != 1:
-        raise ConfigError("--workers: --gpus starts one worker per GPU; give one or the other")
-    if args.device not in (None, "cuda", "cuda:0"):
-        raise ConfigError(
-            f"--device: each --gpus worker runs on cuda:0 of its own GPU, not {args.device!r}"
-        )
-    found = nvml.discover()
-    groups = group_by_model(select_gpus(args.gpus, found.gpus, found.reason))
-    if cfg.name and len(groups) > 1:
-        models = ", ".join(g.model for g in groups)
-        raise ConfigError(
-            f"--study: one name for GPUs of {len(groups)} models ({models}); each model gets "
-            "its own study: leave --study out or pick GPUs of one model"
-        )
-    model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
-    plans: list[tuple[GpuGroup, Prepared]] = []
-    for group in groups:
-        options = dict(cfg.backend_options)
-        if cfg.backend in SIMULATED_GPU_BACKENDS:  # the simulation stands in for this model
-            options["device_name"] = group.model
-        name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, group.model)
-        group_cfg = replace(cfg, name=name, device="cuda:0", backend_options=options)
-        with visible_devices(group.visible):  # the study's device is a GPU of this model
-            prepared = prepare_elsewhere(group_cfg, args.heartbeat_s)
-        plans.append((replace(group, study=name), prepared))
-        indices = ", ".join(str(g.index) for g in group.gpus)
-        say(f"study {name}: {len(group.gpus)} x {group.model} (GPU {indices})")
-
-    def summaries() -> str:
-        return "\n\n".join(render_summary(p.study, p.cfg) for _, p in plans)
-
-    groups = [g for g, _ in plans]
-    code = run_processes(
-        gpu_commands(
-            groups, cfg.storage, cfg.cache_dir, cfg.runs_dir, args.heartbeat_s, args.quiet
-        )
-    )
-    if code != 0:
-        print(summaries())
-        return code
-    try:
-        for group, prepared in plans:
-            with visible_devices(group.visible):
-                confirm(prepared, say)
-    except KeyboardInterrupt:
-        return _interrupted(
-            summaries(),
-            "interrupted while confirming the best configurations; the runs measured so far "
-            "are kept: re-run the same command to finish",
-        )
-    print(summaries())
-    return 0
-
-
-def _interrupted(summary: str, message: str) -> int:
-    """Ctrl-C: print what was finished, say what happened, exit 130."""
-    print(summary)
-    print(f"tuner: {message}", file=sys.stderr)
-    return 130
+    trials = Trials(args.workers, args.gpus, args.heartbeat_s, args.quiet)
+    trials.check(cfg, args.device)
+    finished = optimize(cfg, say, trials)
+    print(finished.summary)
+    if finished.message is not None:
+        print(f"tuner: {finished.message}", file=sys.stderr)
+    return finished.code
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -591,8 +469,8 @@ def _report(args: argparse.Namespace) -> int:
 def _studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from tuner.results import best_trial, robust_value
     from tuner.storage import open_storage
-    from tuner.study import best_trial, robust_value
 
     storage = open_storage(_storage(args), create=False)
     rows = []

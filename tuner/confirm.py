@@ -25,16 +25,17 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import optuna_compat as compat
 from tuner.child import KILLED, measure_in_child
 from tuner.loop import RETRIES, budget_used, exclusive
-from tuner.space import Params
-from tuner.study import (
+from tuner.results import (
     CONFIRM_SCORES,
     CONFIRMED_BEST,
     CONFIRMED_SCORE,
-    Prepared,
+    TrialRecord,
+    is_copy,
     is_feasible,
     robust_value,
-    trial_configs,
 )
+from tuner.space import Params
+from tuner.study import Prepared, trial_configs
 
 #: Study attributes besides `confirmed_best`: when, and which trials were the candidates.
 CONFIRMED_AT = "confirmed_at"
@@ -47,7 +48,7 @@ def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
     measured = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t) and t.user_attrs.get("duplicate_of") is None
+        if is_feasible(t) and not is_copy(t)
     ]
     measured.sort(key=lambda t: (-t.values[0], t.number))
     chosen: list[FrozenTrial] = []
@@ -99,7 +100,7 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
             while len(scores) < want:
                 scores.append(_measure_again(prepared, trial, len(scores), say))
                 set_user_attr(study, trial, CONFIRM_SCORES, list(scores))
-            if trial.user_attrs.get(CONFIRMED_SCORE) != statistics.median(scores):
+            if TrialRecord.from_trial(trial).confirmed_score != statistics.median(scores):
                 set_user_attr(study, trial, CONFIRMED_SCORE, statistics.median(scores))
         best = _winner(study)
         assert best is not None  # every candidate is confirmed now
@@ -116,7 +117,7 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
 
 def _scores(trial: FrozenTrial) -> list[float]:
     """The trial's confirmation scores so far; just its own value before any repeat."""
-    stored = trial.user_attrs.get(CONFIRM_SCORES)
+    stored = TrialRecord.from_trial(trial).confirm_scores
     return [float(s) for s in stored] if stored else [float(trial.values[0])]
 
 
@@ -127,8 +128,8 @@ def _winner(study: optuna.Study) -> FrozenTrial | None:
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if is_feasible(t)
-        and t.user_attrs.get("duplicate_of") is None
-        and t.user_attrs.get(CONFIRMED_SCORE) is not None
+        and not is_copy(t)
+        and TrialRecord.from_trial(t).confirmed_score is not None
     ]
     return max(confirmed, key=lambda t: (robust_value(t), -t.number), default=None)
 

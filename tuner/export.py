@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, TunerError
-from tuner.study import CONFIRM_SCORES, CONFIRMED_SCORE, best_trial, robust_value
+from tuner.results import TrialRecord, best_trial, rate, robust_value
 
 Renderer = Callable[[Mapping[str, Any], FrozenTrial], str]
 
@@ -187,10 +187,11 @@ def render_json(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
 
 def _confirmation(trial: FrozenTrial) -> dict[str, Any] | None:
     """The trial's confirmation runs and their median, or None when it was not confirmed."""
-    median = trial.user_attrs.get(CONFIRMED_SCORE)
+    record = TrialRecord.from_trial(trial)
+    median = record.confirmed_score
     if median is None:
         return None
-    scores = list(trial.user_attrs.get(CONFIRM_SCORES) or [])
+    scores = list(record.confirm_scores or [])
     return {"median": median, "runs": len(scores), "scores": scores}
 
 
@@ -321,7 +322,8 @@ def render_trtexec(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     p = _params(trial)
     batch, streams, precision = p["batch_size"], p["streams"], p["precision"]
     model_path = Path(str(_need(attrs, "model_path")))
-    onnx = trial.user_attrs.get("variant_path")
+    record = TrialRecord.from_trial(trial)
+    onnx: str | Path | None = record.variant_path
     if not onnx:
         onnx = (
             model_path
@@ -347,13 +349,13 @@ def render_trtexec(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         f"--infStreams={streams}",
         f"--saveEngine={model}-b{batch}-s{streams}-{precision}.plan",
     ]
-    sha = trial.user_attrs.get("variant_sha256") or attrs.get("model_sha256") or "unknown"
+    sha = record.variant_sha256 or attrs.get("model_sha256") or "unknown"
     lines = _header(attrs, trial, "trtexec command")
     lines.append(
         f"# precision {precision} comes from the ONNX variant (sha256 {sha}), not a flag: "
         "TensorRT 11 removed --fp16/--int8 and always builds strongly typed networks"
     )
-    if precision != "fp32" and not trial.user_attrs.get("variant_path"):
+    if precision != "fp32" and not record.variant_path:
         lines.append(
             f"# copy the {precision} variant the harness built under <cache-dir>/variants/ "
             f"to {onnx}"
@@ -471,8 +473,9 @@ def _scenario(attrs: Mapping[str, Any]) -> str:
 def _measured(trial: FrozenTrial, what: str) -> str:
     """`samples/s measured by trial 5`, or `median samples/s of 3 runs of trial 5` for a
     confirmed trial."""
-    runs = len(trial.user_attrs.get(CONFIRM_SCORES) or [])
-    if trial.user_attrs.get(CONFIRMED_SCORE) is not None and runs:
+    record = TrialRecord.from_trial(trial)
+    runs = len(record.confirm_scores or [])
+    if record.confirmed_score is not None and runs:
         return f"median {what} of {runs} runs of trial {trial.number}"
     return f"{what} measured by trial {trial.number}"
 
@@ -480,20 +483,7 @@ def _measured(trial: FrozenTrial, what: str) -> str:
 def _throughput(attrs: Mapping[str, Any], trial: FrozenTrial) -> float:
     """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial: the median of
     its confirmation runs where it was confirmed."""
-    key = "samples_per_second" if attrs.get("scenario") == "offline" else "qps"
-    value = trial.user_attrs.get(CONFIRMED_SCORE)
-    if value is not None:
-        key = CONFIRMED_SCORE
-    else:
-        value = trial.user_attrs.get(key)
-    if value is None and trial.values:
-        value = trial.values[0]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TunerError(f"trial {trial.number} has no measured {key} ({value!r})")
-    rate = float(value)
-    if not math.isfinite(rate) or rate <= 0:
-        raise TunerError(f"trial {trial.number} has {key}={rate!r}, not a positive rate")
-    return rate
+    return rate(trial, attrs.get("scenario"))
 
 
 def _is_gpu(attrs: Mapping[str, Any]) -> bool:
@@ -511,7 +501,7 @@ def _header(attrs: Mapping[str, Any], trial: FrozenTrial, what: str) -> list[str
     if p.get("deque_timeout_us") is not None:
         knobs += f", deque_timeout_us {p['deque_timeout_us']}"
     where = f"{attrs.get('backend')} on {attrs.get('device')}"
-    if attrs.get("simulated") or trial.user_attrs.get("simulated"):
+    if attrs.get("simulated") or TrialRecord.from_trial(trial).simulated:
         where += " (SIMULATED measurements)"
     lines = [
         f"# {what} exported by batch-tuner: study {attrs.get('study_name')}, trial {trial.number}",

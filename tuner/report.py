@@ -16,12 +16,16 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import TunerError
-from tuner.study import (
-    CONFIRM_SCORES,
+from tuner.results import (
+    TrialRecord,
     baseline_trial,
     best_trial,
+    confirm_scores,
     confirmed_trial,
     engine_builds,
+    is_copy,
+    is_feasible,
+    measured_throughput,
     robust_value,
 )
 from tuner.summary import out_of_reach_lines
@@ -84,25 +88,20 @@ def value_columns(study: optuna.Study) -> list[str]:
     return [f"value_{name}" for name in names]
 
 
-def is_feasible(trial: FrozenTrial) -> bool:
-    """COMPLETE with every constraint <= 0."""
-    return trial.state == TrialState.COMPLETE and all(v <= 0.0 for v in trial.constraints.values())
-
-
 def _columns(study: optuna.Study, params: Sequence[str]) -> list[str]:
     head = ["number", "state", *params, *value_columns(study), "score", "valid", "feasible"]
     return [*head, throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"]
 
 
 def _row(trial: FrozenTrial, study: optuna.Study, params: Sequence[str]) -> dict[str, Any]:
-    attrs = trial.user_attrs
+    record = TrialRecord.from_trial(trial)
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     row.update({name: trial.params.get(name) for name in params})
     values = trial.values or [None] * len(study.directions)
     row.update(zip(value_columns(study), values, strict=True))
     row["feasible"] = is_feasible(trial)
     for key in ("score", "valid", throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"):
-        row[key] = attrs.get(key)
+        row[key] = getattr(record, key)
     return row
 
 
@@ -239,7 +238,7 @@ def context(study: optuna.Study) -> str:
 
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
     text = f"{robust_value(trial):,.1f} {unit(study)}"
-    p99 = trial.user_attrs.get("p99_ms")
+    p99 = TrialRecord.from_trial(trial).p99_ms
     if p99 is not None and study.user_attrs.get("scenario") == "server":  # Offline: meaningless
         text += f", p99 {p99:,.2f} ms"
     return text
@@ -273,8 +272,8 @@ def summary_lines(study: optuna.Study) -> list[str]:
     lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
     confirmed = confirmed_trial(study)
     if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = ", ".join(f"{float(s):,.1f}" for s in best.user_attrs.get(CONFIRM_SCORES) or [])
-        runs = len(best.user_attrs.get(CONFIRM_SCORES) or [])
+        scores = ", ".join(f"{s:,.1f}" for s in confirm_scores(best))
+        runs = len(confirm_scores(best))
         lines.append(f"confirmed: median of {runs} runs ({scores} {unit(study)})")
     builds = engine_builds(study)
     if builds is not None:
@@ -319,14 +318,8 @@ def _measured(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("duplicate_of") is None
+        if not is_copy(t)
     ]
-
-
-def _throughput(trial: FrozenTrial) -> float:
-    """What the trial measured (even when INVALID), else its objective value."""
-    score = trial.user_attrs.get("score")
-    return float(score if score is not None else trial.values[0])
 
 
 def _group_style(index: int) -> tuple[str, str]:
@@ -350,7 +343,7 @@ def plot_throughput(figure_cls: type[Figure], study: optuna.Study, path: Path) -
         marker, style = _group_style(streams.index(stream))
         label = f"{precision}, {stream} stream{'' if stream == 1 else 's'}"
         _plot_group(ax, members, color, marker, style, label)
-    _mark_best(ax, best_trial(study), lambda t: (t.params["batch_size"], _throughput(t)))
+    _mark_best(ax, best_trial(study), lambda t: (t.params["batch_size"], measured_throughput(t)))
     if any(not is_feasible(t) for t in trials):
         ax.plot([], [], "o", color="gray", markerfacecolor="none", label="infeasible (hollow)")
     batches = sorted({t.params["batch_size"] for t in trials})
@@ -373,7 +366,7 @@ def _plot_group(
     for t in members:
         if is_feasible(t):
             b = t.params["batch_size"]
-            best_at[b] = max(best_at.get(b, 0.0), _throughput(t))
+            best_at[b] = max(best_at.get(b, 0.0), measured_throughput(t))
     xs = sorted(best_at)
     if xs:
         ax.plot(
@@ -384,7 +377,7 @@ def _plot_group(
         return
     ax.plot(
         [t.params["batch_size"] for t in bad],
-        [_throughput(t) for t in bad],
+        [measured_throughput(t) for t in bad],
         linestyle="none",
         marker=marker,
         markersize=8,
@@ -396,7 +389,7 @@ def _plot_group(
     for t in bad:
         ax.annotate(
             why_infeasible(t),
-            (t.params["batch_size"], _throughput(t)),
+            (t.params["batch_size"], measured_throughput(t)),
             fontsize=8,
             textcoords="offset points",
             xytext=(0, 8),
@@ -409,14 +402,14 @@ def why_infeasible(trial: FrozenTrial) -> str:
     """`INVALID`, `top1 0.900`, `precision infeasible`: the violated constraints in a few
     words."""
     words = []
-    attrs = trial.user_attrs
+    record = TrialRecord.from_trial(trial)
     for name, value in sorted(trial.constraints.items(), key=lambda kv: kv[0] != "valid"):
         if value > 0:
-            agreement = attrs.get("agreement_value", attrs.get("agreement_top1"))
+            agreement = record.agreement
             if name == "valid":
                 words.append("INVALID")
             elif name == "accuracy" and agreement is not None:
-                words.append(f"{attrs.get('agreement_metric', 'top1')} {float(agreement):.3f}")
+                words.append(f"{record.metric} {float(agreement):.3f}")
             elif name == "precision":
                 words.append("precision infeasible")
             else:
@@ -452,7 +445,7 @@ def server_points(study: optuna.Study) -> list[tuple[float, float, bool]]:
     """(target QPS, p99 ms, valid) of every Server LoadGen run of every measured trial."""
     points = []
     for t in _measured(study):
-        for run in t.user_attrs.get("loadgen_runs") or []:
+        for run in TrialRecord.from_trial(t).loadgen_runs or []:
             if str(run.get("scenario", "")).lower() != "server":
                 continue
             if run.get("target_qps") is None or run.get("p99_ms") is None:

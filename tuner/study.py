@@ -1,9 +1,9 @@
 """The Optuna side of a study: create or resume it, enqueue the baseline and starting points,
-run trials (each measured by the harness in a child process) and summarise the result."""
+run this process's share of its trials (each measured by the harness in a child process) and
+store each result (tuner.results). The whole `optimize` pipeline is tuner.pipeline."""
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import re
@@ -11,7 +11,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,11 +24,10 @@ from harness.models import resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import budget_used, committed, exclusive, recover, run_trials
+from tuner.results import TrialRecord, best_trial, is_copy, robust_value
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
-
-log = logging.getLogger("tuner")
 
 #: Study attributes that must match when a study is resumed.
 _IDENTITY = (
@@ -41,13 +39,6 @@ _IDENTITY = (
     "latency_ms",
     "percentile",
 )
-
-#: Trial attributes of a confirmed candidate (tuner.confirm): its own value then each repeat's
-#: score (0 for a failed or INVALID repeat), and their median once every repeat has run.
-CONFIRM_SCORES = "confirm_scores"
-CONFIRMED_SCORE = "confirmed_score"
-#: Study attribute: the number of the trial with the best confirmed median.
-CONFIRMED_BEST = "confirmed_best"
 
 
 class TrialFailed(Exception):
@@ -217,23 +208,6 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
     return NoRepeatSampler(inner, space, seed=cfg.seed)
 
 
-def optimize(
-    cfg: StudyConfig,
-    on_trial: Callable[[str], None] | None = None,
-    heartbeat_s: int = HEARTBEAT_S,
-    measure: Measure | None = None,
-) -> Prepared:
-    """Run the study until its trial budget (or `cfg.timeout_s`) is spent, then confirm the
-    best configurations (tuner.confirm)."""
-    from tuner.confirm import confirm
-
-    prepared = prepare(cfg, heartbeat_s, measure)
-    say = on_trial or (lambda line: log.info("%s", line))
-    work(prepared, say)
-    confirm(prepared, say)
-    return prepared
-
-
 def work(prepared: Prepared, say: Callable[[str], None], owner: str = "optimize") -> int:
     """This process's share of the study (`owner` names it on its trials): trials until the
     budget is spent, and none RUNNING elsewhere (a trial whose worker died is failed and its
@@ -281,12 +255,12 @@ class _Objective:
         run, spec = trial_configs(cfg, params, self.prepared.study.study_name, trial.number)
         measure = self.prepared.measure or measure_in_child
         outcome = measure(run, spec, cfg.trial_timeout_s)
-        trial.set_user_attr("trial_seconds", round(outcome.seconds, 2))
         if outcome.failure == INFEASIBLE:
             return record_infeasible(trial, outcome, cfg)
         if outcome.result is None:
-            trial.set_user_attr("failure", outcome.failure)
-            trial.set_user_attr("fail_reason", outcome.reason)
+            seconds = round(outcome.seconds, 2)
+            failed = TrialRecord(seconds, failure=outcome.failure, fail_reason=outcome.reason)
+            failed.store(trial)
             if outcome.failure == "interrupted":
                 raise KeyboardInterrupt
             raise TrialFailed(outcome.reason)
@@ -334,10 +308,7 @@ def record_infeasible(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConf
     """A configuration the model cannot take (its precision variant cannot be built): a
     COMPLETE trial scoring 0 that breaks the `precision` constraint and says why, so the
     samplers learn from it and the study goes on."""
-    trial.set_user_attr("failure", INFEASIBLE)
-    trial.set_user_attr("fail_reason", outcome.reason)
-    trial.set_user_attr("score", 0.0)
-    trial.set_user_attr("valid", False)
+    TrialRecord.infeasible(outcome.reason, outcome.seconds).store(trial)
     trial.set_constraint("precision", 1.0)
     trial.set_constraint("accuracy", 0.0)
     trial.set_constraint("valid", 1.0)
@@ -350,96 +321,34 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
     """Store a measurement on the trial; return the objective value(s)."""
     result = outcome.result
     assert result is not None
-    latency = result.get("latency_ms") or {}
-    agreement = result.get("agreement") or {}
-    attrs: dict[str, Any] = {
-        "score": result["score"],
-        "valid": result["valid"],
-        "samples_per_second": result["samples_per_second"],
-        "qps": result["qps"],
-        "p50_ms": latency.get("p50"),
-        "p90_ms": latency.get("p90"),
-        "p99_ms": latency.get("p99"),
-        "latency_ms": latency,
-        "loadgen_runs": [_compact_run(r) for r in result["loadgen_runs"]],
-        "engine_build_s": result["engine_build_s"],
-        "warmup_batch_ms": result["warmup"]["batch_ms"],
-        "device": result["device"],
-        "backend": result["backend"],
-        "versions": result["versions"],
-        "simulated": result["simulated"],
-        "variant_sha256": result["variant_sha256"],
-        "variant_path": result["variant_path"],
-        "variant_build_s": result["variant_build_s"],
-        "engine_cached": result["engine_cached"],
-        "note": result["note"],
-        "log_dir": str(Path(result["loadgen_runs"][-1]["log_dir"]).parent)
-        if result["loadgen_runs"]
-        else "",
-    }
-    if agreement:
-        attrs.update(
-            agreement_top1=agreement.get("top1"),
-            agreement_metric=agreement.get("metric", "top1"),
-            agreement_value=agreement.get("value", agreement.get("top1")),
-            agreement_output=agreement.get("output", ""),
-            agreement_max_abs_error=agreement.get("max_abs_error"),
-            agreement_samples=agreement.get("samples"),
-        )
-    if result.get("inputs"):  # bound dims, shapes and the synthetic values' ranges
-        attrs["inputs"] = result["inputs"]
-    if result.get("gpu") is not None:  # GPU telemetry (harness.gpus); absent on CPU
-        attrs["gpu"] = result["gpu"]
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    value = agreement.get("value", agreement.get("top1"))
+    measured = TrialRecord.from_result(result, outcome.seconds)
+    measured.store(trial)
+    value = measured.agreement
     accurate = value is None or value != value or value >= cfg.accuracy_floor  # NaN: unscored
     shortfall = 0.0 if accurate else cfg.accuracy_floor - float(value)  # type: ignore[arg-type]
     trial.set_constraint("accuracy", shortfall)
     trial.set_constraint("valid", 0.0 if result["valid"] else 1.0)
     score = float(result["score"]) if result["valid"] else 0.0
     if cfg.multi_objective:
+        latency = measured.latency_ms or {}
         p = latency.get(f"p{cfg.percentile:g}") or latency.get("p99")
         return score, float(p) if p is not None else float(cfg.latency_ms * 10)
     return score
 
 
-def _compact_run(run: dict[str, Any]) -> dict[str, Any]:
-    lat = run.get("latency_ms") or {}
-    # LoadGen's own percentile (a fraction, Server runs only): its latency is what the run was
-    # judged on, the lowest one a study measured is what its summary names (tuner.summary).
-    fraction = run.get("target_percentile")
-    return {
-        "scenario": run.get("scenario"),
-        "target_qps": run.get("target_qps"),
-        "valid": run.get("valid"),
-        "samples_per_second": run.get("samples_per_second"),
-        "scheduled_qps": run.get("scheduled_qps"),
-        "completed_qps": run.get("completed_qps"),
-        "p99_ms": lat.get("p99"),
-        "percentile_ms": lat.get(f"p{round(fraction * 100, 4):g}") if fraction else None,
-        "invalid_reasons": run.get("invalid_reasons"),
-        "log_dir": run.get("log_dir"),
-    }
-
-
 def _measured_before(trial: optuna.Trial, study: optuna.Study) -> FrozenTrial | None:
     """An earlier COMPLETE trial with the same parameters, if any."""
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.params == trial.params and "duplicate_of" not in other.user_attrs:
+        if other.params == trial.params and not is_copy(other):
             return other
     return None
 
 
 def _reuse(trial: optuna.Trial, earlier: FrozenTrial) -> Any:
     """Copy an identical configuration's measurement instead of measuring it again."""
-    for key, value in earlier.user_attrs.items():
-        if key not in (CONFIRM_SCORES, CONFIRMED_SCORE):  # the repeats belong to `earlier`
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("duplicate_of", earlier.number)
-    for key, value in earlier.system_attrs.items():
-        if key.startswith("constraints:"):
-            trial.set_constraint(key.split(":", 1)[1], float(value))
+    TrialRecord.from_trial(earlier).copy_of(earlier.number).store(trial)
+    for key, value in earlier.constraints.items():
+        trial.set_constraint(key, float(value))
     values = earlier.values
     return tuple(values) if len(values) > 1 else values[0]
 
@@ -464,16 +373,18 @@ class _Progress:
         if self.cfg.timeout_s is not None:
             left = min(left, max(0.0, self.cfg.timeout_s - elapsed))
         unit = "samples/s" if self.cfg.scenario == "offline" else "QPS"
-        if trial.user_attrs.get("failure") == INFEASIBLE:
-            what = f"infeasible: {trial.user_attrs.get('fail_reason', '')}"
+        record = TrialRecord.from_trial(trial)
+        if record.failure == INFEASIBLE:
+            what = f"infeasible: {record.fail_reason or ''}"
         elif trial.state == TrialState.COMPLETE:
             what = f"{trial.values[0]:,.1f} {unit}"
-            if trial.user_attrs.get("duplicate_of") is not None:
-                what += f" (same as trial {trial.user_attrs['duplicate_of']})"
-            elif not trial.user_attrs.get("valid", True):
+            if record.duplicate_of is not None:
+                what += f" (same as trial {record.duplicate_of})"
+            elif record.valid is not None and not record.valid:
                 what += " INVALID"
         else:
-            what = f"FAILED: {trial.user_attrs.get('fail_reason', trial.state.name)}"
+            reason = record.fail_reason
+            what = f"FAILED: {reason if reason is not None else trial.state.name}"
             retried = any(
                 trial.number in t.system_attrs.get("retry_history", ())
                 for t in study.get_trials(deepcopy=False)
@@ -490,67 +401,6 @@ class _Progress:
             f"[{done}/{self.cfg.trials}] trial {trial.number}: {what} | {best_text} | "
             f"elapsed {_clock(elapsed)}, ~{_clock(left)} left"
         )
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible trial, or None: with one objective the confirmed winner (the best
-    median of repeated runs, see tuner.confirm) where there is one, else the best single value;
-    with several, the Pareto-optimal trial of highest throughput."""
-    if len(study.directions) > 1:
-        front = study.best_trials
-        return max(front, key=lambda t: t.values[0]) if front else None
-    confirmed = confirmed_trial(study)
-    if confirmed is not None:
-        return confirmed
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def confirmed_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The study's `confirmed_best` trial while it is still COMPLETE and feasible, else None."""
-    number = study.user_attrs.get(CONFIRMED_BEST)
-    if len(study.directions) > 1 or not isinstance(number, int):
-        return None
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.number == number:
-            return trial if is_feasible(trial) else None
-    return None
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """COMPLETE with every constraint <= 0."""
-    return trial.state == TrialState.COMPLETE and all(v <= 0.0 for v in trial.constraints.values())
-
-
-def robust_value(trial: FrozenTrial) -> float:
-    """The trial's throughput to report and export: the median of its confirmation runs where
-    it was confirmed, else its single measured value."""
-    confirmed = trial.user_attrs.get(CONFIRMED_SCORE)
-    if isinstance(confirmed, (int, float)) and not isinstance(confirmed, bool):
-        return float(confirmed)
-    return float(trial.values[0])
-
-
-def engine_builds(study: optuna.Study) -> int | None:
-    """Measured trials that built their precision variant (engine) instead of finding it
-    cached; None when no trial recorded it (a study older than `engine_cached`)."""
-    known = [
-        t.user_attrs["engine_cached"]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "engine_cached" in t.user_attrs and t.user_attrs.get("duplicate_of") is None
-    ]
-    return sum(not cached for cached in known) if known else None
-
-
-def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The first COMPLETE trial at batch 1, 1 stream, fp32."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        p = trial.params
-        if p.get("batch_size") == 1 and p.get("streams") == 1 and p.get("precision") == "fp32":
-            return trial
-    return None
 
 
 def join(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S, **local: Any) -> Prepared:

@@ -6,7 +6,6 @@ measured and a bound it would have met."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -14,15 +13,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.cli_common import format_table
 from tuner.config import StudyConfig
-from tuner.storage import redact
-from tuner.study import (
-    CONFIRM_SCORES,
+from tuner.results import (
+    TrialRecord,
     baseline_trial,
     best_trial,
+    confirm_scores,
     confirmed_trial,
     engine_builds,
+    is_copy,
     robust_value,
 )
+from tuner.storage import redact
 
 NO_FEASIBLE = "no feasible trial: every configuration failed or broke a constraint"
 
@@ -63,7 +64,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         lines.append(f"speed-up over the baseline: {robust_value(best) / robust_value(base):.2f}x")
     confirmed = confirmed_trial(study)
     if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = confirmed.user_attrs.get(CONFIRM_SCORES) or []
+        scores = confirm_scores(confirmed)
         runs = ", ".join(f"{float(s):,.1f}" for s in scores)
         lines.append(f"confirmed: median of {len(scores)} runs ({runs} {unit})")
     elif best is not None and not cfg.multi_objective:
@@ -86,7 +87,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
 
 
 def _row(label: str, trial: FrozenTrial) -> list[object]:
-    p, a = trial.params, trial.user_attrs
+    p, record = trial.params, TrialRecord.from_trial(trial)
     return [
         label,
         trial.number,
@@ -94,17 +95,17 @@ def _row(label: str, trial: FrozenTrial) -> list[object]:
         p.get("streams"),
         p.get("precision"),
         robust_value(trial),
-        a.get("p99_ms"),
-        agreement_text(a),
+        record.p99_ms,
+        agreement_text(record),
     ]
 
 
-def agreement_text(attrs: Mapping[str, Any]) -> str | None:
+def agreement_text(record: TrialRecord) -> str | None:
     """`top1 0.969`, `cosine 0.9987`: a trial's agreement with fp32 and its metric."""
-    value = attrs.get("agreement_value", attrs.get("agreement_top1"))
+    value = record.agreement
     if value is None or value != value:
         return None
-    return f"{attrs.get('agreement_metric', 'top1')} {float(value):.4g}"
+    return f"{record.metric} {float(value):.4g}"
 
 
 def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], float] | None:
@@ -116,10 +117,10 @@ def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], fl
     percentile = study.user_attrs.get("percentile")
     found: list[tuple[bool, float, int, FrozenTrial, dict[str, Any]]] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get("duplicate_of") is not None:
+        if is_copy(trial):
             continue  # a copy of an earlier trial's runs
         broken = any(v > 0 for k, v in trial.constraints.items() if k != "valid")
-        for run in trial.user_attrs.get("loadgen_runs") or []:
+        for run in TrialRecord.from_trial(trial).loadgen_runs or []:
             if run.get("scenario") != "Server":
                 continue
             ms = run.get("percentile_ms")
@@ -171,16 +172,16 @@ def out_of_reach_lines(study: optuna.Study) -> list[str]:
 def _fastest_warmup(study: optuna.Study, bound_text: str) -> list[str]:
     """No Server run logged the percentile: the fastest warm-up batch, if any trial timed one."""
     timed = [
-        t
+        (float(ms), t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if isinstance(t.user_attrs.get("warmup_batch_ms"), (int, float))
+        if isinstance(ms := TrialRecord.from_trial(t).warmup_batch_ms, (int, float))
     ]
     if not timed:
         return []
-    fastest = min(timed, key=lambda t: float(t.user_attrs["warmup_batch_ms"]))
+    ms, fastest = min(timed, key=lambda pair: pair[0])
     return [
         f"no Server run measured a latency: the fastest warm-up batch took "
-        f"{fastest.user_attrs['warmup_batch_ms']:,.2f} ms (median), trial {fastest.number} "
+        f"{ms:,.2f} ms (median), trial {fastest.number} "
         f"({config_label(fastest.params)}), against {bound_text}"
     ]
 

@@ -16,8 +16,9 @@ from harness.errors import ConfigError, ScenarioError, TunerError
 from harness.gpus import GpuInfo
 from tuner.child import KILLED, call_in_child
 from tuner.config import StudyConfig, from_stored
+from tuner.results import best_trial, is_feasible
 from tuner.space import Params
-from tuner.study import best_trial, is_feasible, load, trial_configs
+from tuner.study import load, trial_configs
 from tuner.workers import check_gpu_backend, select_gpus, visible_devices
 
 #: Study attribute holding the latest system measurement.

@@ -32,8 +32,8 @@ from tests.tuner.cli_checks import one_error_line, run, sha256
 from tuner import config
 from tuner.cli import main
 from tuner.export import FORMATS
+from tuner.results import best_trial, robust_value
 from tuner.storage import open_storage
-from tuner.study import best_trial, robust_value
 
 if TYPE_CHECKING:
     from tests.tuner.conftest import MadeStudy

@@ -29,8 +29,9 @@ from tuner import config
 from tuner.child import ChildOutcome
 from tuner.cli import main
 from tuner.confirm import candidates
+from tuner.results import best_trial, engine_builds, robust_value
 from tuner.space import SearchSpace
-from tuner.study import best_trial, engine_builds, grid_order, prepare, robust_value
+from tuner.study import grid_order, prepare
 
 TRIALS = 5
 

@@ -14,14 +14,14 @@ from harness.loadgen_log import read_run
 from tests.tuner.test_report import _spec, build_study
 from tuner import report
 from tuner.config import StudyConfig
-from tuner.study import _compact_run
+from tuner.results import compact_run
 from tuner.summary import NO_FEASIBLE, render_summary, round_up
 
 DATA = Path(__file__).parents[1] / "harness" / "data" / "loadgen"
 
 
 def server_runs(*runs: tuple[float, float, bool], **extra: Any) -> list[dict[str, Any]]:
-    """Compact runs as `tuner.study.record` stores them: the Offline bound, then Server runs
+    """Compact runs as `tuner.results.TrialRecord` stores them: the Offline bound, then Server runs
     of (target QPS, p99 ms, valid)."""
     offline = {"scenario": "Offline", "target_qps": None, "valid": True, "p99_ms": 900.0}
     return [offline] + [
@@ -151,6 +151,6 @@ def test_round_up_keeps_two_significant_figures(ms: float, bound: float) -> None
 def test_compact_runs_keep_the_latency_at_loadgens_percentile(name: str) -> None:
     run = read_run(DATA / name)
     assert run.target_percentile is not None
-    compact = _compact_run(run.to_dict())
+    compact = compact_run(run.to_dict())
     assert compact["percentile_ms"] == run.percentile_ms(run.target_percentile * 100)
     assert compact["percentile_ms"] is not None

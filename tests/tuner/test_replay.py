@@ -15,8 +15,9 @@ import pytest
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
 from tuner.config import Space, StudyConfig
+from tuner.pipeline import optimize
 from tuner.replay import LandscapeReplay
-from tuner.study import CONFIRMED_BEST, best_trial, optimize
+from tuner.results import CONFIRMED_BEST, best_trial
 
 BATCHES, STREAMS, PRECISIONS = (1, 2, 4), (1, 2), ("fp32", "int8")
 
@@ -190,7 +191,7 @@ def test_samplers_never_repeat_a_configuration_until_the_space_is_spent(
     size = len(BATCHES) * len(STREAMS) * len(PRECISIONS)
     cfg = study_config(tmp_path, path, sampler, size, cache_dir=cache_dir, confirm_runs=0)
     replay = LandscapeReplay(path, seed=1)
-    study = optimize(cfg, on_trial=lambda line: None, measure=replay).study
+    study = optimize(cfg, lambda line: None, measure=replay).study
     seen = Counter(json.dumps(t.params, sort_keys=True) for t in study.get_trials())
     assert len(seen) == size and set(seen.values()) == {1}  # every configuration, once
     assert replay.calls == size
@@ -199,7 +200,7 @@ def test_samplers_never_repeat_a_configuration_until_the_space_is_spent(
     # Past the space's size, repeats come back and are answered from the earlier trial.
     cfg = study_config(tmp_path, path, sampler, size + 3, cache_dir=cache_dir, confirm_runs=0)
     replay = LandscapeReplay(path, seed=1)
-    study = optimize(cfg, on_trial=lambda line: None, measure=replay).study
+    study = optimize(cfg, lambda line: None, measure=replay).study
     copies = [t for t in study.get_trials() if "duplicate_of" in t.user_attrs]
     assert len(copies) == 3 and replay.calls == size
 
@@ -222,7 +223,7 @@ def test_a_replayed_study_confirms_and_declares_the_true_best(
         cfg = study_config(tmp_path, path, "grid", size, cache_dir=cache_dir, confirm_runs=2)
         cfg = replace(cfg, name=f"lucky-{seed}", seed=seed)
         replay = LandscapeReplay(path, seed=seed)
-        study = optimize(cfg, on_trial=lambda line: None, measure=replay).study
+        study = optimize(cfg, lambda line: None, measure=replay).study
         (trial,) = [t for t in study.get_trials() if t.params == lucky]
         if trial.value == 100.0:
             break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from harness.errors import TunerError
 from tuner import report
+from tuner.results import TrialRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FLOOR = 0.99
@@ -151,33 +153,30 @@ def _objective(specs: list[dict[str, Any]], scenario: str, multi: bool) -> Any:
         spec = specs[trial.number]
         for name, choices in space.items():
             trial.suggest_categorical(name, choices)
-        trial.set_user_attr("trial_seconds", 12.5)
         if "fail" in spec:
-            trial.set_user_attr("failure", "error")
-            trial.set_user_attr("fail_reason", spec["fail"])
+            TrialRecord(trial_seconds=12.5, failure="error", fail_reason=spec["fail"]).store(trial)
             raise RuntimeError(spec["fail"])
         key = "qps" if scenario == "server" else "samples_per_second"
-        attrs = {
-            "score": spec["score"],
-            "valid": spec["valid"],
-            key: spec["score"],
-            "p50_ms": spec["p99"] / 2,
-            "p90_ms": spec["p99"] * 0.8,
-            "p99_ms": spec["p99"],
-            "loadgen_runs": spec["runs"],
-            "engine_build_s": 1.25,
-            "warmup_batch_ms": 2.0,
-            "device": "Test CPU",
-            "backend": "onnxruntime",
-            "simulated": True,
-            "note": "",
-            "agreement_top1": spec["top1"],
-            "agreement_max_abs_error": 0.01,
-        }
-        if "duplicate_of" in spec:
-            attrs["duplicate_of"] = spec["duplicate_of"]
-        for name, value in attrs.items():
-            trial.set_user_attr(name, value)
+        record = TrialRecord(
+            trial_seconds=12.5,
+            score=spec["score"],
+            valid=spec["valid"],
+            p50_ms=spec["p99"] / 2,
+            p90_ms=spec["p99"] * 0.8,
+            p99_ms=spec["p99"],
+            loadgen_runs=spec["runs"],
+            engine_build_s=1.25,
+            warmup_batch_ms=2.0,
+            device="Test CPU",
+            backend="onnxruntime",
+            simulated=True,
+            note="",
+            agreement_top1=spec["top1"],
+            agreement_max_abs_error=0.01,
+            duplicate_of=spec.get("duplicate_of"),
+        )
+        # Written as the tuner writes it (tuner.results): a reader that drifts fails here.
+        replace(record, **{key: spec["score"]}).store(trial)
         trial.set_constraint("accuracy", max(0.0, FLOOR - spec["top1"]))
         trial.set_constraint("valid", 0.0 if spec["valid"] else 1.0)
         value = spec["score"] if spec["valid"] else 0.0

@@ -1,0 +1,155 @@
+"""tuner.results: the trial record written and read back through a real SQLite study, and the
+queries on it, old studies' attribute names included."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from harness.errors import TunerError
+from tuner.child import INFEASIBLE
+from tuner.results import (
+    CONFIRM_SCORES,
+    CONFIRMED_SCORE,
+    TrialRecord,
+    compact_run,
+    confirm_scores,
+    engine_builds,
+    measured_throughput,
+    rate,
+    robust_value,
+)
+
+
+def _result(**over: Any) -> dict[str, Any]:
+    """A harness result as `harness.measure` returns it (to_dict), cut to what is stored."""
+    run = {
+        "scenario": "Server",
+        "target_qps": 120.0,
+        "valid": True,
+        "samples_per_second": 119.0,
+        "scheduled_qps": 120.0,
+        "completed_qps": 119.5,
+        "latency_ms": {"p99": 9.5, "p99.9": 11.0},
+        "target_percentile": 0.999,
+        "invalid_reasons": [],
+        "log_dir": "/runs/s/trial-0003/server-1",
+    }
+    result = {
+        "score": 120.0,
+        "valid": True,
+        "samples_per_second": 119.0,
+        "qps": 120.0,
+        "latency_ms": {"p50": 2.0, "p90": 5.0, "p99": 9.5},
+        "agreement": {"top1": 0.97, "metric": "top1", "value": 0.97, "samples": 64},
+        "loadgen_runs": [run],
+        "engine_build_s": 1.5,
+        "warmup": {"batch_ms": 3.25},
+        "device": "Test CPU",
+        "backend": "null",
+        "versions": {"onnx": "1"},
+        "simulated": True,
+        "variant_sha256": "ab" * 32,
+        "variant_path": "/cache/m.fp16.onnx",
+        "variant_build_s": 0.5,
+        "engine_cached": False,
+        "note": "",
+    }
+    return {**result, **over}
+
+
+def _study(tmp_path: Path, *records: tuple[TrialRecord, float]) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    for record, value in records:
+        trial = study.ask()
+        record.store(trial)
+        study.tell(trial, value)
+    return optuna.load_study(study_name="r", storage=storage)
+
+
+def test_a_measurement_round_trips_through_the_storage(tmp_path: Path) -> None:
+    record = TrialRecord.from_result(_result(), seconds=4.567)
+    study = _study(tmp_path, (record, 120.0))
+    (trial,) = study.get_trials()
+    read = TrialRecord.from_trial(trial)
+    assert read == record and read.extra == {}
+    attrs = trial.user_attrs
+    # The stored schema, by name: studies made before this type read the same.
+    assert attrs["trial_seconds"] == 4.57 and attrs["p99_ms"] == 9.5 and attrs["qps"] == 120.0
+    assert attrs["agreement_value"] == 0.97 and attrs["agreement_output"] == ""
+    assert attrs["agreement_max_abs_error"] is None  # measured, so stored even when None
+    assert attrs["log_dir"] == "/runs/s/trial-0003"
+    assert attrs["loadgen_runs"][0]["percentile_ms"] == 11.0
+    assert "failure" not in attrs and "inputs" not in attrs and "gpu" not in attrs
+    assert engine_builds(study) == 1
+    assert measured_throughput(trial) == robust_value(trial) == rate(trial, "server") == 120.0
+    assert rate(trial, "offline") == 119.0
+
+
+def test_an_infeasible_and_a_failed_record_store_only_what_they_know() -> None:
+    assert TrialRecord.infeasible("no int8", 2.0).to_attrs() == {
+        "trial_seconds": 2.0,
+        "failure": INFEASIBLE,
+        "fail_reason": "no int8",
+        "score": 0.0,
+        "valid": False,
+    }
+    failed = TrialRecord(1.0, "oom", "out of memory")
+    assert failed.to_attrs() == {
+        "trial_seconds": 1.0,
+        "failure": "oom",
+        "fail_reason": "out of memory",
+    }
+    assert not failed.measured
+
+
+def test_a_copy_leaves_the_confirmation_runs_to_the_trial_it_copies() -> None:
+    record = TrialRecord.from_result(_result())
+    confirmed = replace(record, confirm_scores=[1.0, 3.0], confirmed_score=2.0)
+    copy = confirmed.copy_of(4).to_attrs()
+    assert copy["duplicate_of"] == 4
+    assert CONFIRM_SCORES not in copy and CONFIRMED_SCORE not in copy
+
+
+def test_an_old_trial_reads(tmp_path: Path) -> None:
+    """Top-1 only (before agreement_value and _metric), unknown attributes kept as read."""
+    old = TrialRecord(
+        score=50.0,
+        valid=True,
+        samples_per_second=50.0,
+        agreement_top1=0.9,
+        extra={"worker": {"pid": 1}},
+    )
+    confirmed = TrialRecord(
+        score=80.0,
+        valid=True,
+        samples_per_second=80.0,
+        confirm_scores=[80.0, 60.0, 70.0],
+        confirmed_score=70.0,
+    )
+    study = _study(tmp_path, (old, 50.0), (confirmed, 80.0))
+    first, second = study.get_trials()
+    record = TrialRecord.from_trial(first)
+    assert (record.agreement, record.metric) == (0.9, "top1")
+    assert record.extra == {"worker": {"pid": 1}}
+    assert engine_builds(study) is None  # no trial recorded engine_cached
+    assert robust_value(second) == 70.0 and measured_throughput(second) == 80.0
+    assert confirm_scores(second) == [80.0, 60.0, 70.0] and confirm_scores(first) == []
+    assert rate(second, "offline") == 70.0
+
+
+def test_rate_refuses_a_trial_without_a_positive_rate(tmp_path: Path) -> None:
+    study = _study(tmp_path, (TrialRecord(score=0.0, valid=True, samples_per_second=0.0), 0.0))
+    with pytest.raises(TunerError, match=r"samples_per_second=0\.0, not a positive rate"):
+        rate(study.get_trials()[0], "offline")
+
+
+def test_compact_run_without_a_percentile() -> None:
+    run = compact_run({"scenario": "Offline", "latency_ms": {"p99": 4.0}})
+    assert run["p99_ms"] == 4.0 and run["percentile_ms"] is None

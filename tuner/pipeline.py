@@ -1,0 +1,188 @@
+"""`optimize` as one pipeline: prepare the study (one per GPU model with `--gpus`), run its trials
+(in this process, in `--workers N` worker processes, or in one worker per GPU), confirm the best
+configurations, summarise. Used by the CLI and the benchmarks; the one place a Ctrl-C ends it:
+what was finished is summarised and the exit code is 130."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import optuna
+
+from harness.errors import ConfigError
+from tuner.config import StudyConfig
+from tuner.confirm import confirm
+from tuner.storage import HEARTBEAT_S
+from tuner.study import Measure, Prepared, prepare, study_name, work
+from tuner.summary import render_summary
+from tuner.workers import GpuGroup, check_gpu_backend, visible_devices
+
+INTERRUPTED_TRIALS = (
+    "interrupted; the running trial is stored as FAIL (interrupted); "
+    "re-run the same command to continue"
+)
+INTERRUPTED_CONFIRMING = (
+    "interrupted while confirming the best configurations; the runs measured so far "
+    "are kept: re-run the same command to finish"
+)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """How the trials run: in this process (`workers` 1), in `workers` local worker
+    processes, or (`gpus`: all, or nvidia-smi indices) in one worker per GPU."""
+
+    workers: int = 1
+    gpus: str | None = None
+    heartbeat_s: int = HEARTBEAT_S
+    quiet: bool = False
+
+    def check(self, cfg: StudyConfig, device: str | None = None) -> None:
+        """A ConfigError for `--gpus` with a CPU backend, with `--workers`, or with a
+        `--device` (the flag) other than cuda:0."""
+        if self.gpus is None:
+            return
+        check_gpu_backend(cfg.backend)
+        if self.workers != 1:
+            raise ConfigError("--workers: --gpus starts one worker per GPU; give one or the other")
+        if device not in (None, "cuda", "cuda:0"):
+            raise ConfigError(
+                f"--device: each --gpus worker runs on cuda:0 of its own GPU, not {device!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One study to run: prepared, and where its processes run (CUDA_VISIBLE_DEVICES for its
+    GPUs' workers and its confirmation; None: this process's devices)."""
+
+    prepared: Prepared
+    visible: str | None = None
+    gpus: tuple[GpuGroup, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What `optimize` ends with: the exit code, the summary to print, and on Ctrl-C the line
+    saying what happened."""
+
+    code: int
+    summary: str
+    plans: tuple[Plan, ...]
+    message: str | None = None
+
+    @property
+    def study(self) -> optuna.Study:
+        """The (first) study."""
+        return self.plans[0].prepared.study
+
+
+def optimize(
+    cfg: StudyConfig,
+    say: Callable[[str], None],
+    trials: Trials = Trials(),
+    measure: Measure | None = None,
+) -> Finished:
+    """The whole pipeline: prepare, trials, confirm, summary."""
+    if trials.gpus is not None:
+        plans = _gpu_plans(cfg, trials, say)
+    else:
+        plans = (Plan(prepare(cfg, trials.heartbeat_s, measure)),)
+
+    def summary() -> str:
+        return "\n\n".join(render_summary(p.prepared.study, p.prepared.cfg) for p in plans)
+
+    try:
+        code = _run_trials(cfg, plans, trials, say)
+    except KeyboardInterrupt:
+        return Finished(130, summary(), plans, INTERRUPTED_TRIALS)
+    if code != 0:
+        return Finished(code, summary(), plans)
+    try:
+        for plan in plans:
+            with _visible(plan.visible):
+                confirm(plan.prepared, say)
+    except KeyboardInterrupt:
+        return Finished(130, summary(), plans, INTERRUPTED_CONFIRMING)
+    return Finished(0, summary(), plans)
+
+
+def _gpu_plans(cfg: StudyConfig, trials: Trials, say: Callable[[str], None]) -> tuple[Plan, ...]:
+    """`--gpus`: one study per GPU model (CUDA_VISIBLE_DEVICES set to its GPUs, device cuda:0
+    inside), each prepared in a child process (tuner.workers.prepare_elsewhere)."""
+    from harness import gpus as nvml
+    from harness.models import resolve_model
+    from tuner.workers import (
+        SIMULATED_GPU_BACKENDS,
+        group_by_model,
+        prepare_elsewhere,
+        select_gpus,
+    )
+
+    trials.check(cfg)
+    found = nvml.discover()
+    groups = group_by_model(select_gpus(trials.gpus or "all", found.gpus, found.reason))
+    if cfg.name and len(groups) > 1:
+        models = ", ".join(g.model for g in groups)
+        raise ConfigError(
+            f"--study: one name for GPUs of {len(groups)} models ({models}); each model gets "
+            "its own study: leave --study out or pick GPUs of one model"
+        )
+    model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
+    plans = []
+    for group in groups:
+        options = dict(cfg.backend_options)
+        if cfg.backend in SIMULATED_GPU_BACKENDS:  # the simulation stands in for this model
+            options["device_name"] = group.model
+        name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, group.model)
+        group_cfg = replace(cfg, name=name, device="cuda:0", backend_options=options)
+        with visible_devices(group.visible):  # the study's device is a GPU of this model
+            prepared = prepare_elsewhere(group_cfg, trials.heartbeat_s)
+        plans.append(Plan(prepared, group.visible, (replace(group, study=name),)))
+        indices = ", ".join(str(g.index) for g in group.gpus)
+        say(f"study {name}: {len(group.gpus)} x {group.model} (GPU {indices})")
+    return tuple(plans)
+
+
+def _run_trials(
+    cfg: StudyConfig, plans: tuple[Plan, ...], trials: Trials, say: Callable[[str], None]
+) -> int:
+    """The trials of every plan: 0, 130 when interrupted, else the worst worker's exit code."""
+    from tuner.workers import gpu_commands, run_processes, run_workers
+
+    if trials.gpus is not None:
+        groups = [g for plan in plans for g in plan.gpus]
+        commands = gpu_commands(
+            groups,
+            cfg.storage,
+            cfg.cache_dir,
+            cfg.runs_dir,
+            trials.heartbeat_s,
+            trials.quiet,
+        )
+        return run_processes(commands)
+    (plan,) = plans
+    if trials.workers > 1:
+        name = plan.prepared.study.study_name
+        return run_workers(
+            trials.workers,
+            cfg.storage,
+            name,
+            cfg.cache_dir,
+            cfg.runs_dir,
+            trials.heartbeat_s,
+            trials.quiet,
+        )
+    work(plan.prepared, say)
+    return 0
+
+
+@contextlib.contextmanager
+def _visible(value: str | None) -> Iterator[None]:
+    if value is None:
+        yield
+        return
+    with visible_devices(value):
+        yield
