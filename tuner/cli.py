@@ -469,7 +469,7 @@ def _report(args: argparse.Namespace) -> int:
 def _studies(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.results import best_trial, robust_value
+    from tuner.results import best_trial, robust_value, study_setting
     from tuner.storage import open_storage
 
     storage = open_storage(_storage(args), create=False)
@@ -482,8 +482,8 @@ def _studies(args: argparse.Namespace) -> int:
             [
                 s.study_name,
                 attrs.get("model"),
-                attrs.get("scenario"),
-                attrs.get("backend"),
+                study_setting(attrs, "scenario"),
+                study_setting(attrs, "backend"),
                 attrs.get("device"),
                 s.n_trials,
                 robust_value(best) if best is not None and best.values else None,

@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, TunerError
-from tuner.results import TrialRecord, best_trial, rate, robust_value
+from tuner.results import TrialRecord, best_trial, rate, robust_value, study_settings
 
 Renderer = Callable[[Mapping[str, Any], FrozenTrial], str]
 
@@ -115,7 +115,7 @@ def _numbered(study: optuna.Study, number: int) -> FrozenTrial:
 def study_context(study: optuna.Study) -> dict[str, Any]:
     """The study's user attributes plus its name, directions and metric names."""
     return {
-        **study.user_attrs,
+        **study_settings(study.user_attrs),
         "study_name": study.study_name,
         "directions": [d.name.lower() for d in study.directions],
         "metric_names": study.metric_names,

@@ -27,6 +27,7 @@ from tuner.results import (
     is_feasible,
     measured_throughput,
     robust_value,
+    study_setting,
 )
 from tuner.summary import out_of_reach_lines
 
@@ -62,7 +63,7 @@ INSTALL_HINT = "plots need matplotlib: pip install 'batch-tuner[report]'"
 
 
 def is_server(study: optuna.Study) -> bool:
-    return study.user_attrs.get("scenario") == "server"
+    return study_setting(study.user_attrs, "scenario") == "server"
 
 
 def is_multi(study: optuna.Study) -> bool:
@@ -82,7 +83,7 @@ def value_columns(study: optuna.Study) -> list[str]:
     """`value` for one objective; `value_<objective>` (or `value_<i>`) for several."""
     if not is_multi(study):
         return ["value"]
-    names = list(study.user_attrs.get("objectives") or [])
+    names = list(study_setting(study.user_attrs, "objectives") or [])
     if len(names) != len(study.directions):
         names = [str(i) for i in range(len(study.directions))]
     return [f"value_{name}" for name in names]
@@ -230,16 +231,16 @@ def speed_up(study: optuna.Study) -> float | None:
 def context(study: optuna.Study) -> str:
     """`resnet50 · Offline · onnxruntime on <device> (simulated)`."""
     attrs = study.user_attrs
-    scenario = str(attrs.get("scenario", "?")).capitalize()
+    scenario = str(study_setting(attrs, "scenario", "?")).capitalize()
     text = f"{attrs.get('model', study.study_name)} · {scenario} · "
-    text += f"{attrs.get('backend', '?')} on {attrs.get('device', '?')}"
+    text += f"{study_setting(attrs, 'backend', '?')} on {attrs.get('device', '?')}"
     return text + (" (simulated)" if attrs.get("simulated") else "")
 
 
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
     text = f"{robust_value(trial):,.1f} {unit(study)}"
     p99 = TrialRecord.from_trial(trial).p99_ms
-    if p99 is not None and study.user_attrs.get("scenario") == "server":  # Offline: meaningless
+    if p99 is not None and is_server(study):  # Offline: meaningless
         text += f", p99 {p99:,.2f} ms"
     return text
 
@@ -475,9 +476,9 @@ def plot_latency(figure_cls: type[Figure], study: optuna.Study, path: Path) -> P
             mew=2,
             label=f"INVALID ({len(bad)})",
         )
-    bound = study.user_attrs.get("latency_ms")
+    bound = study_setting(study.user_attrs, "latency_ms")
     if bound is not None:
-        pct = study.user_attrs.get("percentile") or 99
+        pct = study_setting(study.user_attrs, "percentile") or 99
         ax.axhline(
             float(bound),
             color="black",

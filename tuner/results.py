@@ -1,7 +1,10 @@
 """A trial's record and the queries on it: `TrialRecord` alone writes and reads what a trial
-measured (its Optuna user attributes and constraints); `best_trial`, `robust_value` and the rest
-answer from it. The bottom of `tuner/`: report, summary, export, system and confirm read through
-it, and it imports nothing of the tuner above `tuner.child`.
+measured (its Optuna user attributes; tuner.study sets the constraints); `best_trial`,
+`robust_value` and the rest answer from it. The bottom of `tuner/`: report, summary, export,
+system and confirm read through it, and it imports nothing of the tuner above `tuner.child`.
+`study_setting` reads a study's settings (scenario, backend, latency bound ...) from its stored
+config, so the attributes that repeat them beside it are only a fallback for studies made
+without one.
 
 The attribute names are the stored schema: studies made by earlier versions read unchanged.
 """
@@ -252,6 +255,42 @@ def compact_run(run: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- the study
+
+#: Study settings a reader takes from the study's stored `config` (its field in brackets when
+#: the name differs); a study made without one (or a hand-built one) has them as attributes.
+_SETTINGS = {
+    "backend": "backend",
+    "scenario": "scenario",
+    "latency_ms": "latency_ms",
+    "percentile": "percentile",
+    "objectives": "objectives",
+    "accuracy_floor": "accuracy_floor",
+    "duration_s": "duration_s",
+    "trials_budget": "trials",
+}
+#: Settings only a Server study has (None in an Offline one).
+_SERVER_ONLY = ("latency_ms", "percentile")
+
+
+def study_setting(attrs: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """A study setting (`scenario`, `backend`, `latency_ms` ...) from the study's attributes
+    `attrs`: the stored config's value, else the attribute of that name."""
+    config = attrs.get("config")
+    field_name = _SETTINGS.get(key)
+    if field_name is not None and isinstance(config, Mapping) and field_name in config:
+        if key in _SERVER_ONLY and config.get("scenario") != "server":
+            return None
+        return config[field_name]
+    return attrs.get(key, default)
+
+
+def study_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's attributes with every setting read as `study_setting` reads it."""
+    settings = {key: study_setting(attrs, key) for key in _SETTINGS}
+    return {**attrs, **{k: v for k, v in settings.items() if k in attrs or v is not None}}
+
+
 # ---------------------------------------------------------------------------- queries
 
 
@@ -338,12 +377,10 @@ def engine_builds(study: optuna.Study) -> int | None:
         TrialRecord.from_trial(t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
-    known = [r.engine_cached for r in records if r.engine_cached is not None and not _copy(r)]
+    known = [
+        r.engine_cached for r in records if r.engine_cached is not None and r.duplicate_of is None
+    ]
     return sum(not cached for cached in known) if known else None
-
-
-def _copy(record: TrialRecord) -> bool:
-    return record.duplicate_of is not None
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -22,6 +22,7 @@ from tuner.results import (
     engine_builds,
     is_copy,
     robust_value,
+    study_setting,
 )
 from tuner.storage import redact
 
@@ -32,12 +33,13 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     trials = study.get_trials(deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     failed = sum(t.state == TrialState.FAIL for t in trials)
-    simulated = " (simulated: null backend)" if study.user_attrs.get("simulated") else ""
+    attrs = study.user_attrs
+    simulated = " (simulated: null backend)" if attrs.get("simulated") else ""
     lines = [
         f"study {study.study_name}{simulated}: {len(trials)} trials, {complete} complete, "
         f"{failed} failed",
-        f"model {study.user_attrs.get('model')} on {study.user_attrs.get('backend')} "
-        f"({study.user_attrs.get('device')}), {study.user_attrs.get('scenario')}",
+        f"model {attrs.get('model')} on {study_setting(attrs, 'backend')} "
+        f"({attrs.get('device')}), {study_setting(attrs, 'scenario')}",
     ]
     unit = "samples/s" if cfg.scenario == "offline" else "QPS"
     best = best_trial(study)
@@ -112,9 +114,9 @@ def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], fl
     """The Server run of lowest latency at the study's percentile (its trial, its compact run,
     the latency in ms) among measured trials that keep every constraint but validity (such as
     the accuracy floor), else among all; None in an Offline study or where no run logged it."""
-    if study.user_attrs.get("scenario") != "server":
+    if study_setting(study.user_attrs, "scenario") != "server":
         return None
-    percentile = study.user_attrs.get("percentile")
+    percentile = study_setting(study.user_attrs, "percentile")
     found: list[tuple[bool, float, int, FrozenTrial, dict[str, Any]]] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if is_copy(trial):
@@ -144,10 +146,10 @@ def out_of_reach_lines(study: optuna.Study) -> list[str]:
     """With no feasible trial, how far the bound was: the lowest latency a Server run measured
     at the study's percentile, its QPS and configuration, and a bound it would have met; or,
     where no trial reached a Server run, the fastest warm-up batch."""
-    if study.user_attrs.get("scenario") != "server":
+    if study_setting(study.user_attrs, "scenario") != "server":
         return []
-    pct = f"p{study.user_attrs.get('percentile', 99.0):g}"
-    bound = study.user_attrs.get("latency_ms")
+    pct = f"p{study_setting(study.user_attrs, 'percentile', 99.0):g}"
+    bound = study_setting(study.user_attrs, "latency_ms")
     bound_text = f"the {bound:g} ms bound" if isinstance(bound, (int, float)) else "the bound"
     lowest = lowest_latency(study)
     if lowest is None:

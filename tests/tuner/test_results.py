@@ -11,7 +11,11 @@ import optuna
 import pytest
 
 from harness.errors import TunerError
+from tests.tuner.conftest import MadeStudy
+from tuner import export, report
 from tuner.child import INFEASIBLE
+from tuner.config import from_stored
+from tuner.export import choose_trial
 from tuner.results import (
     CONFIRM_SCORES,
     CONFIRMED_SCORE,
@@ -22,7 +26,10 @@ from tuner.results import (
     measured_throughput,
     rate,
     robust_value,
+    study_setting,
+    study_settings,
 )
+from tuner.summary import render_summary
 
 
 def _result(**over: Any) -> dict[str, Any]:
@@ -153,3 +160,57 @@ def test_rate_refuses_a_trial_without_a_positive_rate(tmp_path: Path) -> None:
 def test_compact_run_without_a_percentile() -> None:
     run = compact_run({"scenario": "Offline", "latency_ms": {"p99": 4.0}})
     assert run["p99_ms"] == 4.0 and run["percentile_ms"] is None
+
+
+def test_study_settings_come_from_the_stored_config() -> None:
+    config = {"scenario": "offline", "backend": "null", "latency_ms": 15.0, "trials": 12}
+    attrs = {"config": config, "scenario": "stale", "model": "tiny"}
+    assert study_setting(attrs, "scenario") == "offline"
+    assert study_setting(attrs, "latency_ms") is None  # an Offline study has no bound
+    assert study_setting(attrs, "trials_budget") == 12
+    assert study_setting(attrs, "model") == "tiny"  # not a setting: the attribute
+    server = {"config": {**config, "scenario": "server", "percentile": 99.0}}
+    assert (study_setting(server, "latency_ms"), study_setting(server, "percentile")) == (
+        15.0,
+        99.0,
+    )
+    old = {"scenario": "server", "latency_ms": 10.0}  # made without a config
+    assert study_setting(old, "latency_ms") == 10.0
+    assert study_settings(old) == old
+
+
+def test_a_study_without_the_settings_beside_its_config_reads_the_same(
+    tmp_path: Path, offline_study: MadeStudy
+) -> None:
+    """Readers take the settings from the stored config: a study that no longer stores them
+    as attributes of their own reports, summarises and exports exactly as before."""
+    source = offline_study.load()
+    storage = f"sqlite:///{tmp_path / 'lean.db'}"
+    lean = optuna.create_study(
+        study_name=source.study_name, storage=storage, directions=source.directions
+    )
+    for key, value in source.user_attrs.items():
+        if key not in _DUPLICATED:
+            lean.set_user_attr(key, value)
+    lean.add_trials(source.get_trials())
+    assert not _DUPLICATED & set(lean.user_attrs)
+    cfg = from_stored(source.user_attrs["config"], storage=storage)
+    assert report.summary_lines(lean) == report.summary_lines(source)
+    assert report.trials_table(lean) == report.trials_table(source)
+    assert render_summary(lean, cfg) == render_summary(source, cfg)
+    for fmt in sorted(set(export.FORMATS) - {"json"}):  # json: stamped with the time
+        assert export.FORMATS[fmt](export.study_context(lean), choose_trial(lean)) == (
+            export.FORMATS[fmt](export.study_context(source), choose_trial(source))
+        )
+
+
+_DUPLICATED = {
+    "backend",
+    "scenario",
+    "latency_ms",
+    "percentile",
+    "objectives",
+    "accuracy_floor",
+    "duration_s",
+    "trials_budget",
+}
