@@ -23,7 +23,7 @@ from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
-from tuner.loop import budget_used, committed, exclusive, recover, run_trials
+from tuner.loop import OWNER, budget_used, committed, exclusive, recover, run_trials
 from tuner.results import TrialRecord, best_trial, is_copy, robust_value
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
@@ -346,7 +346,8 @@ def _measured_before(trial: optuna.Trial, study: optuna.Study) -> FrozenTrial | 
 
 def _reuse(trial: optuna.Trial, earlier: FrozenTrial) -> Any:
     """Copy an identical configuration's measurement instead of measuring it again."""
-    TrialRecord.from_trial(earlier).copy_of(earlier.number).store(trial)
+    # The copy keeps its own owner: the earlier trial's may be a process long gone.
+    TrialRecord.from_trial(earlier).copy_of(earlier.number, private=(OWNER,)).store(trial)
     for key, value in earlier.constraints.items():
         trial.set_constraint(key, float(value))
     values = earlier.values

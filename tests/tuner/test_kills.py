@@ -323,3 +323,23 @@ def test_kill_9_during_confirmation_leaves_no_process_and_the_rerun_finishes_it(
     (winner,) = [t for t in trials if t.number == best]
     assert len(winner.user_attrs["confirm_scores"]) == 3  # its own value and 2 repeats
     assert "confirmed" in out
+
+
+def test_a_trial_answered_from_an_earlier_one_keeps_its_own_owner(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """A repeat copies the earlier trial's measurement, not its owner (a process long gone,
+    which would have the repeat failed as 'worker died' while it is being answered)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    argv = optimize_args(storage, tmp_path, cache_dir, trials=2, duration_s=0.3)
+    space = ["--batch-sizes", "1", "--streams", "1,2", "--precisions", "fp32"]
+    first = subprocess.run([sys.executable, "-m", "tuner", *argv, *space], cwd=tmp_path)
+    assert first.returncode == 0
+    argv[argv.index("--trials") + 1] = "4"  # the space holds 2: trials 2 and 3 are copies
+    second = start([*argv, *space], tmp_path)
+    assert finish(second)[0] == 0
+    trials = trials_of(storage)
+    owners = [Owner.from_dict(t.user_attrs[OWNER]) for t in trials]
+    assert [t.user_attrs.get("duplicate_of") is not None for t in trials] == [0, 0, 1, 1]
+    assert {o.pid for o in owners[2:] if o} == {second.pid}
+    assert second.pid not in {o.pid for o in owners[:2] if o}
