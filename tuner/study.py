@@ -24,7 +24,7 @@ from harness.models import resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import OWNER, budget_used, committed, exclusive, recover, run_trials
-from tuner.results import TrialRecord, best_trial, is_copy, robust_value
+from tuner.results import TrialRecord, best_trial, is_copy, robust_value, study_setting
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
@@ -91,18 +91,20 @@ def prepare(
             {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
             for t in model.outputs
         ],
-        "backend": cfg.backend,
         "device": info.device,
         "simulated": info.simulated,
+        "space": space.to_dict(),
+        # The study's settings (backend, scenario, bound, objectives, budget ...) live in the
+        # stored config only; tuner.results.study_setting reads them (older studies: their
+        # attributes of those names).
+        "config": to_stored(cfg),
+    }
+    settings: dict[str, Any] = {
+        "backend": cfg.backend,
         "scenario": cfg.scenario,
         "latency_ms": cfg.latency_ms if cfg.scenario == "server" else None,
         "percentile": cfg.percentile if cfg.scenario == "server" else None,
         "objectives": list(cfg.objectives),
-        "accuracy_floor": cfg.accuracy_floor,
-        "space": space.to_dict(),
-        "trials_budget": cfg.trials,
-        "config": to_stored(cfg),
-        "duration_s": cfg.duration_s,
     }
     storage = open_storage(cfg.storage, heartbeat_s=heartbeat_s)
     directions: list[StudyDirection] = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
@@ -116,10 +118,12 @@ def prepare(
     )
     existing = study.user_attrs
     for key in _IDENTITY:
-        if key in existing and existing[key] != attrs[key]:
+        old = study_setting(existing, key) if key in settings else existing.get(key)
+        new = settings[key] if key in settings else attrs[key]
+        if old is not None and old != new:
             raise ConfigError(
-                f"study {name!r} was made with {_said(key, existing[key])}, not "
-                f"{_said(key, attrs[key])}; name another study with --study"
+                f"study {name!r} was made with {_said(key, old)}, not "
+                f"{_said(key, new)}; name another study with --study"
             )
     # Inputs' bound shapes (a --shape, or a study made before dims were recorded).
     if "inputs" in existing and _shapes(existing["inputs"]) != _shapes(attrs["inputs"]):
@@ -127,8 +131,9 @@ def prepare(
             f"study {name!r} was made with input shapes {_shapes(existing['inputs'])}, not "
             f"{_shapes(attrs['inputs'])}; name another study with --study"
         )
-    if existing.get("objectives", attrs["objectives"]) != attrs["objectives"]:
-        raise ConfigError(f"study {name!r} has objectives {existing['objectives']}")
+    objectives = study_setting(existing, "objectives")
+    if objectives is not None and list(objectives) != settings["objectives"]:
+        raise ConfigError(f"study {name!r} has objectives {list(objectives)}")
     for key, value in attrs.items():
         if existing.get(key) != value:
             study.set_user_attr(key, value)

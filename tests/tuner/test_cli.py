@@ -32,7 +32,7 @@ from tests.tuner.cli_checks import one_error_line, run, sha256
 from tuner import config
 from tuner.cli import main
 from tuner.export import FORMATS
-from tuner.results import best_trial, robust_value
+from tuner.results import best_trial, robust_value, study_setting
 from tuner.storage import open_storage
 
 if TYPE_CHECKING:
@@ -440,11 +440,12 @@ def test_flags_override_the_study_file(tmp_path: Path, cache_dir: Path) -> None:
     study = optuna.load_study(study_name="from-file", storage=sqlite_url(db))  # file's name
     assert len(study.get_trials()) == 1  # --trials 1, not the file's 50
     attrs = study.user_attrs
-    assert attrs["duration_s"] == 0.3 and attrs["trials_budget"] == 1  # flags
+    assert study_setting(attrs, "duration_s") == 0.3  # flags
+    assert study_setting(attrs, "trials_budget") == 1
     assert attrs["space"]["batch_size"] == [1, 4]  # --batch-sizes replaces the file's list ...
     assert attrs["space"]["streams"] == [1]  # ... and the file's other keys stay
     assert attrs["space"]["precision"] == ["fp32"]
-    assert attrs["backend"] == "null" and attrs["model"] == "tiny"
+    assert study_setting(attrs, "backend") == "null" and attrs["model"] == "tiny"
 
 
 # ---------------------------------------------------------------------------- 6. bad input

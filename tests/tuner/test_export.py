@@ -19,6 +19,7 @@ from optuna.trial import TrialState, create_trial
 
 from harness.errors import ConfigError, TunerError
 from tuner.export import FORMATS, choose_trial, export
+from tuner.results import study_setting
 
 lg = pytest.importorskip("mlperf_loadgen")
 
@@ -96,7 +97,7 @@ def _add(
     if deque is not None:
         params["deque_timeout_us"] = deque
         dists["deque_timeout_us"] = CategoricalDistribution([500, 2000, 8000])
-    offline = study.user_attrs["scenario"] == "offline"
+    offline = study_setting(study.user_attrs, "scenario") == "offline"
     score = rate if valid else 0.0
     values = [score, p99] if len(study.directions) == 2 else [score]
     study.add_trial(
