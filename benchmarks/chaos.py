@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.pg import PostgresServer, find_bin_dir  # noqa: E402
+from tests.procs import cmdline, descendants  # noqa: E402
 
 TAG_ENV = "TUNER_CHAOS_TAG"
 STUDY = "chaos"
@@ -179,7 +180,7 @@ def _fault(slots: list[Slot], rng: random.Random, tally: Tally) -> None:
         return
     slot = rng.choice(alive)
     assert slot.proc is not None
-    children = [p for p in _descendants(slot.proc.pid) if "spawn_main" in _cmdline(p)]
+    children = [p for p in descendants(slot.proc.pid) if "spawn_main" in cmdline(p)]
     child = rng.random() < 0.5 and bool(children)
     pid = rng.choice(children) if child else slot.proc.pid
     what = f"{slot.name}'s trial child" if child else slot.name
@@ -288,31 +289,8 @@ def _tagged(tag: str) -> list[str]:
             continue
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             continue
-        found.append(f"{environ.parent.name} {_cmdline(int(environ.parent.name))[:60]}")
+        found.append(f"{environ.parent.name} {cmdline(int(environ.parent.name))[:60]}")
     return found
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def build_parser() -> argparse.ArgumentParser:

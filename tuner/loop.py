@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import signal
 import threading
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import optuna
 import sqlalchemy.exc
@@ -62,6 +63,7 @@ STORAGE_ERRORS = (
 )
 
 log = logging.getLogger("tuner")
+_P = ParamSpec("_P")
 
 
 def budget_used(study: optuna.Study) -> int:
@@ -196,6 +198,24 @@ def recover(study: optuna.Study) -> list[str]:
     return lines
 
 
+def _storage_lost_is_one_line(run: Callable[_P, int]) -> Callable[_P, int]:
+    """`run` with the study database's own errors (STORAGE_ERRORS) as one TunerError line."""
+
+    @functools.wraps(run)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> int:
+        try:
+            return run(*args, **kwargs)
+        except STORAGE_ERRORS as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise TunerError(
+                f"storage: lost the study database ({first}); a trial this process was "
+                "measuring is failed and retried by the next run: re-run the same command"
+            ) from None
+
+    return guarded
+
+
+@_storage_lost_is_one_line
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], Any],
@@ -211,28 +231,9 @@ def run_trials(
     Each trial is owned by this process, named `owner`. Once the budget is committed, wait
     while trials RUNNING elsewhere may still fail (and be retried here), saying which.
     `failed` exceptions end a trial as FAIL and the loop goes on; KeyboardInterrupt ends it as
-    FAIL and propagates; anything else is a bug and propagates too.
+    FAIL and propagates; the study database lost is one TunerError line; anything else is a
+    bug and propagates too.
     """
-    try:
-        return _run_trials(study, objective, budget, timeout_s, on_done, failed, owner, say)
-    except STORAGE_ERRORS as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise TunerError(
-            f"storage: lost the study database ({first}); a trial this process was measuring "
-            "is failed and retried by the next run: re-run the same command"
-        ) from None
-
-
-def _run_trials(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], Any],
-    budget: int,
-    timeout_s: float | None,
-    on_done: Callable[[optuna.Study, FrozenTrial], None],
-    failed: tuple[type[Exception], ...],
-    owner: str,
-    say: Callable[[str], None],
-) -> int:
     started = time.monotonic()
     done = 0
     interval = compat.heartbeat_interval(study)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from tests.procs import cmdline, descendants
 from tests.tuner.test_distributed import (
     assert_exact,
     finish,
@@ -34,23 +35,6 @@ from tuner.loop import OWNER, WORKER_DIED, budget_used
 __all__ = ["processes"]  # the fixture, imported for the tests below
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (from /proc), children first."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(0), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def gone(pids: list[int], timeout: float = 20) -> list[int]:
     """Those of `pids` still alive after `timeout` s (zombies count as gone)."""
     deadline = time.monotonic() + timeout
@@ -61,13 +45,6 @@ def gone(pids: list[int], timeout: float = 20) -> list[int]:
             break
         time.sleep(0.1)
     return alive
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 # ------------------------------------------------------------------------------- owners
