@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.cli_common import (
     Parser,
@@ -19,33 +20,25 @@ from harness.cli_common import (
     common_flags,
     default_cache_dir,
     format_table,
-    parse_option,
     run_guarded,
     setup_logging,
 )
 from harness.config import check_int
-from tuner.config import DEFAULT_STORAGE, OBJECTIVES, SAMPLERS
+from tuner import config
+from tuner.config import DEFAULT_STORAGE
 from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
 
 STORAGE_ENV = "TUNER_STORAGE"
 log = logging.getLogger("tuner")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4, got {text!r}") from None
-
-
-def _str_list(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _storage_flag(parser: argparse.ArgumentParser, required_help: str = "") -> None:
+def _storage_flag(parser: argparse._ActionsContainer, required_help: str = "") -> None:
+    declared = config.declared(config.StudyConfig)["storage"]
+    assert declared.flag is not None
     parser.add_argument(
-        "--storage",
-        help=f"study database URL (default ${STORAGE_ENV}, else {DEFAULT_STORAGE}){required_help}",
+        declared.flag,
+        dest="storage",
+        help=f"{declared.help} (default ${STORAGE_ENV}, else {DEFAULT_STORAGE}){required_help}",
     )
 
 
@@ -68,105 +61,52 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         "stored in studies/tuner.db.",
     )
     p.add_argument("--config", type=Path, help="study file (studies/*.toml); flags override it")
-    p.add_argument(
-        "--study",
-        dest="name",
-        help="study name (default: from model, scenario, backend and device)",
-    )
-    _storage_flag(p)
-    g = p.add_argument_group("model and device")
-    g.add_argument("--model", help="built-in (resnet50, mobilenet, tiny) or an ONNX path")
-    g.add_argument(
-        "--backend",
-        help="onnxruntime (default, CPU or CUDA), tensorrt (NVIDIA GPU, the gpu extra), torch "
-        "(CUDA or CPU, the torch extra), null or replay (simulated, for tests and benchmarks)",
-    )
-    g.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    g.add_argument("--threads", type=int, help="intra-op threads per stream")
-    g.add_argument(
-        "--data",
-        dest="data_dir",
-        type=Path,
-        help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
-        "input (default: synthetic, seeded)",
-    )
-    g.add_argument("--samples", type=int, help="samples in the QSL")
-    g.add_argument(
-        "--backend-option",
-        action="append",
-        type=parse_option,
-        metavar="KEY=VALUE",
-        help="backend setting (repeatable)",
-    )
-    add_input_flags(
-        p.add_argument_group("model inputs and accuracy (study file: [model], [study])"),
-        defaults=False,
-    )
-    g = p.add_argument_group("scenario")
-    g.add_argument("--scenario", help="offline (default) or server")
-    g.add_argument("--latency-ms", type=float, help="Server latency bound (default 15)")
-    g.add_argument("--percentile", type=float, help="Server latency percentile (default 99)")
-    g.add_argument("--duration-s", type=float, help="LoadGen min duration per run (default 2)")
-    g.add_argument("--min-queries", type=int, help="Server min query count (default 600)")
-    g.add_argument(
-        "--answer-runs",
-        type=int,
-        metavar="N",
-        help="Server: VALID runs each trial's max-QPS search needs at its answer (default 2; "
-        "1 is the cheapest search, each more costs a run per trial)",
-    )
-    g = p.add_argument_group("search")
-    g.add_argument(
-        "--batch-sizes",
-        type=_int_list,
-        help="e.g. 1,2,4,8 (default: powers of two up to --max-batch)",
-    )
-    g.add_argument("--max-batch", type=int, help="largest default batch size (default 32)")
-    g.add_argument("--streams", type=_int_list, help="e.g. 1,2 (default 1..--max-streams)")
-    g.add_argument("--max-streams", type=int, help="default 2")
-    g.add_argument(
-        "--precisions",
-        type=_str_list,
-        help="e.g. fp32,int8 (default: all the backend runs on the device)",
-    )
-    g.add_argument(
-        "--deque-timeouts-us",
-        dest="deque_timeout_us",
-        type=_int_list,
-        help="Server batching timeouts to try (default 500,2000,8000)",
-    )
-    g.add_argument("--trials", type=int, help="trial budget of the study (default 12)")
-    g.add_argument("--timeout", dest="timeout_s", type=float, help="stop after this many seconds")
-    g.add_argument(
-        "--trial-timeout",
-        dest="trial_timeout_s",
-        type=float,
-        help="fail a trial that runs longer (default 600 s)",
-    )
-    g.add_argument("--sampler", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
-    g.add_argument("--seed", type=int, help="sampler and sample-data seed (default 0)")
-    g.add_argument(
-        "--objectives",
-        type=_str_list,
-        help=f"throughput, or throughput,p99 (Server; Pareto front); from {OBJECTIVES}",
-    )
-    g.add_argument(
-        "--accuracy-floor",
-        type=float,
-        help="least top-1 agreement with fp32 a precision must keep (default 0.8)",
-    )
-    g.add_argument(
-        "--confirm-runs",
-        type=int,
-        help="once the budget is spent, measure each top configuration this many more times; "
-        "the best median wins (default 2; 0: the best single run wins)",
-    )
-    g.add_argument(
-        "--confirm-top",
-        type=int,
-        help="how many of the best configurations to confirm (default 3)",
-    )
-    g = p.add_argument_group("workers")
+    for title in (None, *_GROUPS):
+        group = p if title is None else p.add_argument_group(title)
+        if title == _WORKERS:
+            _worker_flags(group)
+        else:
+            _setting_flags(group, title)
+    p.set_defaults(action=_optimize)
+
+
+_WORKERS = "workers"
+#: `optimize --help` groups in order; the settings' flags go to the group they declare.
+_GROUPS = (
+    config.MODEL_GROUP,
+    config.INPUTS_GROUP,
+    config.SCENARIO_GROUP,
+    config.SEARCH_GROUP,
+    _WORKERS,
+    config.FILES_GROUP,
+)
+
+
+def _setting_flags(group: argparse._ActionsContainer, title: str | None) -> None:
+    """Add the flag of each setting (tuner.config.StudyConfig and Space) that declares this
+    help group (None: the command's own options)."""
+    shared_added = False
+    for name, declared in config.flag_settings().items():
+        if declared.group != title or declared.flag is None:
+            continue
+        if declared.shared:  # the harness's input flags, shared with `harness run`, all at once
+            if not shared_added:
+                add_input_flags(group, defaults=False)  # type: ignore[arg-type]
+                shared_added = True
+        elif name == "storage":  # also on the commands that open a study
+            _storage_flag(group)
+        else:
+            group.add_argument(
+                declared.flag,
+                dest=name,
+                metavar=declared.metavar,
+                action="append" if declared.repeat else "store",
+                type=declared.type or str,
+                help=config.flag_help(name),
+            )
+
+
+def _worker_flags(g: argparse._ActionsContainer) -> None:
     g.add_argument(
         "--workers",
         type=int,
@@ -179,10 +119,6 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         "one model share a study, each model gets its own",
     )
     _heartbeat_flag(g)
-    g = p.add_argument_group("files")
-    g.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
-    g.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
-    p.set_defaults(action=_optimize)
 
 
 def _heartbeat_flag(parser: argparse._ActionsContainer) -> None:
@@ -331,50 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _optimize(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner import config
     from tuner.pipeline import Trials, optimize
 
-    fields = (
-        "name",
-        "model",
-        "backend",
-        "device",
-        "threads",
-        "data_dir",
-        "samples",
-        "scenario",
-        "latency_ms",
-        "percentile",
-        "duration_s",
-        "min_queries",
-        "answer_runs",
-        "batch_sizes",
-        "max_batch",
-        "streams",
-        "max_streams",
-        "precisions",
-        "deque_timeout_us",
-        "trials",
-        "timeout_s",
-        "trial_timeout_s",
-        "sampler",
-        "seed",
-        "objectives",
-        "accuracy_floor",
-        "accuracy_metric",
-        "accuracy_output",
-        "confirm_runs",
-        "confirm_top",
-        "cache_dir",
-        "runs_dir",
-    )
-    overrides = {f: getattr(args, f) for f in fields}
-    for key in ("dims", "shapes", "input_ranges"):  # repeatable NAME=... flags -> a table
-        overrides[key] = dict(getattr(args, key)) if getattr(args, key) else None
-    overrides["storage"] = args.storage or os.environ.get(STORAGE_ENV)
-    if args.backend_option:
-        overrides["backend_options"] = dict(args.backend_option)
-    cfg = config.build(args.config, **overrides)  # no --cache-dir: StudyConfig's default
+    cfg = _study_config(args)
     # The progress lines of `optimize` say what Optuna's INFO log would, once; -q means quiet.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
     check_int("--workers", args.workers, 1)
@@ -388,6 +283,18 @@ def _optimize(args: argparse.Namespace) -> int:
     if finished.message is not None:
         print(f"tuner: {finished.message}", file=sys.stderr)
     return finished.code
+
+
+def _study_config(args: argparse.Namespace) -> config.StudyConfig:
+    """Defaults, then the study file, then the flags of the settings that declare one."""
+    overrides: dict[str, Any] = {}
+    for name, declared in config.flag_settings().items():
+        value = getattr(args, name)
+        if declared.repeat:  # repeatable NAME=... flags -> a table
+            value = dict(value) if value else None
+        overrides[name] = value
+    overrides["storage"] = args.storage or os.environ.get(STORAGE_ENV)
+    return config.build(args.config, **overrides)  # no --cache-dir: StudyConfig's default
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 """A study's configuration: `studies/*.toml` and command-line flags, validated once into a
 frozen `StudyConfig`. Unknown keys and bad values raise ConfigError naming the key.
+Each setting is declared once, on its field (`setting(...)`): its study-file key, its
+`optimize` flag and help; the section table and the CLI's flags are derived from those.
 
 Layout of a study file (every key optional):
 
@@ -20,13 +22,15 @@ Layout of a study file (every key optional):
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from harness.cli_common import parse_option
 from harness.config import (
     ACCURACY_METRICS,
     PRECISIONS,
@@ -46,110 +50,407 @@ SAMPLERS = ("tpe", "random", "grid")
 OBJECTIVES = ("throughput", "p99")
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 
+#: `optimize --help` groups of the settings' flags (None: the command's own options).
+MODEL_GROUP = "model and device"
+INPUTS_GROUP = "model inputs and accuracy (study file: [model], [study])"
+SCENARIO_GROUP = "scenario"
+SEARCH_GROUP = "search"
+FILES_GROUP = "files"
+_META = "setting"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where one StudyConfig (or Space) field is set: its study-file key, its `optimize` flag
+    and that flag's help. Declared once, on the field, through `setting(...)`."""
+
+    section: str | None = None  # study-file [section]; None: flags only
+    key: str = ""  # key in the section ("": the field's name)
+    flag: str | None = None  # `optimize` flag (dest: the field's name); None: none
+    help: str = ""  # "{default}" stands for the field's default
+    type: Callable[[str], Any] | None = None
+    metavar: str | None = None
+    group: str | None = None  # `optimize --help` group
+    table: bool = False  # the field is the whole [section] (or [[section]] array)
+    repeat: bool = False  # a repeatable NAME=VALUE flag, collected into a table
+    merge: bool = False  # the flag's entries add to the study file's table
+    shared: bool = False  # flag and help from harness.cli_common.add_input_flags
+    local: bool = False  # describes this host, not the study: never stored with it
+
+
+def setting(**kwargs: Any) -> dict[str, Setting]:
+    """A dataclass field's metadata: `field(default=..., metadata=setting(...))`."""
+    return {_META: Setting(**kwargs)}
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,2,4, got {text!r}") from None
+
+
+def str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _space_setting(flag: str, help: str, type: Callable[[str], Any]) -> dict[str, Setting]:
+    return setting(section="space", flag=flag, help=help, type=type, group=SEARCH_GROUP)
+
 
 @dataclass(frozen=True)
 class Space:
     """The search space; None means 'derive from the backend's capabilities'."""
 
-    batch_sizes: tuple[int, ...] | None = None
-    max_batch: int = 32
-    streams: tuple[int, ...] | None = None
-    max_streams: int = 2
-    precisions: tuple[str, ...] | None = None
-    deque_timeout_us: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_space_setting(
+            "--batch-sizes", "e.g. 1,2,4,8 (default: powers of two up to --max-batch)", int_list
+        ),
+    )
+    max_batch: int = field(
+        default=32,
+        metadata=_space_setting(
+            "--max-batch", "largest default batch size (default {default})", int
+        ),
+    )
+    streams: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_space_setting("--streams", "e.g. 1,2 (default 1..--max-streams)", int_list),
+    )
+    max_streams: int = field(
+        default=2, metadata=_space_setting("--max-streams", "default {default}", int)
+    )
+    precisions: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_space_setting(
+            "--precisions",
+            "e.g. fp32,int8 (default: all the backend runs on the device)",
+            str_list,
+        ),
+    )
+    deque_timeout_us: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_space_setting(
+            "--deque-timeouts-us",
+            "Server batching timeouts to try (default 500,2000,8000)",
+            int_list,
+        ),
+    )
+
+
+def _study(flag: str, help: str, type: Callable[[str], Any] | None = None) -> dict[str, Setting]:
+    return setting(section="study", flag=flag, help=help, type=type, group=SEARCH_GROUP)
+
+
+def _scenario(flag: str, help: str, type: Callable[[str], Any], **more: Any) -> dict[str, Setting]:
+    return setting(
+        section="scenario", flag=flag, help=help, type=type, group=SCENARIO_GROUP, **more
+    )
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    name: str | None = None
-    storage: str = DEFAULT_STORAGE
-    trials: int = 12
-    timeout_s: float | None = None
-    trial_timeout_s: float = 600.0
-    sampler: str = "tpe"
-    seed: int = 0
-    objectives: tuple[str, ...] = ("throughput",)
+    """A study's settings. Each field's metadata (`setting`) declares its study-file key, its
+    `optimize` flag and help; the field order is the order of a section's keys and of the flags
+    in a help group."""
+
+    name: str | None = field(
+        default=None,
+        metadata=setting(
+            section="study",
+            flag="--study",
+            help="study name (default: from model, scenario, backend and device)",
+        ),
+    )
+    storage: str = field(
+        default=DEFAULT_STORAGE,
+        metadata=setting(section="study", flag="--storage", help="study database URL", local=True),
+    )
+    trials: int = field(
+        default=12,
+        metadata=_study("--trials", "trial budget of the study (default {default})", int),
+    )
+    timeout_s: float | None = field(
+        default=None, metadata=_study("--timeout", "stop after this many seconds", float)
+    )
+    trial_timeout_s: float = field(
+        default=600.0,
+        metadata=_study(
+            "--trial-timeout", "fail a trial that runs longer (default {default} s)", float
+        ),
+    )
+    sampler: str = field(
+        default="tpe",
+        metadata=_study("--sampler", f"one of {', '.join(SAMPLERS)} (default {{default}})"),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_study("--seed", "sampler and sample-data seed (default {default})", int),
+    )
+    objectives: tuple[str, ...] = field(
+        default=("throughput",),
+        metadata=_study(
+            "--objectives",
+            f"throughput, or throughput,p99 (Server; Pareto front); from {OBJECTIVES}",
+            str_list,
+        ),
+    )
     #: Least top-1 agreement with fp32 an fp16/int8 variant must keep. The built-in models have
     #: synthetic weights and inputs with small logit margins (int8 agrees on ~80-90% of
     #: samples); with a real model and real data, 0.99 mirrors MLPerf's 99%-of-fp32 rule.
-    accuracy_floor: float = 0.8
+    accuracy_floor: float = field(
+        default=0.8,
+        metadata=_study(
+            "--accuracy-floor",
+            "least top-1 agreement with fp32 a precision must keep (default {default})",
+            float,
+        ),
+    )
     #: How fp16/int8 outputs are compared with fp32 (harness.precision.agreement): the floor
     #: applies to this metric's value, on this output (None: the first).
-    accuracy_metric: str = "auto"
-    accuracy_output: str | None = None
+    accuracy_metric: str = field(
+        default="auto",
+        metadata=setting(
+            section="study", flag="--accuracy-metric", group=INPUTS_GROUP, shared=True
+        ),
+    )
+    accuracy_output: str | None = field(
+        default=None,
+        metadata=setting(
+            section="study", flag="--accuracy-output", group=INPUTS_GROUP, shared=True
+        ),
+    )
     #: Extra measurements of each of the `confirm_top` best configurations once the budget is
     #: spent; the best median wins (0: the best single run wins).
-    confirm_runs: int = 2
-    confirm_top: int = 3
-    model: str = "resnet50"
-    data_dir: Path | None = None
-    samples: int | None = None
+    confirm_runs: int = field(
+        default=2,
+        metadata=_study(
+            "--confirm-runs",
+            "once the budget is spent, measure each top configuration this many more times; "
+            "the best median wins (default {default}; 0: the best single run wins)",
+            int,
+        ),
+    )
+    confirm_top: int = field(
+        default=3,
+        metadata=_study(
+            "--confirm-top",
+            "how many of the best configurations to confirm (default {default})",
+            int,
+        ),
+    )
+    model: str = field(
+        default="resnet50",
+        metadata=setting(
+            section="model",
+            key="name",
+            flag="--model",
+            help="built-in (resnet50, mobilenet, tiny) or an ONNX path",
+            group=MODEL_GROUP,
+        ),
+    )
+    backend: str = field(
+        default="onnxruntime",
+        metadata=setting(
+            section="backend",
+            key="name",
+            flag="--backend",
+            help="onnxruntime (default, CPU or CUDA), tensorrt (NVIDIA GPU, the gpu extra), torch "
+            "(CUDA or CPU, the torch extra), null or replay (simulated, for tests and benchmarks)",
+            group=MODEL_GROUP,
+        ),
+    )
+    device: str = field(
+        default="cpu",
+        metadata=setting(
+            section="backend",
+            flag="--device",
+            help="cpu (default), cuda or cuda:N",
+            group=MODEL_GROUP,
+        ),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=setting(
+            section="backend",
+            flag="--threads",
+            help="intra-op threads per stream",
+            type=int,
+            group=MODEL_GROUP,
+        ),
+    )
+    data_dir: Path | None = field(
+        default=None,
+        metadata=setting(
+            section="model",
+            flag="--data",
+            help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
+            "input (default: synthetic, seeded)",
+            type=Path,
+            group=MODEL_GROUP,
+        ),
+    )
+    samples: int | None = field(
+        default=None,
+        metadata=setting(
+            section="model",
+            flag="--samples",
+            help="samples in the QSL",
+            type=int,
+            group=MODEL_GROUP,
+        ),
+    )
     #: Symbolic non-batch dims bound by name, an input's non-batch sizes, and the synthetic
     #: values' ranges (harness RunConfig.dims / shapes / input_ranges). Dims and shapes are
     #: part of the study's identity.
-    dims: Mapping[str, int] = field(default_factory=dict)
-    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    backend: str = "onnxruntime"
-    device: str = "cpu"
-    threads: int | None = None
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
-    scenario: str = "offline"
-    latency_ms: float = 15.0
-    percentile: float = 99.0
-    duration_s: float = 2.0
-    min_queries: int | None = None
+    dims: Mapping[str, int] = field(
+        default_factory=dict,
+        metadata=setting(
+            section="model", flag="--dim", group=INPUTS_GROUP, shared=True, repeat=True, merge=True
+        ),
+    )
+    shapes: Mapping[str, tuple[int, ...]] = field(
+        default_factory=dict,
+        metadata=setting(
+            section="model",
+            flag="--shape",
+            group=INPUTS_GROUP,
+            shared=True,
+            repeat=True,
+            merge=True,
+        ),
+    )
+    input_ranges: Mapping[str, tuple[float, float]] = field(
+        default_factory=dict,
+        metadata=setting(
+            section="model",
+            flag="--input-range",
+            group=INPUTS_GROUP,
+            shared=True,
+            repeat=True,
+            merge=True,
+        ),
+    )
+    backend_options: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata=setting(
+            section="backend",
+            key="options",
+            flag="--backend-option",
+            help="backend setting (repeatable)",
+            type=parse_option,
+            metavar="KEY=VALUE",
+            group=MODEL_GROUP,
+            repeat=True,
+        ),
+    )
+    scenario: str = field(
+        default="offline",
+        metadata=setting(
+            section="scenario",
+            key="name",
+            flag="--scenario",
+            help="offline (default) or server",
+            group=SCENARIO_GROUP,
+        ),
+    )
+    latency_ms: float = field(
+        default=15.0,
+        metadata=_scenario("--latency-ms", "Server latency bound (default {default})", float),
+    )
+    percentile: float = field(
+        default=99.0,
+        metadata=_scenario("--percentile", "Server latency percentile (default {default})", float),
+    )
+    duration_s: float = field(
+        default=2.0,
+        metadata=_scenario(
+            "--duration-s", "LoadGen min duration per run (default {default})", float
+        ),
+    )
+    min_queries: int | None = field(
+        default=None,
+        metadata=_scenario("--min-queries", "Server min query count (default 600)", int),
+    )
     #: Server: VALID runs each trial's max-QPS search needs at its answer.
-    answer_runs: int = ScenarioSpec.answer_runs
-    space: Space = Space()
-    enqueue: tuple[Mapping[str, Any], ...] = ()
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    runs_dir: Path = Path("runs")
+    answer_runs: int = field(
+        default=ScenarioSpec.answer_runs,
+        metadata=_scenario(
+            "--answer-runs",
+            "Server: VALID runs each trial's max-QPS search needs at its answer (default "
+            "{default}; 1 is the cheapest search, each more costs a run per trial)",
+            int,
+            metavar="N",
+        ),
+    )
+    space: Space = field(default=Space(), metadata=setting(section="space", table=True))
+    enqueue: tuple[Mapping[str, Any], ...] = field(
+        default=(), metadata=setting(section="enqueue", table=True)
+    )
+    cache_dir: Path = field(
+        default_factory=default_cache_dir,
+        metadata=setting(
+            flag="--cache-dir", help="default {default}", type=Path, group=FILES_GROUP, local=True
+        ),
+    )
+    runs_dir: Path = field(
+        default=Path("runs"),
+        metadata=setting(
+            flag="--runs-dir",
+            help="LoadGen logs of every trial (default {default}/)",
+            type=Path,
+            group=FILES_GROUP,
+            local=True,
+        ),
+    )
 
     def __post_init__(self) -> None:
-        check_int("study.trials", self.trials, 1)
+        check_int(_key("trials"), self.trials, 1)
         if self.timeout_s is not None:
-            check_float("study.timeout_s", self.timeout_s, 0.0)
-        check_float("study.trial_timeout_s", self.trial_timeout_s, 0.0)
-        check_choice("study.sampler", self.sampler, SAMPLERS)
-        check_int("study.seed", self.seed, 0)
+            check_float(_key("timeout_s"), self.timeout_s, 0.0)
+        check_float(_key("trial_timeout_s"), self.trial_timeout_s, 0.0)
+        check_choice(_key("sampler"), self.sampler, SAMPLERS)
+        check_int(_key("seed"), self.seed, 0)
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):
-            raise ConfigError(f"study.objectives: give distinct names, got {self.objectives!r}")
+            raise ConfigError(
+                f"{_key('objectives')}: give distinct names, got {self.objectives!r}"
+            )
         for name in self.objectives:
-            check_choice("study.objectives", name, OBJECTIVES)
+            check_choice(_key("objectives"), name, OBJECTIVES)
         if self.objectives[0] != "throughput":
-            raise ConfigError("study.objectives: the first objective must be 'throughput'")
+            raise ConfigError(f"{_key('objectives')}: the first objective must be 'throughput'")
         if self.multi_objective and self.scenario != "server":
             raise ConfigError(
-                "study.objectives: p99 is an objective of the server scenario only "
+                f"{_key('objectives')}: p99 is an objective of the server scenario only "
                 "(Offline latencies measure the whole query, not a sample)"
             )
-        check_float("study.accuracy_floor", self.accuracy_floor, -1e-9, 1.0 + 1e-9)
-        check_choice("study.accuracy_metric", self.accuracy_metric, ACCURACY_METRICS)
+        check_float(_key("accuracy_floor"), self.accuracy_floor, -1e-9, 1.0 + 1e-9)
+        check_choice(_key("accuracy_metric"), self.accuracy_metric, ACCURACY_METRICS)
         if self.accuracy_output is not None and not (
             isinstance(self.accuracy_output, str) and self.accuracy_output
         ):
             raise ConfigError(
-                f"study.accuracy_output: must be an output name, got {self.accuracy_output!r}"
+                f"{_key('accuracy_output')}: must be an output name, got {self.accuracy_output!r}"
             )
-        object.__setattr__(self, "dims", check_dims("model.dims", self.dims))
-        object.__setattr__(self, "shapes", check_shapes("model.shapes", self.shapes))
+        object.__setattr__(self, "dims", check_dims(_key("dims"), self.dims))
+        object.__setattr__(self, "shapes", check_shapes(_key("shapes"), self.shapes))
         object.__setattr__(
-            self, "input_ranges", check_ranges("model.input_ranges", self.input_ranges)
+            self, "input_ranges", check_ranges(_key("input_ranges"), self.input_ranges)
         )
-        check_int("study.confirm_runs", self.confirm_runs, 0)
-        check_int("study.confirm_top", self.confirm_top, 1)
-        check_choice("scenario.name", self.scenario, SCENARIO_NAMES)
-        check_float("scenario.latency_ms", self.latency_ms, 0.0)
-        check_float("scenario.percentile", self.percentile, 0.0, 100.0)
-        check_float("scenario.duration_s", self.duration_s, 0.0)
+        check_int(_key("confirm_runs"), self.confirm_runs, 0)
+        check_int(_key("confirm_top"), self.confirm_top, 1)
+        check_choice(_key("scenario"), self.scenario, SCENARIO_NAMES)
+        check_float(_key("latency_ms"), self.latency_ms, 0.0)
+        check_float(_key("percentile"), self.percentile, 0.0, 100.0)
+        check_float(_key("duration_s"), self.duration_s, 0.0)
         if self.min_queries is not None:
-            check_int("scenario.min_queries", self.min_queries, 1)
-        check_int("scenario.answer_runs", self.answer_runs, 1)
+            check_int(_key("min_queries"), self.min_queries, 1)
+        check_int(_key("answer_runs"), self.answer_runs, 1)
         if self.threads is not None:
-            check_int("backend.threads", self.threads, 1)
+            check_int(_key("threads"), self.threads, 1)
         if self.samples is not None:
-            check_int("model.samples", self.samples, 1)
+            check_int(_key("samples"), self.samples, 1)
         _check_space(self.space)
         for i, point in enumerate(self.enqueue):
             _check_point(f"enqueue[{i}]", point)
@@ -159,55 +460,59 @@ class StudyConfig:
         return len(self.objectives) > 1
 
 
-# TOML section -> {toml key: StudyConfig field}
-_SECTIONS: dict[str, dict[str, str]] = {
-    "study": {
-        "name": "name",
-        "storage": "storage",
-        "trials": "trials",
-        "timeout_s": "timeout_s",
-        "trial_timeout_s": "trial_timeout_s",
-        "sampler": "sampler",
-        "seed": "seed",
-        "objectives": "objectives",
-        "accuracy_floor": "accuracy_floor",
-        "accuracy_metric": "accuracy_metric",
-        "accuracy_output": "accuracy_output",
-        "confirm_runs": "confirm_runs",
-        "confirm_top": "confirm_top",
-    },
-    "model": {
-        "name": "model",
-        "data_dir": "data_dir",
-        "samples": "samples",
-        "dims": "dims",
-        "shapes": "shapes",
-        "input_ranges": "input_ranges",
-    },
-    "backend": {
-        "name": "backend",
-        "device": "device",
-        "threads": "threads",
-        "options": "backend_options",
-    },
-    "scenario": {
-        "name": "scenario",
-        "latency_ms": "latency_ms",
-        "percentile": "percentile",
-        "duration_s": "duration_s",
-        "min_queries": "min_queries",
-        "answer_runs": "answer_runs",
-    },
-}
-_SPACE_KEYS = {f.name for f in fields(Space)}
+def declared(cls: type) -> dict[str, Setting]:
+    """Each field of StudyConfig or Space by name, with its declaration."""
+    return {f.name: f.metadata[_META] for f in fields(cls)}
+
+
+def flag_settings() -> dict[str, Setting]:
+    """The settings `optimize` takes as flags, in `--help` order (the space's first)."""
+    both = {**declared(Space), **declared(StudyConfig)}
+    return {name: s for name, s in both.items() if s.flag is not None}
+
+
+def flag_help(name: str) -> str:
+    """The help of a setting's flag, its "{default}" replaced by the field's default."""
+    found = {f.name: f for f in (*fields(Space), *fields(StudyConfig))}[name]
+    return found.metadata[_META].help.replace("{default}", _shown(_default(found)))
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _sections() -> dict[str, dict[str, str]]:
+    """study-file section -> {key: StudyConfig field}, in declaration order."""
+    sections: dict[str, dict[str, str]] = {}
+    for name, s in declared(StudyConfig).items():
+        if s.section is not None and not s.table:
+            sections.setdefault(s.section, {})[s.key or name] = name
+    return sections
+
+
+_DECLARED = declared(StudyConfig)
+_SECTIONS = _sections()
+#: Every section a study file may have, the whole-table ones ([space], [[enqueue]]) included.
+_SECTION_NAMES = tuple(dict.fromkeys(s.section for s in _DECLARED.values() if s.section))
+_SPACE_KEYS = {s.key or name for name, s in declared(Space).items()}
 #: Tables whose flags (--dim, --shape, --input-range) add entries to the study file's.
-_MERGED = ("dims", "shapes", "input_ranges")
+_MERGED = tuple(name for name, s in _DECLARED.items() if s.merge)
 _POINT_KEYS = ("batch_size", "streams", "precision", "deque_timeout_us")
-
-
 #: Fields that describe this host, not the study: never stored with it (the storage URL may
 #: hold a password).
-_LOCAL_FIELDS = ("storage", "cache_dir", "runs_dir")
+_LOCAL_FIELDS = tuple(name for name, s in _DECLARED.items() if s.local)
+
+
+def _key(name: str) -> str:
+    """A StudyConfig field's study-file key, "section.key", for messages."""
+    s = _DECLARED[name]
+    return f"{s.section}.{s.key or name}"
 
 
 def to_stored(cfg: StudyConfig) -> dict[str, Any]:
@@ -247,9 +552,9 @@ def from_mapping(data: Mapping[str, Any], where: str = "study file") -> dict[str
     """Translate the nested TOML layout into StudyConfig field values."""
     values: dict[str, Any] = {}
     for section, content in data.items():
-        if section == "space":
+        if section == _DECLARED["space"].section:
             values["space"] = _space(_table(content, section, where), where)
-        elif section == "enqueue":
+        elif section == _DECLARED["enqueue"].section:
             if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
                 raise ConfigError(f"{where}: [[enqueue]] must be an array of tables")
             values["enqueue"] = tuple(content)
@@ -261,7 +566,7 @@ def from_mapping(data: Mapping[str, Any], where: str = "study file") -> dict[str
                     raise ConfigError(f"{where}: unknown key {section}.{key} (valid: {valid})")
                 values[keys[key]] = _coerce(keys[key], value)
         else:
-            valid = ", ".join([*_SECTIONS, "space", "enqueue"])
+            valid = ", ".join(_SECTION_NAMES)
             raise ConfigError(f"{where}: unknown section [{section}] (valid: {valid})")
     return values
 
@@ -339,16 +644,17 @@ def _check_point(where: str, point: Mapping[str, Any]) -> None:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    if key in ("data_dir", "cache_dir", "runs_dir") and isinstance(value, str):
+    declared = _DECLARED.get(key)
+    if declared is not None and declared.type is Path and isinstance(value, str):
         return Path(value)
     if key == "objectives":
         if isinstance(value, str):
             return (value,)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"study.objectives: must be a name or a list, got {value!r}")
+            raise ConfigError(f"{_key(key)}: must be a name or a list, got {value!r}")
         return tuple(value)
     if key == "backend_options" and not isinstance(value, dict):
-        raise ConfigError(f"backend.options: must be a table, got {value!r}")
+        raise ConfigError(f"{_key(key)}: must be a table, got {value!r}")
     if key in _MERGED and not isinstance(value, Mapping):
-        raise ConfigError(f"model.{key}: must be a table, got {value!r}")
+        raise ConfigError(f"{_key(key)}: must be a table, got {value!r}")
     return value
