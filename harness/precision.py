@@ -140,7 +140,8 @@ def make_variant(
             raise VariantUnavailable(reason) from exc
         # The hash first, the weights beside the variant next, the .onnx last (each atomic):
         # a variant in place has a recorded hash, and one cut short by a kill fails its check.
-        _write_atomic_text(_hash_path(path), model_sha256(built)[0])
+        sha, _ = model_sha256(built)
+        _write_atomic_text(_hash_path(path), sha)
         data = built.with_name(built.name + ".data")
         if data.exists():
             os.replace(data, path.with_name(path.name + ".data"))
@@ -148,7 +149,6 @@ def make_variant(
     seconds = time.perf_counter() - start
     if note:
         log.warning("%s variant of %s: %s", precision, model.name, note)
-    sha, _ = _read_variant(path)
     return Variant(precision, path, sha, model.sha256, seconds, cached=False, note=note)
 
 

@@ -193,8 +193,7 @@ class SystemSUT:
         positive = [w for w in weights if w > 0]
         fallback = min(positive) if positive else 1.0
         self.weights = [w if w > 0 else fallback for w in weights]
-        #: Samples routed to each device so far (over every LoadGen run).
-        self.routed = [0] * len(self.suts)
+        self._routed = [0] * len(self.suts)
         self._chunk = min(s.batch_size for s in self.suts)
         self._lock = threading.Lock()
         self._next = 0
@@ -207,21 +206,30 @@ class SystemSUT:
     def samples_done(self) -> int:
         return sum(s.samples_done for s in self.suts)
 
+    @property
+    def routed(self) -> list[int]:
+        """Samples routed to each device so far (over every LoadGen run). A system of one
+        routes nothing itself: its device's count is what that device completed."""
+        if len(self.suts) == 1:
+            return [self.suts[0].samples_done]
+        with self._lock:
+            return list(self._routed)
+
     # LoadGen callbacks: they run on LoadGen's threads and must never raise.
     def issue(self, ids: list[int], indices: list[int]) -> None:
-        if len(self.suts) == 1:
-            with self._lock:
-                self.routed[0] += len(ids)
+        if len(self.suts) == 1:  # straight through: no lock on the per-query path
             self.suts[0].issue(ids, indices)
             return
         with self._lock:
             parts: list[tuple[list[int], list[int]]] = [([], []) for _ in self.suts]
-            outstanding = [r - s.samples_done for r, s in zip(self.routed, self.suts, strict=True)]
+            outstanding = [
+                r - s.samples_done for r, s in zip(self._routed, self.suts, strict=True)
+            ]
             for start in range(0, len(ids), self._chunk):
                 end = min(start + self._chunk, len(ids))
                 device = self._least_loaded(outstanding, end - start)
                 outstanding[device] += end - start
-                self.routed[device] += end - start
+                self._routed[device] += end - start
                 parts[device][0].extend(ids[start:end])
                 parts[device][1].extend(indices[start:end])
         for sut, (part_ids, part_indices) in zip(self.suts, parts, strict=True):

@@ -276,9 +276,8 @@ def _optimize(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (
         (lambda _: None) if args.quiet else (lambda line: log.info("%s", line))
     )
-    trials = Trials(args.workers, args.gpus, args.heartbeat_s, args.quiet)
-    trials.check(cfg, args.device)
-    finished = optimize(cfg, say, trials)
+    trials = Trials(args.workers, args.gpus, args.heartbeat_s, args.quiet, args.device)
+    finished = optimize(cfg, say, trials)  # checks the --gpus flags first
     print(finished.summary)
     if finished.message is not None:
         print(f"tuner: {finished.message}", file=sys.stderr)

@@ -180,12 +180,14 @@ def recover(study: optuna.Study) -> list[str]:
     holding `exclusive(study)`. Gone: an owner on this host that no longer exists, or no owner
     at all (a trial is asked and owned under that lock, so its asker died in between), or an
     owner elsewhere silent past the heartbeat's grace period. One line per trial failed."""
-    stale = set(compat.stale_trial_ids(study))
+    stale: set[int] | None = None  # read once, and only for an owner elsewhere
     lines = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = Owner.from_dict(trial.user_attrs.get(OWNER))
         alive = owner.alive() if owner is not None else False
-        if alive or (alive is None and compat.trial_id(trial) not in stale):
+        if alive is None and stale is None:
+            stale = set(compat.stale_trial_ids(study))
+        if alive or (alive is None and compat.trial_id(trial) not in (stale or ())):
             continue
         who = owner.describe() if owner is not None else "its worker"
         why = "went silent" if alive is None else "ended"

@@ -38,8 +38,10 @@ class Trials:
     gpus: str | None = None
     heartbeat_s: int = HEARTBEAT_S
     quiet: bool = False
+    #: The `--device` flag as given (None: not given); with `--gpus` only cuda:0 makes sense.
+    device: str | None = None
 
-    def check(self, cfg: StudyConfig, device: str | None = None) -> None:
+    def check(self, cfg: StudyConfig) -> None:
         """A ConfigError for `--gpus` with a CPU backend, with `--workers`, or with a
         `--device` (the flag) other than cuda:0."""
         if self.gpus is None:
@@ -47,9 +49,9 @@ class Trials:
         check_gpu_backend(cfg.backend)
         if self.workers != 1:
             raise ConfigError("--workers: --gpus starts one worker per GPU; give one or the other")
-        if device not in (None, "cuda", "cuda:0"):
+        if self.device not in (None, "cuda", "cuda:0"):
             raise ConfigError(
-                f"--device: each --gpus worker runs on cuda:0 of its own GPU, not {device!r}"
+                f"--device: each --gpus worker runs on cuda:0 of its own GPU, not {self.device!r}"
             )
 
 

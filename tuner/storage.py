@@ -128,11 +128,10 @@ def _say_when_locked(engine: sqlalchemy.Engine, path: Path) -> None:
     """Every statement on `engine` that finds the database locked past the busy timeout
     raises `locked_error` (Optuna would wrap it in a StorageInternalError about invalid
     data; it ends the command with one line instead)."""
-    error = locked_error(path)  # the timeout the engine's connections were given
 
     def on_error(context: sqlalchemy.engine.ExceptionContext) -> None:
         if is_locked(context.original_exception):
-            raise error
+            raise locked_error(path)
 
     sqlalchemy.event.listen(engine, "handle_error", on_error)
 
