@@ -44,6 +44,9 @@ class Result:
     #: What the model was fed: bound dims, each input's shape and the range of its synthetic
     #: values or the data folder (harness.runner.describe_inputs).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: The backend was kept loaded from an earlier measurement in the same process (a warm
+    #: trial worker, harness.warm): `engine_build_s` is then ~0.
+    backend_reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,6 @@ refit included).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import itertools
 import logging
@@ -59,6 +58,7 @@ from harness.queueing import (
 from harness.result import Result
 from harness.scenarios import Outcome, offline, server
 from harness.sut import BatchingSUT, LoadgenSut, SystemSUT
+from harness.warm import Warm, inputs_key
 
 log = logging.getLogger("harness")
 
@@ -136,60 +136,85 @@ class Measurement:
     routed: tuple[int, ...]
     batches: tuple[int, ...]
     gpu: dict[str, Any] | None
+    #: Every backend was kept loaded from an earlier measurement (harness.warm).
+    reused: bool = False
 
     @property
     def simulated(self) -> bool:
         return any(info.simulated for info in self.infos)
 
 
-def measure(run: RunConfig, spec: ScenarioSpec) -> Result:
+def measure(run: RunConfig, spec: ScenarioSpec, warm: Warm | None = None) -> Result:
     """Measure `run` in the scenario `spec` with LoadGen and return the result: the measure
-    pipeline on a system of one device, `run.device`."""
-    return _result(run, spec, measure_devices(run, spec, [run.device], agreement=True))
+    pipeline on a system of one device, `run.device`. `warm` keeps what it loads for the next
+    call in this process (harness.warm); without it everything is loaded and freed here."""
+    measured = measure_devices(run, spec, [run.device], agreement=True, warm=warm)
+    return _result(run, spec, measured)
 
 
 def measure_devices(
-    run: RunConfig, spec: ScenarioSpec, devices: Sequence[str], agreement: bool = False
+    run: RunConfig,
+    spec: ScenarioSpec,
+    devices: Sequence[str],
+    agreement: bool = False,
+    warm: Warm | None = None,
 ) -> Measurement:
     """The measure pipeline: model -> precision variant -> one backend per device of
     `devices` (loaded, checked on one batch, warmed up) -> a batching SUT each, behind one
     `SystemSUT` -> the scenario under LoadGen (`run.device` is ignored). With `agreement`,
-    the first device's outputs are also scored against ONNX Runtime fp32."""
+    the first device's outputs are also scored against ONNX Runtime fp32. With `warm`, the
+    loads are kept for the next measurement (a backend only where it measures the same)."""
     if not devices or len(set(devices)) != len(devices):
         raise ConfigError(f"devices: give distinct devices, got {list(devices)!r}")
     backend_cls = get_backend(run.backend)
     for device in devices:
         check_precision(backend_cls, run.precision, device)
-    model, ranges, samples, variant = prepare_inputs(run, backend_cls)
-    backends = [backend_cls(variant.path, backend_options(run, device)) for device in devices]
-    infos = [backend.info() for backend in backends]
-    simulated = any(info.simulated for info in infos)
+    cache = warm if warm is not None else Warm(max_backends=0)
+    model, ranges, samples, variant = prepare_inputs(run, backend_cls, cache)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        for backend in backends:
-            stack.enter_context(backend)
+    backends: list[Backend] = []
+    reused: list[bool] = []
+    ok = False
+    try:
+        for device in devices:
+            backend, kept = cache.backend(backend_cls, variant.path, backend_options(run, device))
+            backends.append(backend)
+            reused.append(kept)
         build_s = time.perf_counter() - started
+        infos = [backend.info() for backend in backends]
+        simulated = any(info.simulated for info in infos)
         names = ", ".join(info.device for info in infos)
-        log.info("loaded %s %s on %s in %.2f s", model.name, run.precision, names, build_s)
+        how = "kept from an earlier measurement" if all(reused) else "loaded"
+        log.info("%s %s %s on %s in %.2f s", how, model.name, run.precision, names, build_s)
         warmups = []
         for device, backend in zip(devices, backends, strict=True):
             check_batch(backend, samples, model, run, ranges)
-            warm = run_warmup(backend, samples, run, single=spec.find_max_qps)
+            warm_up = run_warmup(backend, samples, run, single=spec.find_max_qps)
             log.info(
                 "warm-up %s: %.2f ms per batch of %d, ~%.1f samples/s",
                 device,
-                warm.batch_ms,
+                warm_up.batch_ms,
                 run.batch_size,
-                warm.samples_per_second,
+                warm_up.samples_per_second,
             )
-            warmups.append(warm)
+            warmups.append(warm_up)
         agree = None
         if (
             agreement
             and not simulated
             and (run.precision != "fp32" or run.backend != "onnxruntime")
         ):
-            agree = _agreement(backends[0], model, samples, run)
+            key = (
+                variant.sha256,
+                run.backend,
+                devices[0],
+                run.accuracy_metric,
+                run.accuracy_output,
+                run.agreement_samples,
+                inputs_key(run),
+            )
+            first = backends[0]
+            agree = cache.agreement(key, lambda: _agreement(first, model, samples, run))
         sampler = gpu_sampler(list(devices), simulated)
         suts = [
             BatchingSUT(backend, samples, run.batch_size, run.streams, run.deque_timeout_us)
@@ -197,10 +222,14 @@ def measure_devices(
         ]
         system = SystemSUT(suts, [w.samples_per_second for w in warmups])
         with system, sampler:
-            warm = system_warmup(warmups)
-            ctx = _Context(run, spec, system, warm, spec.out_dir, len(devices))
+            warm_all = system_warmup(warmups)
+            ctx = _Context(run, spec, system, warm_all, spec.out_dir, len(devices))
             outcome = SCENARIOS[spec.scenario](ctx)
         infos = [backend.info() for backend in backends]
+        ok = True
+    finally:
+        for backend in backends:
+            cache.release(backend, ok)
     return Measurement(
         model=model,
         ranges=ranges,
@@ -214,21 +243,31 @@ def measure_devices(
         routed=tuple(system.routed),
         batches=tuple(sut.batches for sut in suts),
         gpu=sampler.telemetry(),
+        reused=all(reused),
     )
 
 
 def prepare_inputs(
-    run: RunConfig, backend_cls: type[Backend]
+    run: RunConfig, backend_cls: type[Backend], warm: Warm | None = None
 ) -> tuple[ModelInfo, dict[str, InputRange], SampleSet, Variant]:
     """The model with its dims bound, the synthetic inputs' ranges (none with --data), the
-    samples, and the precision variant the backend loads."""
-    model = resolve_model(run.model, run.cache_dir, run.dims, run.shapes)
-    if run.accuracy_output is not None:
-        output_index([t.name for t in model.outputs], run.accuracy_output)
-    ranges = input_ranges(model, run.input_ranges) if run.data_dir is None else {}
-    samples = load_samples(run, model, ranges)
+    samples, and the precision variant the backend loads (each made once per `warm`)."""
+    cache = warm if warm is not None else Warm(max_backends=0)
+
+    def inputs() -> tuple[ModelInfo, dict[str, InputRange], SampleSet]:
+        model = resolve_model(run.model, run.cache_dir, run.dims, run.shapes)
+        if run.accuracy_output is not None:
+            output_index([t.name for t in model.outputs], run.accuracy_output)
+        ranges = input_ranges(model, run.input_ranges) if run.data_dir is None else {}
+        return model, ranges, load_samples(run, model, ranges)
+
+    key = inputs_key(run)
+    model, ranges, samples = cache.inputs(key, inputs)
     source = "fp32" if backend_cls.casts_precision else run.precision
-    variant = make_variant(model, source, samples.head(CALIBRATION_SAMPLES), run.cache_dir)
+    variant = cache.variant(
+        (key, source),
+        lambda: make_variant(model, source, samples.head(CALIBRATION_SAMPLES), run.cache_dir),
+    )
     return model, ranges, samples, variant
 
 
@@ -571,4 +610,5 @@ def _result(run: RunConfig, spec: ScenarioSpec, measured: Measurement) -> Result
         backend_details=dict(info.details),
         gpu=measured.gpu,
         inputs=describe_inputs(model, run, measured.ranges),
+        backend_reused=measured.reused,
     )

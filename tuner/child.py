@@ -67,6 +67,25 @@ def call_in_child(
     process.start()
     sender.close()
     try:
+        outcome = _answer(process, receiver, timeout_s, started)
+    finally:
+        receiver.close()
+    if process.exitcode is None:
+        process.join(_GRACE_S)
+        if process.is_alive():
+            _stop(process)
+    return outcome
+
+
+def _answer(
+    process: multiprocessing.process.BaseProcess,
+    receiver: Connection,
+    timeout_s: float | None,
+    started: float,
+) -> ChildOutcome:
+    """The child's answer to one request, or why there is none: a timeout or Ctrl-C (the
+    child is stopped), or the child's death (crash, or killed from outside)."""
+    try:
         ready = receiver.poll(timeout_s)
         payload = receiver.recv_bytes() if ready else None
     except EOFError:  # the child died without a word
@@ -75,8 +94,6 @@ def call_in_child(
     except KeyboardInterrupt:
         _stop(process)
         return ChildOutcome(None, "interrupted", "interrupted", time.monotonic() - started)
-    finally:
-        receiver.close()
     seconds = time.monotonic() - started
     if payload is None:
         if not ready:
@@ -86,13 +103,75 @@ def call_in_child(
         code = process.exitcode
         failure = KILLED if code in (-signal.SIGKILL, -signal.SIGTERM) else "crash"
         return ChildOutcome(None, failure, _exit_reason(code), seconds)
-    process.join(_GRACE_S)
-    if process.is_alive():
-        _stop(process)
     message = json.loads(payload.decode())
     if message["ok"]:
         return ChildOutcome(message["result"], seconds=seconds)
     return ChildOutcome(None, message["failure"], message["reason"], seconds)
+
+
+class WarmWorker:
+    """A measuring process kept across trials: `harness.measure` with a `harness.warm.Warm`,
+    so consecutive configurations that can share a loaded model (same variant, precision,
+    device; another batch size or stream count where the backend allows) do not load it again,
+    and each variant's agreement with fp32 is measured once. Called like `measure_in_child`.
+
+    Isolation holds as with a child per trial: each measurement has its own timeout; after any
+    failure (crash, out of memory, timeout, error) the process is ended and the next
+    measurement starts a fresh one. It dies with this process and leads its own process group.
+    """
+
+    def __init__(self, quiet: bool = True) -> None:
+        self.quiet = quiet
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        #: Processes started so far (1 + the fresh ones after failures).
+        self.started = 0
+
+    def __call__(self, run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+        started = time.monotonic()
+        if self._process is None:
+            self._start()
+        assert self._process is not None and self._conn is not None
+        try:
+            self._conn.send((run, spec))
+        except (BrokenPipeError, OSError):  # it died between requests
+            self.close()
+            return self(run, spec, timeout_s)
+        outcome = _answer(self._process, self._conn, timeout_s, started)
+        if outcome.result is None:
+            self.close()  # whatever failed, the next measurement gets a fresh process
+        return outcome
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_serve,
+            args=(child_end, self.quiet, os.getpid()),
+            name="trial-worker",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self._process, self._conn = process, parent_end
+        self.started += 1
+
+    def close(self) -> None:
+        """End the process: it exits when its pipe closes; stopped if it does not."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None and process.pid is not None:
+            process.join(_GRACE_S)
+            if process.is_alive():
+                _stop(process)
+
+    def __enter__(self) -> WarmWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _measure(run: RunConfig, spec: ScenarioSpec) -> dict[str, Any]:
@@ -109,13 +188,48 @@ def _child(
     parent: int,
 ) -> None:
     """The child's body: run, send JSON, exit. Ctrl-C is the parent's business."""
+    _become_child(parent, quiet)
+    sender.send_bytes(_run(target, args))
+    sender.close()
+
+
+def _serve(conn: Connection, quiet: bool, parent: int) -> None:
+    """A warm worker's body: measure each (run, spec) received, answer in JSON, until the
+    pipe closes."""
+    _become_child(parent, quiet)
+    from harness.warm import Warm
+
+    warm = Warm()
+    try:
+        while True:
+            try:
+                run, spec = conn.recv()
+            except (EOFError, OSError):
+                return
+            conn.send_bytes(_run(_measure_warm, (run, spec, warm)))
+    finally:
+        warm.close()
+
+
+def _measure_warm(run: RunConfig, spec: ScenarioSpec, warm: Any) -> dict[str, Any]:
+    from harness.runner import measure
+
+    return measure(run, spec, warm).to_dict()
+
+
+def _become_child(parent: int, quiet: bool) -> None:
     die_with_parent(parent)
     lead_own_group()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from harness.cli_common import setup_logging
-    from harness.errors import OutOfMemory, TunerError, VariantUnavailable
 
     setup_logging(debug=False, quiet=quiet)
+
+
+def _run(target: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> bytes:
+    """`target(*args)` as the JSON message the parent reads: its result, or the failure."""
+    from harness.errors import OutOfMemory, TunerError, VariantUnavailable
+
     try:
         message: dict[str, Any] = {"ok": True, "result": target(*args)}
     except OutOfMemory as exc:
@@ -126,8 +240,7 @@ def _child(
         message = {"ok": False, "failure": "error", "reason": str(exc)}
     except Exception as exc:
         message = {"ok": False, "failure": "error", "reason": f"{type(exc).__name__}: {exc}"}
-    sender.send_bytes(json.dumps(message, default=str, allow_nan=True).encode())
-    sender.close()
+    return json.dumps(message, default=str, allow_nan=True).encode()
 
 
 def _stop(process: multiprocessing.process.BaseProcess) -> None:

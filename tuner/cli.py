@@ -7,10 +7,12 @@ line and an exit code (2 for usage errors, 1 otherwise) in one place, `run_guard
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +121,18 @@ def _worker_flags(g: argparse._ActionsContainer) -> None:
         "one model share a study, each model gets its own",
     )
     _heartbeat_flag(g)
+    _isolate_flag(g)
+
+
+def _isolate_flag(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--isolate-trials",
+        action="store_true",
+        help="measure every trial in a fresh child process (slower: each loads its model, "
+        "checks agreement with fp32 and warms up again); by default one warm worker process "
+        "measures consecutive trials, keeping a loaded model where the next configuration "
+        "can use it, and is replaced after any failure",
+    )
 
 
 def _heartbeat_flag(parser: argparse._ActionsContainer) -> None:
@@ -149,6 +163,7 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
         help="fail a trial that runs longer (default: the study's)",
     )
     _heartbeat_flag(p)
+    _isolate_flag(p)
     p.add_argument("--worker-name", default="", help="prefix of this worker's progress lines")
     p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
     p.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
@@ -276,7 +291,9 @@ def _optimize(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (
         (lambda _: None) if args.quiet else (lambda line: log.info("%s", line))
     )
-    trials = Trials(args.workers, args.gpus, args.heartbeat_s, args.quiet, args.device)
+    trials = Trials(
+        args.workers, args.gpus, args.heartbeat_s, args.quiet, args.device, args.isolate_trials
+    )
     finished = optimize(cfg, say, trials)  # checks the --gpus flags first
     print(finished.summary)
     if finished.message is not None:
@@ -299,6 +316,7 @@ def _study_config(args: argparse.Namespace) -> config.StudyConfig:
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
+    from tuner.child import WarmWorker
     from tuner.study import join, work
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
@@ -315,7 +333,10 @@ def _worker(args: argparse.Namespace) -> int:
             log.info("%s%s", prefix, line)
 
     try:
-        ran = work(prepared, say, owner=args.worker_name or "worker")
+        with contextlib.ExitStack() as stack:
+            if not args.isolate_trials:
+                prepared = replace(prepared, measure=stack.enter_context(WarmWorker()))
+            ran = work(prepared, say, owner=args.worker_name or "worker")
     except KeyboardInterrupt:
         say("interrupted: the running trial is stored as FAIL (interrupted)")
         return 130

@@ -6,14 +6,19 @@ what was finished is summarised and the exit code is 130."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import optuna
 
+from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
+from tuner.child import ChildOutcome, WarmWorker, measure_in_child
 from tuner.config import StudyConfig
 from tuner.confirm import confirm
+from tuner.sessions import session_of, share_line, store
 from tuner.storage import HEARTBEAT_S
 from tuner.study import Measure, Prepared, prepare, study_name, work
 from tuner.summary import render_summary
@@ -40,6 +45,8 @@ class Trials:
     quiet: bool = False
     #: The `--device` flag as given (None: not given); with `--gpus` only cuda:0 makes sense.
     device: str | None = None
+    #: A fresh child process for every measurement instead of a warm worker kept across them.
+    isolate: bool = False
 
     def check(self, cfg: StudyConfig) -> None:
         """A ConfigError for `--gpus` with a CPU backend, with `--workers`, or with a
@@ -87,28 +94,70 @@ def optimize(
     trials: Trials = Trials(),
     measure: Measure | None = None,
 ) -> Finished:
-    """The whole pipeline: prepare, trials, confirm, summary."""
+    """The whole pipeline: prepare, trials, confirm, summary. Trials and confirmation here are
+    measured by one warm worker (tuner.child.WarmWorker) unless `trials.isolate` or `measure`
+    says otherwise; each run appends its session (wall time, LoadGen time) to the study."""
+    started, clock = datetime.now(), time.monotonic()
     if trials.gpus is not None:
         plans = _gpu_plans(cfg, trials, say)
     else:
         plans = (Plan(prepare(cfg, trials.heartbeat_s, measure)),)
+    confirmed: list[ChildOutcome] = []
 
-    def summary() -> str:
-        return "\n\n".join(render_summary(p.prepared.study, p.prepared.cfg) for p in plans)
-
-    try:
-        code = _run_trials(cfg, plans, trials, say)
-    except KeyboardInterrupt:
-        return Finished(130, summary(), plans, INTERRUPTED_TRIALS)
-    if code != 0:
-        return Finished(code, summary(), plans)
-    try:
+    def finish(code: int, message: str | None = None) -> Finished:
+        lines = []
         for plan in plans:
-            with _visible(plan.visible):
-                confirm(plan.prepared, say)
-    except KeyboardInterrupt:
-        return Finished(130, summary(), plans, INTERRUPTED_CONFIRMING)
-    return Finished(0, summary(), plans)
+            study = plan.prepared.study
+            wall = time.monotonic() - clock
+            processes = sum(len(g.gpus) for g in plan.gpus) or trials.workers
+            session = session_of(study, started, wall, processes, confirmed)
+            with contextlib.suppress(Exception):  # the summary matters more than this record
+                store(study, session)
+            summary = render_summary(study, plan.prepared.cfg)
+            lines.append(f"{summary}\n{share_line(session)}")
+        return Finished(code, "\n\n".join(lines), plans, message)
+
+    with contextlib.ExitStack() as stack:
+        if measure is None and not trials.isolate and trials.gpus is None:
+            worker = stack.enter_context(WarmWorker())
+            plans = (Plan(replace(plans[0].prepared, measure=worker)),)
+        try:
+            code = _run_trials(cfg, plans, trials, say)
+        except KeyboardInterrupt:
+            return finish(130, INTERRUPTED_TRIALS)
+        if code != 0:
+            return finish(code)
+        try:
+            for plan in plans:
+                with _visible(plan.visible), _confirming(plan, trials) as prepared:
+                    confirm(_metered(prepared, confirmed), say)
+        except KeyboardInterrupt:
+            return finish(130, INTERRUPTED_CONFIRMING)
+    return finish(0)
+
+
+@contextlib.contextmanager
+def _confirming(plan: Plan, trials: Trials) -> Iterator[Prepared]:
+    """The plan's study with what measures its confirmation runs: its own measure, else a warm
+    worker started here (inside the plan's CUDA_VISIBLE_DEVICES), else a child per run."""
+    prepared = plan.prepared
+    if prepared.measure is not None or trials.isolate:
+        yield prepared
+        return
+    with WarmWorker() as worker:
+        yield replace(prepared, measure=worker)
+
+
+def _metered(prepared: Prepared, outcomes: list[ChildOutcome]) -> Prepared:
+    """`prepared` whose measurements' outcomes are also appended to `outcomes`."""
+    inner = prepared.measure or measure_in_child
+
+    def measure(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+        outcome = inner(run, spec, timeout_s)
+        outcomes.append(outcome)
+        return outcome
+
+    return replace(prepared, measure=measure)
 
 
 def _gpu_plans(cfg: StudyConfig, trials: Trials, say: Callable[[str], None]) -> tuple[Plan, ...]:
@@ -163,6 +212,7 @@ def _run_trials(
             cfg.runs_dir,
             trials.heartbeat_s,
             trials.quiet,
+            isolate=trials.isolate,
         )
         return run_processes(commands)
     (plan,) = plans
@@ -176,6 +226,7 @@ def _run_trials(
             cfg.runs_dir,
             trials.heartbeat_s,
             trials.quiet,
+            trials.isolate,
         )
     work(plan.prepared, say)
     return 0

@@ -252,6 +252,8 @@ def compact_run(run: Mapping[str, Any]) -> dict[str, Any]:
         "percentile_ms": lat.get(f"p{round(fraction * 100, 4):g}") if fraction else None,
         "invalid_reasons": run.get("invalid_reasons"),
         "log_dir": run.get("log_dir"),
+        # The span LoadGen measured (s): what a study's measuring share sums (tuner.sessions).
+        "duration_s": run.get("duration_s"),
     }
 
 

@@ -55,6 +55,7 @@ def worker_argv(
     heartbeat_s: int,
     quiet: bool,
     name: str,
+    isolate: bool = False,
 ) -> list[str]:
     """The command line of one `python -m tuner worker` on `study`."""
     argv = [
@@ -75,6 +76,8 @@ def worker_argv(
     ]
     if quiet:
         argv.append("--quiet")
+    if isolate:
+        argv.append("--isolate-trials")
     return argv
 
 
@@ -86,12 +89,16 @@ def run_workers(
     runs_dir: Path,
     heartbeat_s: int,
     quiet: bool,
+    isolate: bool = False,
 ) -> int:
     """Start `count` workers, wait for all of them; 130 if interrupted, else the worst code."""
     env = {**os.environ, STORAGE_ENV: storage}
     commands = [
         Command(
-            worker_argv(study, cache_dir, runs_dir, heartbeat_s, quiet, f"worker {i + 1}"), env
+            worker_argv(
+                study, cache_dir, runs_dir, heartbeat_s, quiet, f"worker {i + 1}", isolate
+            ),
+            env,
         )
         for i in range(count)
     ]
@@ -187,6 +194,7 @@ def gpu_commands(
     heartbeat_s: int,
     quiet: bool,
     environ: Mapping[str, str] | None = None,
+    isolate: bool = False,
 ) -> list[Command]:
     """One worker per GPU, on its group's study, seeing only that GPU (as cuda:0)."""
     base = dict(os.environ if environ is None else environ)
@@ -195,7 +203,7 @@ def gpu_commands(
         for gpu in group.gpus:
             name = f"gpu {gpu.index} ({gpu.name})"
             env = {**base, STORAGE_ENV: storage, VISIBLE_ENV: gpu.cuda_id}
-            argv = worker_argv(group.study, cache_dir, runs_dir, heartbeat_s, quiet, name)
+            argv = worker_argv(group.study, cache_dir, runs_dir, heartbeat_s, quiet, name, isolate)
             commands.append(Command(argv, env))
     return commands
 

@@ -124,6 +124,19 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Free everything `load()` allocated; safe to call twice."""
 
+    def serves(self, options: BackendOptions) -> bool:
+        """Whether this backend, loaded, runs `options` as it is: the next measurement then
+        keeps it instead of loading another (harness.warm). Only a change that measures the
+        same as a fresh load may say yes; by default only identical options do."""
+        return options == self.options
+
+    @final
+    def retarget(self, options: BackendOptions) -> None:
+        """Run `options` from now on without reloading (`serves(options)` must hold)."""
+        if not self.serves(options):
+            raise ValueError(f"backend {self.name}: loaded for {self.options}, not {options}")
+        self.options = options
+
     @abc.abstractmethod
     def info(self) -> BackendInfo:
         """Backend, device and versions (cheap; valid before and after `load()`)."""

@@ -6,6 +6,7 @@ weights); its intra-op threads split the cores among them unless `threads` says 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,6 +91,17 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
         self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def serves(self, options: BackendOptions) -> bool:
+        """A session takes any batch size, and its stream workers share it: any batch and
+        stream count whose intra-op thread count is the session's (a session's thread pool is
+        fixed when it is made; on 2 cores, 1 stream runs 2 threads, 2 streams 1 each)."""
+        if self._session is None:
+            return False
+        same = replace(options, max_batch=self.options.max_batch, streams=self.options.streams)
+        return same == self.options and (
+            threads_per_stream(options, self.kind == "cpu") == self.intra_threads()
+        )
 
     def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         outputs: list[np.ndarray] = self._session.run(self._output_names, dict(inputs))

@@ -1,0 +1,122 @@
+"""Where a study's time went: each `optimize` run appends a session to the study (the study
+attribute `sessions`): its wall time, how many processes measured, and the seconds spent inside
+LoadGen runs (the measured spans LoadGen logs: `duration_s` of each run), for its trials and its
+confirmation runs. The measuring share is LoadGen seconds over wall seconds times processes:
+what is left is starting processes, loading models, checking agreement, warming up and
+bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.child import ChildOutcome
+from tuner.results import TrialRecord, is_copy
+
+#: Study attribute: the list of sessions, oldest first.
+SESSIONS = "sessions"
+#: Sessions kept per study (the oldest are dropped; a study resumed hundreds of times).
+KEEP = 100
+
+
+@dataclass(frozen=True)
+class Session:
+    """One `optimize` run on a study."""
+
+    started: str  # ISO 8601, UTC
+    wall_s: float
+    #: Processes measuring at once (--workers N, one per GPU with --gpus; 1 otherwise).
+    processes: int
+    trials: int
+    trials_measuring_s: float
+    confirm_runs: int
+    confirm_measuring_s: float
+
+    @property
+    def measuring_s(self) -> float:
+        return self.trials_measuring_s + self.confirm_measuring_s
+
+    @property
+    def share(self) -> float | None:
+        capacity = self.wall_s * self.processes
+        return self.measuring_s / capacity if capacity > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"measuring_s": self.measuring_s, "measuring_share": self.share}
+
+
+def loadgen_seconds(runs: Iterable[Mapping[str, Any]] | None) -> float:
+    """Seconds inside LoadGen runs: the sum of their logged measured spans."""
+    return sum(float(r.get("duration_s") or 0.0) for r in runs or ())
+
+
+def outcome_seconds(outcome: ChildOutcome) -> float:
+    """LoadGen seconds of one measurement (0 when it failed)."""
+    return loadgen_seconds((outcome.result or {}).get("loadgen_runs"))
+
+
+def trials_since(study: optuna.Study, started: datetime) -> list[FrozenTrial]:
+    """The trials measured (not copied) that finished at or after `started`."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if t.datetime_complete is not None and t.datetime_complete >= started and not is_copy(t)
+    ]
+
+
+def session_of(
+    study: optuna.Study,
+    started: datetime,
+    wall_s: float,
+    processes: int,
+    confirm: Sequence[ChildOutcome],
+) -> Session:
+    """The session that began at `started` (local naive time, as Optuna stores trials' times)."""
+    trials = trials_since(study, started)
+    return Session(
+        started=started.astimezone().isoformat(timespec="seconds"),
+        wall_s=round(wall_s, 2),
+        processes=processes,
+        trials=len(trials),
+        trials_measuring_s=round(
+            sum(loadgen_seconds(TrialRecord.from_trial(t).loadgen_runs) for t in trials), 2
+        ),
+        confirm_runs=len(confirm),
+        confirm_measuring_s=round(sum(outcome_seconds(o) for o in confirm), 2),
+    )
+
+
+def store(study: optuna.Study, session: Session) -> None:
+    kept = [*study.user_attrs.get(SESSIONS, []), session.to_dict()][-KEEP:]
+    study.set_user_attr(SESSIONS, kept)
+
+
+def sessions(attrs: Mapping[str, Any]) -> list[Session]:
+    names = Session.__dataclass_fields__
+    return [
+        Session(**{k: v for k, v in s.items() if k in names}) for s in attrs.get(SESSIONS) or ()
+    ]
+
+
+def measuring_share(attrs: Mapping[str, Any]) -> float | None:
+    """The share of all sessions' capacity (wall time x processes) spent in LoadGen runs."""
+    recorded = sessions(attrs)
+    capacity = sum(s.wall_s * s.processes for s in recorded)
+    return sum(s.measuring_s for s in recorded) / capacity if capacity > 0 else None
+
+
+def share_line(session: Session) -> str:
+    share = session.share
+    percent = "n/a" if share is None else f"{share:.0%}"
+    confirm = f", {session.confirm_runs} confirmation run(s)" if session.confirm_runs else ""
+    where = f" x {session.processes} processes" if session.processes > 1 else ""
+    return (
+        f"measuring share: {percent} of {session.wall_s:.0f} s{where} inside LoadGen runs "
+        f"({session.measuring_s:.1f} s; {session.trials} trial(s){confirm})"
+    )
