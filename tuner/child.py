@@ -88,7 +88,7 @@ def _answer(
     try:
         ready = receiver.poll(timeout_s)
         payload = receiver.recv_bytes() if ready else None
-    except EOFError:  # the child died without a word
+    except (EOFError, OSError):  # the child died without a word (a socket pair: reset)
         payload = None
         ready = True
     except KeyboardInterrupt:

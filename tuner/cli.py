@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -224,7 +225,14 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     )
     _storage_flag(p)
     p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--out", type=Path, required=True, help="folder for the CSV and plots")
+    p.add_argument("--out", type=Path, help="folder for the CSV and plots")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the outcome as JSON: best, baseline, speed-up, trial counts, engine "
+        "builds and measuring_share (the share of the wall time spent inside LoadGen runs)",
+    )
     p.set_defaults(action=_report)
 
 
@@ -381,15 +389,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tuner.report import summary_lines, trials_table, write_report
+    from tuner.export import write_atomic
+    from tuner.report import report_json, summary_lines, trials_table, write_report
     from tuner.study import load
 
     study = load(_storage(args), args.study)
     print(trials_table(study))
     for line in summary_lines(study):
         print(line)
-    for path in write_report(study, args.out):
-        print(f"wrote {path}")
+    if args.out is not None:
+        for path in write_report(study, args.out):
+            print(f"wrote {path}")
+    if args.json is not None:
+        write_atomic(args.json, json.dumps(report_json(study), indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

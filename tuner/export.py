@@ -129,10 +129,11 @@ def export(study: optuna.Study, fmt: str, out: Path, number: int | None = None) 
         raise ConfigError(f"unknown export format {fmt!r} (valid: {', '.join(FORMATS)})")
     trial = choose_trial(study, number)
     text = renderer(study_context(study), trial)
-    return _write_atomic(Path(out), text)
+    return write_atomic(Path(out), text)
 
 
-def _write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` whole or not at all (a TunerError naming the path)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -111,8 +111,9 @@ def optimize(
             wall = time.monotonic() - clock
             processes = sum(len(g.gpus) for g in plan.gpus) or trials.workers
             session = session_of(study, started, wall, processes, confirmed)
-            with contextlib.suppress(Exception):  # the summary matters more than this record
-                store(study, session)
+            if session.trials or session.confirm_runs:  # a run that measured nothing: no record
+                with contextlib.suppress(Exception):  # the summary matters more than the record
+                    store(study, session)
             summary = render_summary(study, plan.prepared.cfg)
             lines.append(f"{summary}\n{share_line(session)}")
         return Finished(code, "\n\n".join(lines), plans, message)

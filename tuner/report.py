@@ -29,6 +29,7 @@ from tuner.results import (
     robust_value,
     study_setting,
 )
+from tuner.sessions import measuring_line, measuring_share, sessions
 from tuner.summary import out_of_reach_lines
 
 if TYPE_CHECKING:
@@ -279,6 +280,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
     builds = engine_builds(study)
     if builds is not None:
         lines.append(f"engine builds: {builds}")
+    lines.append(measuring_line(study.user_attrs))
     if is_multi(study):
         front = sorted(t.number for t in study.best_trials)
         lines.append("Pareto front: trials " + (", ".join(map(str, front)) or "none"))
@@ -641,6 +643,47 @@ def plot_pareto(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Pa
     ax.yaxis.set_major_formatter(_thousands())
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)
+
+
+def report_json(study: optuna.Study) -> dict[str, Any]:
+    """The study's outcome as `report --json` writes it: the best and the baseline with their
+    (confirmed) values, the speed-up, trial counts, engine builds, and where the time went
+    (`measuring_share`: the share of the sessions' wall time x processes inside LoadGen runs;
+    None for a study run before sessions were recorded)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    attrs = study.user_attrs
+
+    def described(trial: FrozenTrial | None) -> dict[str, Any] | None:
+        if trial is None:
+            return None
+        return {
+            "number": trial.number,
+            "params": dict(trial.params),
+            "value": robust_value(trial) if trial.values else None,
+            "confirm_scores": confirm_scores(trial) or None,
+        }
+
+    return {
+        "study": study.study_name,
+        "model": attrs.get("model"),
+        "scenario": study_setting(attrs, "scenario"),
+        "backend": study_setting(attrs, "backend"),
+        "device": attrs.get("device"),
+        "unit": unit(study),
+        "trials": {
+            "total": len(trials),
+            "complete": len(complete),
+            "infeasible": sum(not is_feasible(t) for t in complete),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+        },
+        "best": described(best_trial(study)),
+        "baseline": described(_baseline(study)),
+        "speed_up": speed_up(study),
+        "engine_builds": engine_builds(study),
+        "measuring_share": measuring_share(attrs),
+        "sessions": [session.to_dict() for session in sessions(attrs)],
+    }
 
 
 def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:

@@ -111,7 +111,25 @@ def measuring_share(attrs: Mapping[str, Any]) -> float | None:
     return sum(s.measuring_s for s in recorded) / capacity if capacity > 0 else None
 
 
+def measuring_line(attrs: Mapping[str, Any]) -> str:
+    """`measuring share: 69% (52.5 s inside LoadGen runs of 76 s, 2 sessions)`."""
+    recorded = sessions(attrs)
+    share = measuring_share(attrs)
+    if not recorded or share is None:
+        return "measuring share: not recorded (a study run before sessions were kept)"
+    capacity = sum(s.wall_s * s.processes for s in recorded)
+    measured = sum(s.measuring_s for s in recorded)
+    count = f"{len(recorded)} session{'' if len(recorded) == 1 else 's'}"
+    return (
+        f"measuring share: {share:.0%} ({measured:.1f} s inside LoadGen runs of {capacity:.0f} s"
+        f" of process time, {count})"
+    )
+
+
 def share_line(session: Session) -> str:
+    """The summary's line on this `optimize` run."""
+    if not session.trials and not session.confirm_runs:
+        return "measuring share: nothing measured in this run"
     share = session.share
     percent = "n/a" if share is None else f"{share:.0%}"
     confirm = f", {session.confirm_runs} confirmation run(s)" if session.confirm_runs else ""

@@ -26,7 +26,7 @@ from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
 from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner import config
-from tuner.child import ChildOutcome
+from tuner.child import ChildOutcome, WarmWorker
 from tuner.cli import main
 from tuner.confirm import candidates
 from tuner.results import best_trial, engine_builds, robust_value
@@ -155,6 +155,19 @@ def fake_measure(
     return measure, calls
 
 
+def patch_confirmation(monkeypatch: pytest.MonkeyPatch, fake: Fake) -> None:
+    """Confirmation runs answered by `fake`; trials still measured for real (both go through
+    the pipeline's one warm worker)."""
+
+    class Routed(WarmWorker):
+        def __call__(self, run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+            if spec.out_dir.name.startswith("confirm-"):
+                return fake(run, spec, timeout_s)
+            return super().__call__(run, spec, timeout_s)
+
+    monkeypatch.setattr("tuner.pipeline.WarmWorker", Routed)
+
+
 def no_measuring(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
     raise AssertionError(f"measured {spec.out_dir.name} again")
 
@@ -232,7 +245,7 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
         return ChildOutcome({"score": trial.values[0] * 1.2, "valid": False}, seconds=0.1)
 
     fake, calls = fake_measure(study, scores)
-    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    patch_confirmation(monkeypatch, fake)
     argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
     assert main(argv) == 0  # the defaults: 2 more runs of the top 3
     out = capsys.readouterr().out
@@ -273,7 +286,7 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
 
     # The same command again: the top set is unchanged, nothing is measured.
     before = dict(load(study_db).user_attrs)
-    monkeypatch.setattr("tuner.confirm.measure_in_child", no_measuring)
+    patch_confirmation(monkeypatch, no_measuring)
     assert main(argv) == 0
     again = load(study_db)
     assert dict(again.user_attrs) == before
@@ -282,7 +295,7 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     # A larger budget: only a new configuration in the top set is measured.
     confirmed = set(before["confirmed_top"])
     fake, calls = fake_measure(again, lambda t, i: t.values[0])
-    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    patch_confirmation(monkeypatch, fake)
     assert main([*argv[:-1], "--trials", str(TRIALS + 2)]) == 0
     new = {int(c.split("-")[1]) for c in calls}
     assert not new & confirmed and all(n >= TRIALS for n in new)
@@ -305,7 +318,7 @@ def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
         return trial.values[0]
 
     fake, calls = fake_measure(study, scores)
-    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    patch_confirmation(monkeypatch, fake)
     argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
     assert main(argv) == 130
     captured = capsys.readouterr()
@@ -319,7 +332,7 @@ def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
     assert "confirmed_score" not in trial.user_attrs
 
     fake, calls = fake_measure(study, lambda t, i: t.values[0])
-    monkeypatch.setattr("tuner.confirm.measure_in_child", fake)
+    patch_confirmation(monkeypatch, fake)
     assert main(argv) == 0
     assert len(calls) == 3 * 2 - 1  # the repeat that was interrupted, and the rest
     assert load(study_db).user_attrs["confirmed_best"] == first.number

@@ -72,7 +72,7 @@ SAMPLES: dict[str, tuple[Any, Any, str, Any]] = {
 }
 #: `optimize` options that are not study settings.
 NOT_SETTINGS = {"-h", "--help", "--debug", "-q", "--quiet", "--config"}
-NOT_SETTINGS |= {"--workers", "--gpus", "--heartbeat-s"}
+NOT_SETTINGS |= {"--workers", "--gpus", "--heartbeat-s", "--isolate-trials"}
 
 DECLARED = {**config.declared(Space), **config.declared(StudyConfig)}
 SPACE = set(config.declared(Space))
