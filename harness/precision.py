@@ -32,6 +32,7 @@ from harness.config import ACCURACY_METRICS, PRECISIONS
 from harness.errors import ConfigError, ModelError, VariantUnavailable
 from harness.models.info import ModelInfo
 from harness.models.inspect import model_sha256
+from harness.pids import pid_exists
 
 RECIPE_VERSION = 2
 """Bump when a recipe below changes, so cached variants built by the old one are not reused."""
@@ -407,18 +408,8 @@ def _remove_dead_builds(folder: Path) -> None:
     host = f".build-{socket.gethostname()}-"
     for leftover in folder.glob(f"{glob.escape(host)}*"):
         pid = leftover.name[len(host) :].partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_exists(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _read_variant(path: Path) -> tuple[str, str]:

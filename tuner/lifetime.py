@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness.pids import pid_exists
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -160,19 +162,9 @@ def process_start(pid: int) -> int | None:
     except FileNotFoundError:
         return None
     except OSError:
-        return _exists(pid)
+        return 0 if pid_exists(pid) else None
     # Field 2 (the command) is in parentheses and may hold spaces: split after its last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":  # a zombie has ended; only its parent has not reaped it yet
         return None
     return int(fields[19])  # field 22 of the whole line: starttime
-
-
-def _exists(pid: int) -> int | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return 0
-    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,9 @@ class RecordingBackend(NullBackend):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.sizes: list[int] = []
 
-    def infer(self, inputs, stream):  # type: ignore[no-untyped-def]
+    def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
         self.sizes.append(len(inputs["input"]))
-        return super().infer(inputs, stream)
+        return super()._infer(inputs, stream)
 
 
 def test_offline_completes_every_sample_in_batches_of_at_most_batch_size(tmp_path: Path) -> None:
