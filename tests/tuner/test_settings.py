@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -176,3 +177,24 @@ def test_a_flag_beats_the_file_and_the_file_beats_the_default(
     assert built(FLAGGED[name].flag or "", SAMPLES[name][2]) == SAMPLES[name][3]
     from_file = SAMPLES[name][1] if name in KEYED else _value(name)
     assert built() == from_file
+
+
+def test_the_module_docstring_names_every_study_file_key_in_its_section() -> None:
+    """tuner.config's docstring shows the study-file layout by hand: it names every declared
+    key under its [section]."""
+    text = config.__doc__ or ""
+    named: dict[str, set[str]] = {}
+    section = ""
+    for line in text[text.index("[study]") :].splitlines():
+        head = re.sub(r"\([^)]*\)|\{[^}]*\}|\"[^\"]*\"", "", line.strip())
+        found = re.match(r"\[+(\w+)\]+", head)
+        if found:
+            section, head = found.group(1), head[found.end() :]
+        named.setdefault(section, set()).update(re.findall(r"[a-z_0-9]+", head))
+    for name, declared in DECLARED.items():
+        if declared.section in (None, "enqueue", "space") and declared.table:
+            continue  # the [space] and [[enqueue]] tables themselves
+        if declared.section is None:
+            continue  # flags only
+        key = declared.key or name
+        assert key in named.get(declared.section, set()), (declared.section, key)
