@@ -129,12 +129,14 @@ class WarmWorker:
 
     def __call__(self, run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
         started = time.monotonic()
+        if self._process is not None and not self._process.is_alive():
+            self.close()  # ended between requests (killed from outside): start afresh
         if self._process is None:
             self._start()
         assert self._process is not None and self._conn is not None
         try:
             self._conn.send((run, spec))
-        except (BrokenPipeError, OSError):  # it died between requests
+        except OSError:  # it died just now
             self.close()
             return self(run, spec, timeout_s)
         outcome = _answer(self._process, self._conn, timeout_s, started)
