@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,7 +27,7 @@ from harness.cli_common import (
     run_guarded,
     setup_logging,
 )
-from harness.config import check_int
+from harness.config import SCENARIO_NAMES, check_int
 from tuner import config
 from tuner.config import DEFAULT_STORAGE
 from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
@@ -58,7 +59,7 @@ def add_optimize(sub: argparse._SubParsersAction) -> None:
         parents=[common_flags()],
         help="search the best batch size, streams and precision",
         description="Tune one model on one device: Optuna proposes batch size, streams and "
-        "precision; the harness measures each with MLPerf LoadGen in a child process; every "
+        "precision; the harness measures each with MLPerf LoadGen in a warm worker process; every "
         "trial is stored in the study database. Re-running the same command resumes the study. "
         "Without arguments: the built-in resnet50 on ONNX Runtime CPU, Offline, "
         "stored in studies/tuner.db.",
@@ -99,14 +100,28 @@ def _setting_flags(group: argparse._ActionsContainer, title: str | None) -> None
         elif name == "storage":  # also on the commands that open a study
             _storage_flag(group)
         else:
-            group.add_argument(
-                declared.flag,
-                dest=name,
-                metavar=declared.metavar,
-                action="append" if declared.repeat else "store",
-                type=declared.type or str,
-                help=config.flag_help(name),
-            )
+            _declared_flag(group, name)
+
+
+def _declared_flag(
+    group: argparse._ActionsContainer, name: str, study_default: bool = False, **more: Any
+) -> None:
+    """The flag a setting declares (tuner.config) with its help; also on `worker` and
+    `system`, where `study_default` says the default is the study's, not StudyConfig's."""
+    declared = config.flag_settings()[name]
+    assert declared.flag is not None
+    help = config.flag_help(name)
+    if study_default:
+        help = re.sub(r" *\(default[^)]*\)", "", help) + " (default: the study's)"
+    group.add_argument(
+        declared.flag,
+        dest=name,
+        metavar=declared.metavar,
+        action="append" if declared.repeat else "store",
+        type=declared.type or str,
+        help=help,
+        **more,
+    )
 
 
 def _worker_flags(g: argparse._ActionsContainer) -> None:
@@ -157,17 +172,12 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
     )
     _storage_flag(p)
     p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
-    p.add_argument(
-        "--trial-timeout",
-        dest="trial_timeout_s",
-        type=float,
-        help="fail a trial that runs longer (default: the study's)",
-    )
+    _declared_flag(p, "trial_timeout_s", study_default=True)
     _heartbeat_flag(p)
     _isolate_flag(p)
     p.add_argument("--worker-name", default="", help="prefix of this worker's progress lines")
-    p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
-    p.add_argument("--runs-dir", type=Path, help="LoadGen logs of every trial (default runs/)")
+    _declared_flag(p, "cache_dir")
+    _declared_flag(p, "runs_dir")
     p.set_defaults(action=_worker)
 
 
@@ -184,12 +194,12 @@ def add_system(sub: argparse._SubParsersAction) -> None:
     _storage_flag(p)
     p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
     p.add_argument("--gpus", default="all", help="all (default), or nvidia-smi indices like 0,2")
-    p.add_argument("--scenario", choices=("offline", "server"), help="default: the study's")
-    p.add_argument("--latency-ms", type=float, help="Server latency bound (default: the study's)")
-    p.add_argument("--duration-s", type=float, help="LoadGen min duration (default: the study's)")
+    _declared_flag(p, "scenario", study_default=True, choices=SCENARIO_NAMES)
+    _declared_flag(p, "latency_ms", study_default=True)
+    _declared_flag(p, "duration_s", study_default=True)
     p.add_argument("--timeout", dest="timeout_s", type=float, help="give up after this many s")
-    p.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
-    p.add_argument("--runs-dir", type=Path, help="LoadGen logs (default runs/)")
+    _declared_flag(p, "cache_dir")
+    _declared_flag(p, "runs_dir")
     p.set_defaults(action=_system)
 
 
