@@ -37,6 +37,7 @@ from harness.errors import TunerError
 from tuner import optuna_compat as compat
 from tuner.child import KILLED
 from tuner.lifetime import Owner, this_process
+from tuner.results import TrialRecord
 
 #: Trial attribute: the process measuring it (Owner.to_dict()).
 OWNER = "worker"
@@ -152,7 +153,7 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
     RetryFailedTrialCallback (the same `failed_trial` and `retry_history` system attributes),
     without the failed trial's user attributes (its failure, its owner), which would outlive
     the retry's success."""
-    failure = str(trial.user_attrs.get("failure", WORKER_DIED))
+    failure = TrialRecord.from_trial(trial).failure or WORKER_DIED
     counts = dict(trial.system_attrs.get("retries", {}))
     counts[failure] = counts.get(failure, 0) + 1
     if counts[failure] > RETRIES.get(failure, 0):
@@ -192,7 +193,8 @@ def recover(study: optuna.Study) -> list[str]:
         who = owner.describe() if owner is not None else "its worker"
         why = "went silent" if alive is None else "ended"
         reason = f"{who} {why} while measuring it"
-        if not compat.fail_running(study, trial, {"failure": WORKER_DIED, "fail_reason": reason}):
+        died = TrialRecord(failure=WORKER_DIED, fail_reason=reason)
+        if not compat.fail_running(study, trial, died.to_attrs()):
             continue  # finished meanwhile
         again = retry(study, compat.frozen(study, trial))
         then = "its configuration runs again" if again else "too many times in a row"
@@ -264,13 +266,13 @@ def run_trials(
             if isinstance(exc, STORAGE_ERRORS):
                 raise  # nothing can be told now; the trial is recovered as its owner's death
             if isinstance(exc, KeyboardInterrupt):
-                trial.set_user_attr("failure", "interrupted")
-                trial.set_user_attr("fail_reason", "interrupted")
+                TrialRecord(failure="interrupted", fail_reason="interrupted").store(trial)
             study.tell(trial, state=TrialState.FAIL)
             raise
-        if state == TrialState.FAIL and trial.user_attrs.get("failure") in RETRIED:
+        failing = compat.frozen(study, trial) if state == TrialState.FAIL else None
+        if failing is not None and TrialRecord.from_trial(failing).failure in RETRIED:
             with exclusive(study):  # retried first: a kill in between leaves no trial lost
-                retry(study, compat.frozen(study, trial))
+                retry(study, failing)
                 study.tell(trial, state=state)
         else:
             study.tell(trial, values, state=state)
