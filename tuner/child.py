@@ -1,5 +1,7 @@
-"""Run one measurement in a child process with a timeout, so a native crash, an out-of-memory
-or a hung device becomes a failed trial with a reason instead of taking the study down.
+"""Measure in a child process with a timeout, so a native crash, an out-of-memory or a hung
+device becomes a failed trial with a reason instead of taking the study down: `WarmWorker`
+keeps one such process across measurements (what `optimize` uses), `measure_in_child` starts
+one per measurement (`--isolate-trials`), `call_in_child` runs any function so.
 
 The child sends its result back as JSON (never a pickle) over a pipe. It dies with its parent
 (a parent-death signal: a killed worker leaves no trial measuring on), leads its own process
