@@ -6,6 +6,10 @@ The file is rewritten after every measurement and a rerun resumes it (also with 
 
     python benchmarks/landscape.py --config studies/resnet50-offline-cpu.toml --repeats 3 \\
         --out benchmarks/landscapes/resnet50-offline-cpu.json
+
+Every file records the CPU it was measured on (`cpu`: model and the flags that decide which
+kernels run, avx512_vnni and the like; each resumption notes its own), since a landscape's
+shape (is int8 faster?) belongs to the CPU.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import get_backend
-from harness.cli_common import default_cache_dir
-from harness.device import cpu_name
+from harness.cli_common import add_input_flags, default_cache_dir
+from harness.device import cpu_info, cpu_name
 from tuner import config
 from tuner.child import measure_in_child
 from tuner.space import Params, resolve_space
@@ -85,7 +89,14 @@ def main() -> int:
     parser.add_argument("--percentile", type=float)
     parser.add_argument("--min-queries", type=int)
     parser.add_argument("--duration-s", type=float)
+    parser.add_argument("--samples", type=int, help="override the study file's QSL size")
+    parser.add_argument("--accuracy-floor", type=float)
+    add_input_flags(parser.add_argument_group("inputs"), defaults=False)
     args = parser.parse_args()
+    tables = {  # repeatable NAME=... flags -> the tables they override (None: the file's)
+        name: dict(getattr(args, name)) if getattr(args, name) else None
+        for name in ("dims", "shapes", "input_ranges")
+    }
     cfg = config.build(
         args.config,
         model=args.model,
@@ -97,6 +108,11 @@ def main() -> int:
         percentile=args.percentile,
         min_queries=args.min_queries,
         duration_s=args.duration_s,
+        samples=args.samples,
+        accuracy_floor=args.accuracy_floor,
+        accuracy_metric=args.accuracy_metric,
+        accuracy_output=args.accuracy_output,
+        **tables,
         cache_dir=default_cache_dir(),
         runs_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "landscape-runs",
     )
@@ -113,6 +129,7 @@ def main() -> int:
                 {
                     "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+                    "cpu": cpu_info() if cfg.device == "cpu" else None,
                 }
             )
     else:
@@ -122,6 +139,9 @@ def main() -> int:
             "scenario": cfg.scenario,
             "backend": cfg.backend,
             "device": cpu_name() if cfg.device == "cpu" else cfg.device,
+            "cpu": cpu_info() if cfg.device == "cpu" else None,
+            "dims": dict(cfg.dims),
+            "shapes": {k: list(v) for k, v in cfg.shapes.items()},
             "latency_ms": cfg.latency_ms if cfg.scenario == "server" else None,
             "percentile": cfg.percentile if cfg.scenario == "server" else None,
             "duration_s": cfg.duration_s,

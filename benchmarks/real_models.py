@@ -1,11 +1,13 @@
-"""Export the four real-size benchmark architectures to ONNX (random, seeded weights).
+"""Export the real-size benchmark architectures to ONNX (random, seeded weights).
 
     python benchmarks/real_models.py --export-only     # export what is missing, print sizes
     python benchmarks/real_models.py --list            # the tuner command for each model
 
-bert-base (12 layers, hidden 768, sequence dynamic), distilbert (6 layers, hidden 768, sequence
-dynamic), convnext-tiny (transformers `ConvNextForImageClassification`, 224x224) and dlrm
-(13 dense floats, 26 categorical int64 inputs into tables of 3 to 100,000 rows). The batch is
+bert-base (12 layers, hidden 768, sequence dynamic), bert-small (Google's BERT-Small shape: 4
+layers, hidden 256, 4 heads, sequence dynamic; small enough to record a whole landscape on a
+CPU), distilbert (6 layers, hidden 768, sequence dynamic), convnext-tiny (transformers
+`ConvNextForImageClassification`, 224x224) and dlrm (13 dense floats, 26 categorical int64
+inputs into tables of 3 to 100,000 rows). The batch is
 dynamic everywhere, named `batch`; the sequence dim is named `sequence` and bound at tuning time
 with `--dim sequence=128`. Models go to benchmarks/models/ (git-ignored). A model whose weights
 would pass ONNX's 2 GB protobuf limit, or every model with --external-data, keeps its weights in
@@ -78,6 +80,20 @@ def _bert() -> Built:
     return _text(torch, model, ["input_ids", "attention_mask", "token_type_ids"], 30522)
 
 
+def _bert_small() -> Built:
+    torch, transformers = realmodels.need("torch"), realmodels.need("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        num_hidden_layers=4,
+        hidden_size=256,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        num_labels=2,
+    )  # Google's BERT-Small (L-4, H-256, A-4), BERT's vocabulary
+    model = transformers.BertForSequenceClassification(config)
+    return _text(torch, model, ["input_ids", "attention_mask", "token_type_ids"], 30522)
+
+
 def _distilbert() -> Built:
     torch, transformers = realmodels.need("torch"), realmodels.need("transformers")
     torch.manual_seed(0)
@@ -126,6 +142,14 @@ MODELS = {
             "bert-base",
             "BertForSequenceClassification, BERT-base shape (110M parameters), 2 labels",
             _bert,
+            tuner_args=("--dim", f"sequence={TEXT_SEQUENCE}", "--max-batch", "64"),
+            max_sizes=(("sequence", 512),),
+        ),
+        Model(
+            "bert-small",
+            "BertForSequenceClassification, BERT-Small shape (4 layers, hidden 256, 4 heads; "
+            "11M), 2 labels",
+            _bert_small,
             tuner_args=("--dim", f"sequence={TEXT_SEQUENCE}", "--max-batch", "64"),
             max_sizes=(("sequence", 512),),
         ),
@@ -211,8 +235,8 @@ def tuner_command(model: Model, path: Path) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/real_models.py",
-        description="Export the real-size benchmark models (BERT-base, DistilBERT, ConvNeXt-T, "
-        "DLRM; random seeded weights) to ONNX, and print the tuner command for each. "
+        description="Export the real-size benchmark models (BERT-base, BERT-Small, DistilBERT, "
+        "ConvNeXt-T, DLRM; random seeded weights) to ONNX, and print the tuner command for each. "
         "Without --export-only or --list: export what is missing, then list.",
         epilog="models: " + "; ".join(f"{m.name}: {m.summary}" for m in MODELS.values()),
     )

@@ -19,17 +19,64 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+#: The /proc/cpuinfo flags that decide which kernels a DL runtime can use on a CPU (int8 dot
+#: products, bf16, AMX tiles, the vector widths); AMX flags are matched by prefix.
+ML_CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "neon",
+    "asimd",
+    "asimddp",
+    "sve",
+)
+
+
+def _cpuinfo_field(text: str, *names: str) -> str:
+    """The value of the first line of /proc/cpuinfo text whose key is one of `names`."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in names:
+            return value.strip()
+    return ""
+
+
+def _cpuinfo() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
+
+
 def cpu_name() -> str:
     """The CPU model, e.g. 'AMD EPYC 9454 48-Core Processor (2 cores)'."""
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = _cpuinfo_field(_cpuinfo(), "model name")
     model = model or platform.processor() or platform.machine() or "unknown CPU"
     return f"{model} ({cpu_count()} cores)"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The CPU's flags among ML_CPU_FLAGS (AMX ones by prefix: amx_tile, amx_int8, ...),
+    sorted, from /proc/cpuinfo text (this machine's when None); None where it lists no flags
+    (not Linux, or an architecture that names them otherwise), so "unknown" is not "none"."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    line = _cpuinfo_field(text, "flags", "Features")  # x86 / ARM
+    if not line:
+        return None
+    found = set(line.split())
+    return sorted(f for f in found if f in ML_CPU_FLAGS or f.startswith("amx_"))
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU a measurement ran on, as benchmark files keep it: model and relevant flags."""
+    return {"model": cpu_name(), "flags": cpu_flags()}
 
 
 class Device(NamedTuple):

@@ -1,4 +1,5 @@
-"""The one parser of device strings (harness.device) and the refusals its callers word."""
+"""The one parser of device strings (harness.device) and the refusals its callers word; the
+CPU flags a benchmark file records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from harness.backends.null import NullBackend
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.backends.pytorch import TorchBackend
 from harness.backends.trt_engine import parse_cuda_device
-from harness.device import Device, cuda_ordinal, parse_device, read_device
+from harness.device import (
+    Device,
+    cpu_flags,
+    cpu_info,
+    cuda_ordinal,
+    parse_device,
+    read_device,
+)
 from harness.errors import ConfigError
 from harness.gpus import cuda_ordinal as gpus_cuda_ordinal
 
@@ -79,3 +87,55 @@ def test_callers_agree_on_the_accepted_strings() -> None:
         else:
             with pytest.raises(ConfigError, match="tensorrt runs on cuda"):
                 parse_cuda_device(text)
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse sse2 ssse3 fma sse4_2 avx f16c avx2 avx512f avx512bw avx512vl avx512_vnni \
+avx512_bf16 avx_vnni amx_bf16 amx_tile amx_int8 avx512_fp16 sha_ni
+bugs\t\t: spectre_v1
+
+processor\t: 1
+flags\t\t: fpu
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes crc32 asimddp sve
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_flags_keep_the_ones_that_decide_the_kernels() -> None:
+    assert cpu_flags(X86_CPUINFO) == [
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+        "avx",
+        "avx2",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx512_vnni",
+        "avx512bw",
+        "avx512f",
+        "avx512vl",
+        "avx_vnni",
+        "f16c",
+        "fma",
+        "sse4_2",
+    ]  # the first processor's line; sse, sha_ni and the like left out
+    assert cpu_flags(ARM_CPUINFO) == ["asimd", "asimddp", "sve"]
+
+
+def test_no_flags_line_is_unknown_not_none() -> None:
+    assert cpu_flags("") is None
+    assert cpu_flags("processor\t: 0\nmodel name\t: something\n") is None
+    assert cpu_flags("flags\t\t: fpu vme de pse\n") == []  # listed, none of interest
+
+
+def test_cpu_info_names_this_machine() -> None:
+    info = cpu_info()
+    assert set(info) == {"model", "flags"}
+    assert isinstance(info["model"], str) and info["model"].endswith("cores)")
+    flags = info["flags"]
+    assert flags is None or (isinstance(flags, list) and flags == sorted(flags))
