@@ -28,23 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.device import cpu_name
+from harness.device import cpu_flags, cpu_name
 
 MODES = {"warm": [], "isolated": ["--isolate-trials"]}
-
-
-def cpu_flags() -> str:
-    """The CPU flags that decide int8 and wide-vector speed (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
-    keep = ("avx512_vnni", "avx512f", "avx512_bf16", "amx_int8", "avx_vnni", "avx2")
-    return ",".join(f for f in keep if f in flags) or "none of " + ",".join(keep)
 
 
 def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dict[str, Any]:
@@ -112,8 +98,9 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="more optimize flags, after --")
     args = parser.parse_args()
     modes = args.modes.split(",")
+    flags = ",".join(cpu_flags() or ["unknown"])
     print(
-        f"{cpu_name()}, flags {cpu_flags()}; Python {platform.python_version()}; "
+        f"{cpu_name()}, flags {flags}; Python {platform.python_version()}; "
         f"{'empty cache each run' if args.empty_cache else 'model cached'}; "
         f"optimize {' '.join(args.extra) or '(defaults)'}",
         flush=True,
