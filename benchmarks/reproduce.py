@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir=args.runs_dir,
     )
     params = Params.from_mapping(trial.params)
-    stored = robust_value(trial)
+    stored = robust_value(trial, study.user_attrs)
     print(f"study {args.study}: trial {trial.number} ({params.label()}), stored {stored:,.2f}")
     scores = []
     for i in range(1, args.runs + 1):

@@ -436,7 +436,7 @@ def _studies(args: argparse.Namespace) -> int:
                 study_setting(attrs, "backend"),
                 attrs.get("device"),
                 s.n_trials,
-                robust_value(best) if best is not None and best.values else None,
+                robust_value(best, attrs) if best is not None and best.values else None,
                 _params_text(best.params) if best is not None else None,
             ]
         )

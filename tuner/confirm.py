@@ -4,17 +4,20 @@ and the best median wins, so one lucky run (noise here is about +/-10%) cannot w
 The top `confirm_top` distinct feasible configurations by value each get `confirm_runs` more
 measurements, each in a child process like a trial (LoadGen logs under
 `<runs>/<study>/confirm-<trial>-<i>`).
-Each candidate trial stores `confirm_scores` (its own value first; a failed or INVALID repeat
-scores 0) and, once complete, `confirmed_score` (their median); the study stores
-`confirmed_best`, `confirmed_at` and `confirmed_top`. Running it again measures only what is
-missing: nothing when the top set is unchanged.
+Everything is stored through Optuna's public API, as study user attributes: each candidate's
+scores under `confirm:<trial number>` (a list: the trial's own value first, then each repeat's
+score, 0 for a failed or INVALID repeat; written after every repeat), and `confirmed_best`,
+`confirmed_at` and `confirmed_top`. A candidate's confirmed score is not stored: it is the
+median of its scores once it has 1 + `confirm_runs` of them (tuner.results.confirmed_value).
+Studies of earlier versions kept the scores and median as the trial's `confirm_scores` and
+`confirmed_score`; they read unchanged. Running it again measures only what is missing:
+nothing when the top set is unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,14 +25,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import optuna_compat as compat
 from tuner.child import KILLED, measure_in_child
 from tuner.loop import RETRIES, budget_used, exclusive
 from tuner.results import (
-    CONFIRM_SCORES,
     CONFIRMED_BEST,
-    CONFIRMED_SCORE,
-    TrialRecord,
+    confirm_key,
+    confirm_scores,
+    confirmed_value,
     is_copy,
     is_feasible,
     robust_value,
@@ -84,9 +86,9 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
         if not top:
             return None
         want = 1 + cfg.confirm_runs
-        todo = [t for t in top if len(_scores(t)) < want]
-        numbers = [t.number for t in top]
         attrs = study.user_attrs
+        todo = [t for t in top if len(_scores(t, attrs)) < want]
+        numbers = [t.number for t in top]
         done = attrs.get(CONFIRMED_BEST) is not None and attrs.get(CONFIRMED_TOP) == numbers
         if done and not todo:
             say(f"confirmation: top {len(top)} unchanged since {attrs.get(CONFIRMED_AT)}")
@@ -96,42 +98,41 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
             runs = ", ".join(f"trial {t.number}" for t in todo)
             say(f"confirming the top {len(top)}: {cfg.confirm_runs} more run(s) of {runs}")
         for trial in top:
-            scores = _scores(trial)
+            scores = _scores(trial, attrs)
             while len(scores) < want:
                 scores.append(_measure_again(prepared, trial, len(scores), say))
-                set_user_attr(study, trial, CONFIRM_SCORES, list(scores))
-            if TrialRecord.from_trial(trial).confirmed_score != statistics.median(scores):
-                set_user_attr(study, trial, CONFIRMED_SCORE, statistics.median(scores))
+                study.set_user_attr(confirm_key(trial.number), list(scores))
         best = _winner(study)
         assert best is not None  # every candidate is confirmed now
         study.set_user_attr(CONFIRMED_TOP, numbers)
         study.set_user_attr(CONFIRMED_AT, datetime.now(UTC).isoformat(timespec="seconds"))
         study.set_user_attr(CONFIRMED_BEST, best.number)
-    runs = ", ".join(f"{s:,.1f}" for s in _scores(best))
+    attrs = study.user_attrs
+    scores = _scores(best, attrs)
+    runs = ", ".join(f"{s:,.1f}" for s in scores)
     say(
-        f"confirmed best: trial {best.number}, median {robust_value(best):,.1f} of "
-        f"{len(_scores(best))} runs ({runs})"
+        f"confirmed best: trial {best.number}, median {robust_value(best, attrs):,.1f} of "
+        f"{len(scores)} runs ({runs})"
     )
     return best
 
 
-def _scores(trial: FrozenTrial) -> list[float]:
+def _scores(trial: FrozenTrial, attrs: Mapping[str, Any]) -> list[float]:
     """The trial's confirmation scores so far; just its own value before any repeat."""
-    stored = TrialRecord.from_trial(trial).confirm_scores
-    return [float(s) for s in stored] if stored else [float(trial.values[0])]
+    return confirm_scores(trial, attrs) or [float(trial.values[0])]
 
 
 def _winner(study: optuna.Study) -> FrozenTrial | None:
     """The confirmed trial of highest median (earlier trial on a tie). Every confirmed trial
     competes, also one a later, luckier trial pushed out of the top."""
+    attrs = study.user_attrs  # read once, not per trial
     confirmed = [
-        t
+        (median, -t.number, t)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t)
-        and not is_copy(t)
-        and TrialRecord.from_trial(t).confirmed_score is not None
+        if is_feasible(t) and not is_copy(t) and (median := confirmed_value(t, attrs)) is not None
     ]
-    return max(confirmed, key=lambda t: (robust_value(t), -t.number), default=None)
+    best = max(confirmed, key=lambda c: c[:2], default=None)
+    return best[2] if best is not None else None
 
 
 def _measure_again(
@@ -162,8 +163,3 @@ def _measure_again(
         return 0.0
     say(f"{what}: {float(result['score']):,.1f} {unit}")
     return float(result["score"])
-
-
-def set_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    """Set a user attribute of a finished trial (see tuner.optuna_compat)."""
-    compat.set_finished_user_attr(study, trial, key, value)

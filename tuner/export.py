@@ -35,7 +35,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.errors import ConfigError, TunerError
-from tuner.results import TrialRecord, best_trial, rate, robust_value, study_settings
+from tuner.results import (
+    TrialRecord,
+    best_trial,
+    confirm_scores,
+    confirmed_value,
+    rate,
+    robust_value,
+    study_settings,
+)
 
 Renderer = Callable[[Mapping[str, Any], FrozenTrial], str]
 
@@ -172,8 +180,8 @@ def render_json(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
             "state": trial.state.name,
             "params": trial.params,
             # the throughput this export stands for: the confirmed median where there is one
-            "value": robust_value(trial) if trial.values else None,
-            "confirmed": _confirmation(trial),
+            "value": robust_value(trial, attrs) if trial.values else None,
+            "confirmed": _confirmation(trial, attrs),
             "values": trial.values,
             "constraints": trial.constraints,
             "feasible": all(v <= 0 for v in trial.constraints.values()),
@@ -186,13 +194,12 @@ def render_json(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
 
 
-def _confirmation(trial: FrozenTrial) -> dict[str, Any] | None:
+def _confirmation(trial: FrozenTrial, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
     """The trial's confirmation runs and their median, or None when it was not confirmed."""
-    record = TrialRecord.from_trial(trial)
-    median = record.confirmed_score
+    median = confirmed_value(trial, attrs)
     if median is None:
         return None
-    scores = list(record.confirm_scores or [])
+    scores = confirm_scores(trial, attrs)
     return {"median": median, "runs": len(scores), "scores": scores}
 
 
@@ -225,7 +232,7 @@ def render_user_conf(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         f'# load with TestSettings().FromConfig(path, "{model}", "{scenario}")',
     ]
     if scenario == "Offline":
-        lines.append(f"# target_qps: {_measured(trial, 'samples/s')}")
+        lines.append(f"# target_qps: {_measured(trial, attrs, 'samples/s')}")
         lines.append(f"{model}.Offline.target_qps = {rate!r}")
     else:
         latency = float(_need(attrs, "latency_ms"))
@@ -237,7 +244,7 @@ def render_user_conf(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
             raise TunerError(
                 f"study latency_ms {latency:g} is under LoadGen's 1 ms target_latency unit"
             )
-        lines.append(f"# target_qps: {_measured(trial, 'largest VALID Server QPS')}")
+        lines.append(f"# target_qps: {_measured(trial, attrs, 'largest VALID Server QPS')}")
         if whole != latency:
             lines.append(
                 f"# study bound {latency:g} ms; LoadGen reads target_latency as whole ms, "
@@ -471,12 +478,11 @@ def _scenario(attrs: Mapping[str, Any]) -> str:
     return _SCENARIOS[scenario]
 
 
-def _measured(trial: FrozenTrial, what: str) -> str:
+def _measured(trial: FrozenTrial, attrs: Mapping[str, Any], what: str) -> str:
     """`samples/s measured by trial 5`, or `median samples/s of 3 runs of trial 5` for a
     confirmed trial."""
-    record = TrialRecord.from_trial(trial)
-    runs = len(record.confirm_scores or [])
-    if record.confirmed_score is not None and runs:
+    runs = len(confirm_scores(trial, attrs))
+    if confirmed_value(trial, attrs) is not None and runs:
         return f"median {what} of {runs} runs of trial {trial.number}"
     return f"{what} measured by trial {trial.number}"
 
@@ -484,7 +490,7 @@ def _measured(trial: FrozenTrial, what: str) -> str:
 def _throughput(attrs: Mapping[str, Any], trial: FrozenTrial) -> float:
     """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial: the median of
     its confirmation runs where it was confirmed."""
-    return rate(trial, attrs.get("scenario"))
+    return rate(trial, attrs.get("scenario"), attrs)
 
 
 def _is_gpu(attrs: Mapping[str, Any]) -> bool:

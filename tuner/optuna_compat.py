@@ -4,28 +4,24 @@ breaks one; pyproject.toml bounds Optuna to the versions those tests passed with
 
 Why each is needed:
 - `storage`, `trial_id`, `frozen`: a study's storage and a trial's storage id, to act on trials
-  that another process runs (fail a dead worker's trial) or that have finished (confirmation
-  repeats); Optuna's `Study` offers that only for trials of this process.
+  that another process runs (fail a dead worker's trial) and to read a trial as stored now;
+  Optuna's `Study` offers that only for trials of this process.
 - `heartbeat_interval`, `record_heartbeat`: run_trials keeps a trial's heartbeat itself (Optuna
   does so only inside `Study.optimize`, which the loop does not use).
 - `stale_trial_ids`: Optuna's own staleness rule, without `fail_stale_trials`, which would also
   fail the trials of live workers on this host and retry them with the failed trial's user
   attributes.
 - `engine`: the SQLAlchemy engine under the storage, for the study-wide advisory lock.
-- `set_finished_user_attr`: a user attribute of a finished trial (confirmation repeats); Optuna
-  allows user attributes only while a trial runs.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 
 def storage(study: optuna.Study) -> BaseStorage:
@@ -88,23 +84,3 @@ def fail_running(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any])
         return wrapped.set_trial_state_values(trial_id(trial), state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-
-
-def set_finished_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    """Set a user attribute of a finished trial: the row is written directly (RDB storage) and
-    this process's cached copy updated; other processes see it when they next load the study."""
-    backend = rdb(study)
-    if backend is not None:
-        from optuna.storages._rdb.models import TrialUserAttributeModel as Row
-
-        payload = json.dumps(value)
-        with Session(backend.engine) as session, session.begin():
-            row = session.scalars(
-                select(Row).where(Row.trial_id == trial_id(trial), Row.key == key)
-            ).one_or_none()
-            if row is None:
-                session.add(Row(trial_id=trial_id(trial), key=key, value_json=payload))
-            else:
-                row.value_json = payload
-    storage(study).get_trial(trial_id(trial)).user_attrs[key] = value  # the cached copy
-    trial.user_attrs[key] = value

@@ -7,7 +7,7 @@ and then raises a TunerError saying what to install.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from tuner.results import (
     best_trial,
     confirm_scores,
     confirmed_trial,
+    confirmed_value,
     engine_builds,
     is_copy,
     is_feasible,
@@ -95,7 +96,9 @@ def _columns(study: optuna.Study, params: Sequence[str]) -> list[str]:
     return [*head, throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"]
 
 
-def _row(trial: FrozenTrial, study: optuna.Study, params: Sequence[str]) -> dict[str, Any]:
+def _row(
+    trial: FrozenTrial, study: optuna.Study, params: Sequence[str], attrs: Mapping[str, Any]
+) -> dict[str, Any]:
     record = TrialRecord.from_trial(trial)
     row: dict[str, Any] = {"number": trial.number, "state": trial.state.name}
     row.update({name: trial.params.get(name) for name in params})
@@ -104,6 +107,7 @@ def _row(trial: FrozenTrial, study: optuna.Study, params: Sequence[str]) -> dict
     row["feasible"] = is_feasible(trial)
     for key in ("score", "valid", throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"):
         row[key] = getattr(record, key)
+    row["confirmed_score"] = confirmed_value(trial, attrs)  # derived from the study's repeats
     return row
 
 
@@ -111,7 +115,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, sorted by number: state, params, value(s) and the main measurements."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     params = [p for p in PARAMS if any(p in t.params for t in trials)]
-    frame = pd.DataFrame([_row(t, study, params) for t in trials], columns=_columns(study, params))
+    attrs = study.user_attrs  # once, not per trial
+    rows = [_row(t, study, params, attrs) for t in trials]
+    frame = pd.DataFrame(rows, columns=_columns(study, params))
     for name in _INT_COLUMNS:
         if name in frame:
             frame[name] = pd.to_numeric(frame[name]).astype("Int64")
@@ -224,9 +230,10 @@ def speed_up(study: optuna.Study) -> float | None:
     """Best throughput over the baseline's (confirmed medians where there are some), or None
     when either is missing (or zero)."""
     best, base = best_trial(study), _baseline(study)
-    if best is None or base is None or not base.values or not robust_value(base):
+    attrs = study.user_attrs
+    if best is None or base is None or not base.values or not robust_value(base, attrs):
         return None
-    return robust_value(best) / robust_value(base)
+    return robust_value(best, attrs) / robust_value(base, attrs)
 
 
 def context(study: optuna.Study) -> str:
@@ -239,7 +246,7 @@ def context(study: optuna.Study) -> str:
 
 
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
-    text = f"{robust_value(trial):,.1f} {unit(study)}"
+    text = f"{robust_value(trial, study.user_attrs):,.1f} {unit(study)}"
     p99 = TrialRecord.from_trial(trial).p99_ms
     if p99 is not None and is_server(study):  # Offline: meaningless
         text += f", p99 {p99:,.2f} ms"
@@ -274,8 +281,8 @@ def summary_lines(study: optuna.Study) -> list[str]:
     lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
     confirmed = confirmed_trial(study)
     if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = ", ".join(f"{s:,.1f}" for s in confirm_scores(best))
-        runs = len(confirm_scores(best))
+        scores = ", ".join(f"{s:,.1f}" for s in confirm_scores(best, study.user_attrs))
+        runs = len(confirm_scores(best, study.user_attrs))
         lines.append(f"confirmed: median of {runs} runs ({scores} {unit(study)})")
     builds = engine_builds(study)
     if builds is not None:
@@ -574,7 +581,7 @@ def plot_best_vs_baseline(
         f"baseline (trial {base.number})\n{config_label(base.params)}",
         f"best (trial {best.number})\n{config_label(best.params)}",
     ]
-    heights = [robust_value(base), robust_value(best)]
+    heights = [robust_value(base, study.user_attrs), robust_value(best, study.user_attrs)]
     bars = ax.bar(labels, heights, color=["tab:gray", "tab:green"], width=0.55)
     ax.bar_label(bars, [f"{h:,.1f} {unit(study)}" for h in heights], padding=3)
     ratio = speed_up(study)

@@ -12,6 +12,7 @@ The attribute names are the stored schema: studies made by earlier versions read
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,8 +24,12 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.errors import TunerError
 from tuner.child import INFEASIBLE
 
-#: Trial attributes of a confirmed candidate (tuner.confirm): its own value then each repeat's
-#: score (0 for a failed or INVALID repeat), and their median once every repeat has run.
+#: Study attribute prefix of a confirmed candidate's scores (tuner.confirm): `confirm:<trial
+#: number>` holds its own value then each repeat's score (0 for a failed or INVALID repeat).
+#: Its confirmed score is their median once it has 1 + `confirm_runs` of them (derived, never
+#: stored).
+CONFIRM_PREFIX = "confirm:"
+#: Trial attributes of the same, as studies made by earlier versions stored them (read only).
 CONFIRM_SCORES = "confirm_scores"
 CONFIRMED_SCORE = "confirmed_score"
 #: Study attribute: the number of the trial with the best confirmed median.
@@ -228,7 +233,8 @@ class TrialRecord:
 
     @property
     def confirmed(self) -> float | None:
-        """The median of the confirmation runs, once every repeat has run."""
+        """The median of the confirmation runs as an earlier version stored it on the trial
+        (see `confirmed_value` for a study's confirmed score)."""
         value = self.confirmed_score
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -306,10 +312,40 @@ def is_copy(trial: FrozenTrial) -> bool:
     return TrialRecord.from_trial(trial).duplicate_of is not None
 
 
-def robust_value(trial: FrozenTrial) -> float:
+def confirm_key(number: int) -> str:
+    """The study attribute holding trial `number`'s confirmation scores."""
+    return f"{CONFIRM_PREFIX}{number}"
+
+
+def confirm_scores(trial: FrozenTrial, attrs: Mapping[str, Any]) -> list[float]:
+    """The trial's confirmation scores so far (empty when it was not confirmed), from the
+    study's attributes `attrs` (older studies: the trial's own `confirm_scores`)."""
+    stored = attrs.get(confirm_key(trial.number))
+    if stored is None:
+        stored = TrialRecord.from_trial(trial).confirm_scores
+    return [float(s) for s in stored or []]
+
+
+def confirmed_value(trial: FrozenTrial, attrs: Mapping[str, Any]) -> float | None:
+    """The trial's confirmed score: the median of its confirmation scores once it has
+    1 + `confirm_runs` (the study's config) of them, else None. Older studies: the median the
+    trial stored."""
+    stored = attrs.get(confirm_key(trial.number))
+    if stored is None:
+        return TrialRecord.from_trial(trial).confirmed
+    config = attrs.get("config")
+    runs = config.get("confirm_runs") if isinstance(config, Mapping) else None
+    scores = [float(s) for s in stored]
+    if not scores or (isinstance(runs, int) and len(scores) < 1 + runs):
+        return None
+    return float(statistics.median(scores))
+
+
+def robust_value(trial: FrozenTrial, attrs: Mapping[str, Any]) -> float:
     """The trial's throughput to report and export: the median of its confirmation runs where
-    it was confirmed, else its single measured value."""
-    confirmed = TrialRecord.from_trial(trial).confirmed
+    it was confirmed, else its single measured value. `attrs`: the study's user attributes
+    (read once by the caller, not per trial)."""
+    confirmed = confirmed_value(trial, attrs)
     return confirmed if confirmed is not None else float(trial.values[0])
 
 
@@ -319,18 +355,13 @@ def measured_throughput(trial: FrozenTrial) -> float:
     return float(score if score is not None else trial.values[0])
 
 
-def confirm_scores(trial: FrozenTrial) -> list[float]:
-    """The trial's stored confirmation scores (empty when it was not confirmed)."""
-    return [float(s) for s in TrialRecord.from_trial(trial).confirm_scores or []]
-
-
-def rate(trial: FrozenTrial, scenario: object) -> float:
+def rate(trial: FrozenTrial, scenario: object, attrs: Mapping[str, Any]) -> float:
     """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial, as deployed:
     the median of its confirmation runs where it was confirmed; a TunerError when it has no
     positive rate."""
     record = TrialRecord.from_trial(trial)
     key = "samples_per_second" if scenario == "offline" else "qps"
-    value: Any = record.confirmed_score
+    value: Any = confirmed_value(trial, attrs)
     if value is not None:
         key = CONFIRMED_SCORE
     else:

@@ -399,7 +399,7 @@ class _Progress:
                 what += " (its configuration runs again)"
         best = best_trial(study)
         best_text = (
-            f"best {robust_value(best):,.1f} (trial {best.number})"
+            f"best {robust_value(best, study.user_attrs):,.1f} (trial {best.number})"
             if best is not None
             else "no best yet"
         )

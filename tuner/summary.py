@@ -6,6 +6,7 @@ measured and a bound it would have met."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -47,7 +48,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     rows = []
     for label, trial in (("best", best), ("baseline", base)):
         if trial is not None:
-            rows.append(_row(label, trial))
+            rows.append(_row(label, trial, attrs))
     if not rows:
         lines.append(NO_FEASIBLE if complete else "no complete trial yet")
         lines.extend(out_of_reach_lines(study) if complete else [])
@@ -62,11 +63,12 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         for row in rows:
             del row[6]
     lines.append(format_table(rows, header))
-    if best is not None and base is not None and robust_value(base) > 0:
-        lines.append(f"speed-up over the baseline: {robust_value(best) / robust_value(base):.2f}x")
+    if best is not None and base is not None and robust_value(base, attrs) > 0:
+        ratio = robust_value(best, attrs) / robust_value(base, attrs)
+        lines.append(f"speed-up over the baseline: {ratio:.2f}x")
     confirmed = confirmed_trial(study)
     if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = confirm_scores(confirmed)
+        scores = confirm_scores(confirmed, attrs)
         runs = ", ".join(f"{float(s):,.1f}" for s in scores)
         lines.append(f"confirmed: median of {len(scores)} runs ({runs} {unit})")
     elif best is not None and not cfg.multi_objective:
@@ -88,7 +90,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     return "\n".join(lines)
 
 
-def _row(label: str, trial: FrozenTrial) -> list[object]:
+def _row(label: str, trial: FrozenTrial, attrs: Mapping[str, Any]) -> list[object]:
     p, record = trial.params, TrialRecord.from_trial(trial)
     return [
         label,
@@ -96,7 +98,7 @@ def _row(label: str, trial: FrozenTrial) -> list[object]:
         p.get("batch_size"),
         p.get("streams"),
         p.get("precision"),
-        robust_value(trial),
+        robust_value(trial, attrs),
         record.p99_ms,
         agreement_text(record),
     ]

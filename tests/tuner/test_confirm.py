@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import sqlite3
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from tuner import config
 from tuner.child import ChildOutcome, WarmWorker
 from tuner.cli import main
 from tuner.confirm import candidates
-from tuner.results import best_trial, engine_builds, robust_value
+from tuner.results import best_trial, confirmed_value, engine_builds, robust_value
 from tuner.space import SearchSpace
 from tuner.study import grid_order, prepare
 
@@ -64,6 +65,18 @@ def optimize_args(db: Path, cache_dir: Path, runs: Path, *extra: str) -> list[st
 def load(db: Path) -> optuna.Study:
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
     return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+
+
+def trial_attr_rows(db: Path) -> list[tuple[Any, ...]]:
+    """Every row of Optuna's trial user attribute table: confirmation writes none of them (it
+    stores through the public API, as study attributes)."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return sorted(con.execute("SELECT trial_id, key, value_json FROM trial_user_attributes"))
+
+
+def repeats(study: optuna.Study, trial: FrozenTrial) -> list[float]:
+    """The trial's confirmation scores as the study stores them."""
+    return list(study.user_attrs[f"confirm:{trial.number}"])
 
 
 def check_top(study: optuna.Study, numbers: list[int], k: int) -> list[FrozenTrial]:
@@ -176,6 +189,7 @@ def test_confirm_runs_0_keeps_the_best_single_run(unconfirmed: tuple[Path, str])
     db, out = unconfirmed
     study = load(db)
     assert "confirmed_best" not in study.user_attrs
+    assert not any(key.startswith("confirm:") for key in study.user_attrs)
     assert not any("confirm_scores" in t.user_attrs for t in study.get_trials())
     assert not list((db.parent / "runs").glob("*/confirm-*"))
     assert best_trial(study).number == study.best_trial.number  # type: ignore[union-attr]
@@ -187,25 +201,29 @@ def test_optimize_confirms_the_top_configurations(
 ) -> None:
     """Real repeats: each candidate gets 1 + N scores, the best median wins everywhere."""
     runs = tmp_path / "runs"
+    rows = trial_attr_rows(study_db)
     argv = optimize_args(study_db, cache_dir, runs, "--confirm-runs", "2", "--confirm-top", "2")
     assert main(argv) == 0
     out = capsys.readouterr().out
+    assert trial_attr_rows(study_db) == rows  # nothing written onto the finished trials
     study = load(study_db)
     confirmed = check_top(study, study.user_attrs["confirmed_top"], 2)
     assert len(confirmed) == 2  # TRIALS configurations, feasible on the null backend
     assert study.user_attrs["confirmed_at"]
     for trial in confirmed:
-        scores = trial.user_attrs["confirm_scores"]
+        scores = repeats(study, trial)
         assert len(scores) == 3 and scores[0] == trial.values[0]
-        assert trial.user_attrs["confirmed_score"] == statistics.median(scores)
+        assert confirmed_value(trial, study.user_attrs) == statistics.median(scores)
+        assert not {"confirm_scores", "confirmed_score"} & set(trial.user_attrs)
         assert {p.name for p in runs.glob("*/confirm-*")} >= {
             f"confirm-{trial.number:04d}-{i}" for i in (1, 2)
         }
-    winner = max(confirmed, key=lambda t: (t.user_attrs["confirmed_score"], -t.number))
+    median = {t.number: statistics.median(repeats(study, t)) for t in confirmed}
+    winner = max(confirmed, key=lambda t: (median[t.number], -t.number))
     assert study.user_attrs["confirmed_best"] == winner.number
     best = best_trial(study)
     assert best is not None and best.number == winner.number
-    assert robust_value(best) == winner.user_attrs["confirmed_score"]
+    assert robust_value(best, study.user_attrs) == median[winner.number]
     assert "confirmed: median of 3 runs" in out
     row, p = summary_row(out, "best"), winner.params
     assert (row["trial"], row["batch"], row["streams"], row["precision"]) == (
@@ -214,7 +232,7 @@ def test_optimize_confirms_the_top_configurations(
         str(p["streams"]),
         p["precision"],
     )
-    assert row["samples/s"] == f"{winner.user_attrs['confirmed_score']:,.2f}"  # the median
+    assert row["samples/s"] == f"{median[winner.number]:,.2f}"  # the median
     assert len(study.get_trials()) == TRIALS  # confirmation adds no trials
 
     exported = tmp_path / "best.json"
@@ -222,7 +240,7 @@ def test_optimize_confirms_the_top_configurations(
     assert main([*export, "--out", str(exported)]) == 0
     doc = json.loads(exported.read_text())["trial"]
     assert doc["number"] == winner.number
-    assert doc["value"] == pytest.approx(winner.user_attrs["confirmed_score"])
+    assert doc["value"] == pytest.approx(median[winner.number])
     assert doc["confirmed"]["runs"] == 3
 
 
@@ -247,17 +265,19 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     fake, calls = fake_measure(study, scores)
     patch_confirmation(monkeypatch, fake)
     argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
+    rows = trial_attr_rows(study_db)
     assert main(argv) == 0  # the defaults: 2 more runs of the top 3
     out = capsys.readouterr().out
+    assert trial_attr_rows(study_db) == rows
     assert sorted(calls) == sorted(
         f"confirm-{t.number:04d}-{i}" for t in (lucky, runner_up, third) for i in (1, 2)
     )
     study = load(study_db)
     attrs = {t.number: t.user_attrs for t in study.get_trials()}
-    assert attrs[lucky.number]["confirm_scores"] == [lucky.values[0], 0.0, 0.0]
-    assert attrs[lucky.number]["confirmed_score"] == 0.0
+    assert repeats(study, lucky) == [lucky.values[0], 0.0, 0.0]
+    assert confirmed_value(lucky, study.user_attrs) == 0.0
     median = runner_up.values[0] * 0.95
-    assert attrs[runner_up.number]["confirmed_score"] == pytest.approx(median)
+    assert confirmed_value(runner_up, study.user_attrs) == pytest.approx(median)
     assert study.user_attrs["confirmed_best"] == runner_up.number
     assert best_trial(study).number == runner_up.number  # type: ignore[union-attr]
     row = summary_row(out, "best")
@@ -328,8 +348,8 @@ def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
     study = load(study_db)
     assert study.user_attrs.get("confirmed_best") is None
     (trial,) = [t for t in study.get_trials() if t.number == first.number]
-    assert trial.user_attrs["confirm_scores"] == [first.values[0]] * 2  # kept
-    assert "confirmed_score" not in trial.user_attrs
+    assert repeats(study, trial) == [first.values[0]] * 2  # kept
+    assert confirmed_value(trial, study.user_attrs) is None  # a repeat is missing
 
     fake, calls = fake_measure(study, lambda t, i: t.values[0])
     patch_confirmation(monkeypatch, fake)
@@ -348,7 +368,7 @@ def test_with_workers_the_parent_confirms_after_they_finish(
     study = load(db)
     confirmed = check_top(study, study.user_attrs["confirmed_top"], 2)
     assert len(confirmed) == 2
-    assert all(len(t.user_attrs["confirm_scores"]) == 2 for t in confirmed)
+    assert all(len(repeats(study, t)) == 2 for t in confirmed)
     assert study.user_attrs["confirmed_best"] in {t.number for t in confirmed}
     assert len(list(runs.glob("*/confirm-*"))) == 2
     assert "confirmed: median of 2 runs" in capsys.readouterr().out

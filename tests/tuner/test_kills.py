@@ -298,7 +298,7 @@ def test_kill_9_during_confirmation_leaves_no_process_and_the_rerun_finishes_it(
     study = the_study(storage)
     best = study.user_attrs["confirmed_best"]
     (winner,) = [t for t in trials if t.number == best]
-    assert len(winner.user_attrs["confirm_scores"]) == 3  # its own value and 2 repeats
+    assert len(study.user_attrs[f"confirm:{winner.number}"]) == 3  # own value, 2 repeats
     assert "confirmed" in out
 
 

@@ -55,17 +55,3 @@ def test_fail_running_sets_attributes_then_fails_and_refuses_a_finished_trial(
     assert failed.state == TrialState.FAIL and failed.user_attrs == {"failure": "worker died"}
     assert not compat.fail_running(study, failed, {"failure": "again"})
     assert compat.frozen(study, trial).user_attrs == {"failure": "worker died"}
-
-
-def test_a_finished_trials_user_attribute_is_stored_and_seen_by_a_new_load(
-    study: optuna.Study, tmp_path: Path
-) -> None:
-    trial = study.ask()
-    study.tell(trial, 1.0)
-    done = compat.frozen(study, trial)
-    compat.set_finished_user_attr(study, done, "confirm_scores", [1.0, 2.0])
-    compat.set_finished_user_attr(study, done, "confirm_scores", [1.0, 2.0, 3.0])  # updated
-    assert done.user_attrs["confirm_scores"] == [1.0, 2.0, 3.0]
-    assert study.trials[0].user_attrs["confirm_scores"] == [1.0, 2.0, 3.0]
-    reloaded = optuna.load_study(study_name="compat", storage=f"sqlite:///{tmp_path}/compat.db")
-    assert reloaded.trials[0].user_attrs["confirm_scores"] == [1.0, 2.0, 3.0]

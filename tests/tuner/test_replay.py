@@ -17,7 +17,7 @@ from harness.errors import ConfigError
 from tuner.config import Space, StudyConfig
 from tuner.pipeline import optimize
 from tuner.replay import LandscapeReplay
-from tuner.results import CONFIRMED_BEST, best_trial
+from tuner.results import CONFIRMED_BEST, best_trial, confirmed_value
 
 BATCHES, STREAMS, PRECISIONS = (1, 2, 4), (1, 2), ("fp32", "int8")
 
@@ -230,10 +230,9 @@ def test_a_replayed_study_confirms_and_declares_the_true_best(
     else:
         pytest.fail("no seed drew the lucky repeat first")
     assert replay.truth(lucky) == 30.0
-    assert trial.user_attrs["confirm_scores"][0] == 100.0
-    assert trial.user_attrs["confirmed_score"] == statistics.median(
-        trial.user_attrs["confirm_scores"]
-    )
+    scores = study.user_attrs[f"confirm:{trial.number}"]
+    assert scores[0] == 100.0
+    assert confirmed_value(trial, study.user_attrs) == statistics.median(scores)
     winner = best_trial(study)
     assert winner is not None and study.user_attrs[CONFIRMED_BEST] == winner.number
     assert winner.params == {"batch_size": 4, "streams": 1, "precision": "fp32"}

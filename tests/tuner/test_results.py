@@ -3,6 +3,9 @@ queries on it, old studies' attribute names included."""
 
 from __future__ import annotations
 
+import copy
+import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,10 @@ from tuner.results import (
     CONFIRM_SCORES,
     CONFIRMED_SCORE,
     TrialRecord,
+    best_trial,
     compact_run,
     confirm_scores,
+    confirmed_value,
     engine_builds,
     measured_throughput,
     rate,
@@ -95,8 +100,9 @@ def test_a_measurement_round_trips_through_the_storage(tmp_path: Path) -> None:
     assert attrs["loadgen_runs"][0]["percentile_ms"] == 11.0
     assert "failure" not in attrs and "inputs" not in attrs and "gpu" not in attrs
     assert engine_builds(study) == 1
-    assert measured_throughput(trial) == robust_value(trial) == rate(trial, "server") == 120.0
-    assert rate(trial, "offline") == 119.0
+    attrs = study.user_attrs
+    assert measured_throughput(trial) == robust_value(trial, attrs) == 120.0
+    assert rate(trial, "server", attrs) == 120.0 and rate(trial, "offline", attrs) == 119.0
 
 
 def test_an_infeasible_and_a_failed_record_store_only_what_they_know() -> None:
@@ -146,15 +152,27 @@ def test_an_old_trial_reads(tmp_path: Path) -> None:
     assert (record.agreement, record.metric) == (0.9, "top1")
     assert record.extra == {"worker": {"pid": 1}}
     assert engine_builds(study) is None  # no trial recorded engine_cached
-    assert robust_value(second) == 70.0 and measured_throughput(second) == 80.0
-    assert confirm_scores(second) == [80.0, 60.0, 70.0] and confirm_scores(first) == []
-    assert rate(second, "offline") == 70.0
+    attrs = study.user_attrs
+    assert robust_value(second, attrs) == 70.0 and measured_throughput(second) == 80.0
+    assert confirm_scores(second, attrs) == [80.0, 60.0, 70.0]
+    assert confirm_scores(first, attrs) == []
+    assert rate(second, "offline", attrs) == 70.0
 
 
 def test_rate_refuses_a_trial_without_a_positive_rate(tmp_path: Path) -> None:
     study = _study(tmp_path, (TrialRecord(score=0.0, valid=True, samples_per_second=0.0), 0.0))
     with pytest.raises(TunerError, match=r"samples_per_second=0\.0, not a positive rate"):
-        rate(study.get_trials()[0], "offline")
+        rate(study.get_trials()[0], "offline", study.user_attrs)
+
+
+def test_a_confirmed_score_is_the_median_once_every_repeat_has_run() -> None:
+    trial = optuna.trial.create_trial(value=80.0)
+    key = f"confirm:{trial.number}"
+    attrs: dict[str, Any] = {"config": {"confirm_runs": 2}, key: [80.0, 60.0]}
+    assert confirmed_value(trial, attrs) is None  # a repeat missing
+    assert robust_value(trial, attrs) == 80.0 and confirm_scores(trial, attrs) == [80.0, 60.0]
+    attrs[key] = [80.0, 60.0, 0.0]
+    assert confirmed_value(trial, attrs) == robust_value(trial, attrs) == 60.0
 
 
 def test_compact_run_without_a_percentile() -> None:
@@ -214,3 +232,54 @@ _DUPLICATED = {
     "duration_s",
     "trials_budget",
 }
+
+
+def test_a_study_confirmed_by_an_earlier_version_reads_the_same(
+    tmp_path: Path, offline_study: MadeStudy
+) -> None:
+    """Earlier versions stored each candidate's scores and median on the trial
+    (`confirm_scores`, `confirmed_score`) instead of as a study attribute: such a study names
+    the same winner with the same value everywhere."""
+    source = offline_study.load()
+    attrs = source.user_attrs
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(
+        study_name=source.study_name, storage=storage, directions=source.directions
+    )
+    for key, value in attrs.items():
+        if not key.startswith("confirm:"):
+            old.set_user_attr(key, value)
+    trials = []
+    for trial in source.get_trials():
+        scores = confirm_scores(trial, attrs)
+        if scores:
+            trial = copy.deepcopy(trial)
+            trial.user_attrs = {
+                **trial.user_attrs,
+                CONFIRM_SCORES: scores,
+                CONFIRMED_SCORE: statistics.median(scores),
+            }
+        trials.append(trial)
+    old.add_trials(trials)
+    confirmed = [t for t in source.get_trials() if confirmed_value(t, attrs) is not None]
+    assert confirmed and not any(k.startswith("confirm:") for k in old.user_attrs)
+    best, old_best = best_trial(source), best_trial(old)
+    assert best is not None and old_best is not None and old_best.number == best.number
+    assert robust_value(old_best, old.user_attrs) == robust_value(best, attrs)
+    assert robust_value(best, attrs) == statistics.median(confirm_scores(best, attrs))
+    for trial, old_trial in zip(source.get_trials(), old.get_trials(), strict=True):
+        assert confirmed_value(old_trial, old.user_attrs) == confirmed_value(trial, attrs)
+        assert confirm_scores(old_trial, old.user_attrs) == confirm_scores(trial, attrs)
+    cfg = from_stored(attrs["config"], storage=storage)
+    assert report.summary_lines(old) == report.summary_lines(source)
+    assert report.trials_table(old) == report.trials_table(source)
+    assert render_summary(old, cfg) == render_summary(source, cfg)
+    for fmt in sorted(set(export.FORMATS) - {"json"}):
+        assert export.FORMATS[fmt](export.study_context(old), choose_trial(old)) == (
+            export.FORMATS[fmt](export.study_context(source), choose_trial(source))
+        )
+    docs = [
+        json.loads(export.render_json(export.study_context(s), choose_trial(s)))["trial"]
+        for s in (old, source)
+    ]
+    assert docs[0]["value"] == docs[1]["value"] and docs[0]["confirmed"] == docs[1]["confirmed"]
