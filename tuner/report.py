@@ -667,8 +667,8 @@ def report_json(study: optuna.Study) -> dict[str, Any]:
         return {
             "number": trial.number,
             "params": dict(trial.params),
-            "value": robust_value(trial) if trial.values else None,
-            "confirm_scores": confirm_scores(trial) or None,
+            "value": robust_value(trial, attrs) if trial.values else None,
+            "confirm_scores": confirm_scores(trial, attrs) or None,
         }
 
     return {
