@@ -54,6 +54,8 @@ class QuickResult:
 
     measured: list[Coordinate] = field(default_factory=list)
     best: Coordinate | None = None
+    #: Every measurement taken, by configuration.
+    data: dict[Coordinate, Measurement] = field(default_factory=dict)
 
 
 def _distance(a: Sequence[int], b: Sequence[int]) -> float:
@@ -248,9 +250,9 @@ def quick_search(
     configuration MA measures first is the smallest one here, so it is one measurement.
     Declared: the best passing measurement (MA's top model config; its later concurrency
     sweep of the top configurations has no counterpart in an Offline study)."""
-    data: dict[Coordinate, Measurement] = {}
-    visits: dict[Coordinate, int] = {}
     result = QuickResult()
+    data = result.data
+    visits: dict[Coordinate, int] = {}
 
     def take(c: Coordinate) -> Measurement:
         if c not in data:

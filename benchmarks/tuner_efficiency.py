@@ -29,7 +29,8 @@ Peers (`benchmarks/peers.py`, each on the same landscapes, the same seeds and th
 recording session per seed as the default's declared-best study), one measurement = one drawn
 repeat:
 
-- quick: Triton Model Analyzer's quick search, hill climbing from the smallest configuration;
+- quick: Triton Model Analyzer's quick search, hill climbing over batch size and streams from
+  the smallest configuration, once per precision (a separate model to MA);
 - grid3: NVIDIA's autotune grid, every configuration measured 3 times, the best median declared;
 - plain-tpe: Optuna's TPESampler alone, the default budget, the best single trial declared.
 
@@ -44,6 +45,7 @@ seeds, with at most a third of grid3's measurements (median over the seeds).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -295,22 +297,36 @@ def _score(replay: LandscapeReplay, params: dict[str, Any], floor: float) -> flo
 def peer_quick(
     replay: LandscapeReplay, space: dict[str, Any], floor: float, seed: int, budget: int
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Model Analyzer's quick search; a failed run (no score) is MA's None measurement, an
-    INVALID run or one under the accuracy floor a measurement failing the constraints."""
+    """Model Analyzer's quick search. Its dimensions are max_batch_size and instance count
+    (batch size and streams here); a precision (or a deque timeout, MA's
+    max_queue_delay_microseconds, which quick search does not search either) is another model
+    to MA, so each value gets its own search from its smallest configuration, and the best
+    passing measurement of them all is declared. A failed run (no score) is MA's None
+    measurement; an INVALID run or one under the accuracy floor fails the constraints."""
     dims = space_dimensions(space)
+    searched, fixed = dims[:2], dims[2:]
+    order: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    for others in itertools.product(*(values for _, values in fixed)):
 
-    def params(c: peers.Coordinate) -> dict[str, Any]:
-        return _params(dims, tuple(values[i] for (_, values), i in zip(dims, c, strict=True)))
+        def params(c: peers.Coordinate, others: tuple[Any, ...] = others) -> dict[str, Any]:
+            picked = tuple(values[i] for (_, values), i in zip(searched, c, strict=True))
+            return _params(dims, picked + others)
 
-    def measure(c: peers.Coordinate) -> peers.Measurement:
-        repeat = replay.draw(params(c))
-        if repeat is None or "score" not in repeat:
-            return None
-        value = objective(repeat, floor)
-        return (value, True) if value > 0 else (float(repeat["score"]), False)
+        def measure(c: peers.Coordinate, params: Any = params) -> peers.Measurement:
+            repeat = replay.draw(params(c))
+            if repeat is None or "score" not in repeat:
+                return None
+            value = objective(repeat, floor)
+            return (value, True) if value > 0 else (float(repeat["score"]), False)
 
-    found = peers.quick_search([len(v) for _, v in dims], measure)
-    return (params(found.best) if found.best else None), [params(c) for c in found.measured]
+        found = peers.quick_search([len(v) for _, v in searched], measure)
+        order += [params(c) for c in found.measured]
+        if found.best is not None:
+            value = found.data[found.best][0]  # type: ignore[index]
+            if best is None or value > best[0]:
+                best = (value, params(found.best))
+    return (best[1] if best else None), order
 
 
 def peer_grid(
