@@ -66,6 +66,7 @@ if str(ROOT) not in sys.path:  # run as a script: `benchmarks` importable as a p
 
 import tuner.study  # noqa: E402
 from benchmarks import peers  # noqa: E402
+from harness.models import BUILTIN_MODELS  # noqa: E402
 from tuner.config import SAMPLERS, Space, StudyConfig  # noqa: E402
 from tuner.pipeline import optimize  # noqa: E402
 from tuner.replay import NOISE, LandscapeReplay, drawable, objective, params_of  # noqa: E402
@@ -94,7 +95,7 @@ def study_config(
         sampler=sampler,
         seed=seed,
         confirm_runs=StudyConfig().confirm_runs if confirm else 0,
-        model=data["model"],
+        model=replay_model(data),
         backend="replay",
         backend_options={"landscape": str(path)},
         scenario=data["scenario"],
@@ -108,6 +109,14 @@ def study_config(
         ),
         runs_dir=db.parent / "runs",
     )
+
+
+def replay_model(data: dict[str, Any]) -> str:
+    """The model a replayed study names: the landscape's, or the built-in tiny model where the
+    landscape's is a file that is not here (e.g. an exported BERT under the git-ignored
+    benchmarks/models/): a replayed trial never loads it, only the study's metadata names it."""
+    model = str(data["model"])
+    return model if model in BUILTIN_MODELS or Path(model).is_file() else "tiny"
 
 
 def trials_to_near(study: optuna.Study, replay: LandscapeReplay, floor: float, best: float) -> int:
