@@ -126,7 +126,7 @@ class Search:
     within_reliable: bool | None = None
     #: Reported QPS / the 19/20 edge (None: not measured).
     to_edge: float | None = None
-    #: Wall time of the search (model: with the shared Offline run).
+    #: Wall time of the search (model: with the Offline run the others share).
     seconds: float = 0.0
     note: str = ""
 
@@ -360,6 +360,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
             bench = Bench(sut, spec, out)
             # (1) The runner's own Server path: Offline bound, model guess, find_max_qps.
             print("    [model] the runner's Server search (Offline run, model, find_max_qps)")
+            begun = time.perf_counter()
             outcome = runner.SCENARIOS["server"](runner._Context(run, spec, sut, warm, out))
             offline_runs = [r for r in outcome.runs if r.scenario == "Offline"]
             probes = [r for r in outcome.runs if r.scenario == "Server"]
@@ -376,12 +377,12 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 verdicts=[r.valid for r in probes],
                 note=outcome.note,
             )
-            model.seconds = time.perf_counter() - started
+            model.seconds = time.perf_counter() - begun
             if probes and not math.isclose(
                 probes[0].target_qps or 0.0, server.FIRST_PROBE * upper, rel_tol=1e-6
             ):
                 figures.model_guess = probes[0].target_qps
-            # (2) Plain bisection, (3) LoadGen's FindPeakPerformance.
+            # (2) Plain bisection, (3) LoadGen's FindPeakPerformance, (4) vLLM's serve_sla.
             figures.searches = {"model": model}
             for method in ("bisect", "peak", "interp"):
                 if method not in args.methods:

@@ -166,3 +166,34 @@ def test_target_4a_compares_the_default_with_the_grid_at_median_and_10th_percent
     rows[tuner_efficiency.DEFAULT] = row([1.0] * 20, 25)  # over a third of 72
     verdict = tuner_efficiency.target_4a(rows, 24)
     assert verdict is not None and not verdict["pass"] and "FAIL" in verdict["line"]
+
+
+def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
+    from benchmarks.server_search import Figures, Search, edge_summary
+
+    def figures(runs: int, confirms: list[bool], share: float) -> list[Figures]:
+        out = []
+        for i in range(10):
+            model = Search(runs=runs, qps=100.0 * share, confirms=list(confirms), to_edge=share)
+            out.append(Figures(config=f"c{i}", recorded_batch_ms=1.0, edge=100.0))
+            out[-1].searches = {"model": model}
+        return out
+
+    assert edge_summary(figures(4, [True, True, True], 1.0), 0.02)["target_4b"]["pass"]
+    over = edge_summary(figures(5, [True, True, True], 1.0), 0.02)["target_4b"]
+    assert not over["pass"] and over["checks"] == {
+        "confirmation": True,
+        "edge": True,
+        "runs": False,
+    }
+    # 27 of 30 is 90%: enough; 26 of 30 is not. An answer under 95% of the edge fails.
+    nine_in_ten = figures(4, [True, True, True], 1.0)
+    for f in nine_in_ten[:3]:
+        f.searches["model"].confirms[0] = False
+    assert edge_summary(nine_in_ten, 0.02)["target_4b"]["pass"]
+    nine_in_ten[3].searches["model"].confirms[0] = False
+    assert not edge_summary(nine_in_ten, 0.02)["target_4b"]["checks"]["confirmation"]
+    low = figures(4, [True, True, True], 0.94)
+    assert not edge_summary(low, 0.02)["target_4b"]["checks"]["edge"]
+    # Too few runs to judge: 2 confirmations per configuration (20 < 30).
+    assert not edge_summary(figures(4, [True, True], 1.0), 0.02)["target_4b"]["pass"]
