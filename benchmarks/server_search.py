@@ -1,4 +1,4 @@
-"""How many LoadGen runs three Server max-QPS searches need, and what they report (a script,
+"""How many LoadGen runs four Server max-QPS searches need, and what they report (a script,
 not a test).
 
 Per configuration of a recorded landscape, replayed by the `replay` backend (the batching
@@ -18,21 +18,39 @@ latency, times --time-scale):
             rate: it checks that target, doubles it until a run fails, then bisects to
             server_find_peak_qps_decimals_of_precision. Its sub-runs are counted twice: the
             SUT's flush_queries calls (LoadGen flushes once after each run it issues) and the
-            run announcements in LoadGen's detail log; the two must agree.
+            run announcements in LoadGen's detail log; the two must agree;
+(4) interp  vLLM's `bench sweep serve_sla` search (`benchmarks/peers.py`,
+            `interpolation_search`): the Offline rate, then the lowest load the harness's
+            search may run (`server.lowest_qps`), then the first root of a PCHIP interpolant
+            of the margin (measured percentile - bound) against the target, to the same
+            tolerance; --interp-runs runs per probe (vLLM's --num-runs, whose default is 3;
+            here 1 by default, as every other search here probes with one run), the margin
+            of their mean percentile; LoadGen's verdict overrides it: a probe with an
+            INVALID run fails (margin at least +1e-9 ms).
 
 The reference is the highest VALID target of a fine sweep (geometric steps of --sweep-step)
-around the three answers. With --sweep-repeats N the sweep's targets are run N times in all,
+around the answers. With --sweep-repeats N the sweep's targets are run N times in all,
 and the "reliable edge" is the highest target at and below which every one of those runs
 passed: where runs pass reliably rather than by luck. Each method's answer is then run
 --confirm-runs more times (default once: "confirmation runs") at the QPS it reported. The
-Offline run that gives the upper bound is shared and not counted. QPS are LoadGen targets
-(`server_target_qps`); the harness's score is LoadGen's scheduled QPS, which for a fixed
-schedule seed and query count is a fixed multiple of the target.
+Offline run that gives the upper bound is shared and not counted.
+
+Issue 15's target 4b (--edge-runs 20): the "19/20 edge" of a configuration is the highest
+target that passes at least --edge-needed (19) of --edge-runs (20) runs, walked in steps of
+--sweep-step from --edge-start x the model-led search's answer (`peers.reliable_edge`: up while
+targets pass, down while they fail; a target stops at its second failure). The target: the
+model-led search's reported QPS passes >= 90% of the confirmation runs (>= 30 over >= 10
+configurations: --confirm-runs 3), is >= 95% of the 19/20 edge in every configuration, and the
+search takes a median <= 4 LoadGen runs. --no-sweep leaves out the fine sweep (the reference).
+
+QPS are LoadGen targets (`server_target_qps`); the harness's score is LoadGen's scheduled QPS,
+which for a fixed schedule seed and query count is a fixed multiple of the target.
 
     python benchmarks/server_search.py [--landscape L.json] [--time-scale 0.1]
         [--latency-ms 100] [--percentile 99] [--configs fp32/b1/s1,int8/b2/s1]
-        [--min-queries 600] [--methods model,bisect,peak] [--no-refine] [--answer-runs 2]
-        [--confirm-runs 1] [--out figures.json]
+        [--min-queries 600] [--methods model,bisect,peak,interp] [--no-refine]
+        [--answer-runs 2] [--confirm-runs 1] [--interp-runs 1] [--edge-runs 20]
+        [--no-sweep] [--out figures.json]
 """
 
 from __future__ import annotations
@@ -55,19 +73,26 @@ from typing import Any
 
 import numpy as np
 
-from harness import runner
-from harness.backends import BackendOptions, get_backend
-from harness.backends.replay import Key, read_landscape, recorded_latencies
-from harness.config import RunConfig, ScenarioSpec
-from harness.dataset import SampleSet
-from harness.device import cpu_name
-from harness.loadgen_log import DETAIL_FILE, MLLOG_PREFIX, LoadgenRun
-from harness.scenarios import server
-from harness.scenarios._loadgen import run_test, test_settings
-from harness.sut import BatchingSUT
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `benchmarks` importable as a package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import peers  # noqa: E402
+from harness import runner  # noqa: E402
+from harness.backends import BackendOptions, get_backend  # noqa: E402
+from harness.backends.replay import Key, read_landscape, recorded_latencies  # noqa: E402
+from harness.config import RunConfig, ScenarioSpec  # noqa: E402
+from harness.dataset import SampleSet  # noqa: E402
+from harness.device import cpu_name  # noqa: E402
+from harness.loadgen_log import DETAIL_FILE, MLLOG_PREFIX, LoadgenRun  # noqa: E402
+from harness.scenarios import server  # noqa: E402
+from harness.scenarios._loadgen import run_test, test_settings  # noqa: E402
+from harness.sut import BatchingSUT  # noqa: E402
 
 DEFAULT_LANDSCAPE = Path(__file__).parent / "landscapes" / "mobilenet-offline-cpu.json"
-METHODS = ("model", "bisect", "peak")
+METHODS = ("model", "bisect", "peak", "interp")
+#: Issue 15, 4b: confirmation pass rate, share of the 19/20 edge, median runs.
+TARGET_PASS_RATE, TARGET_EDGE_SHARE, TARGET_RUNS = 0.90, 0.95, 4
 #: How LoadGen's detail log announces each FindPeakPerformance sub-run (6.0.17).
 PEAK_RUN_MESSAGES = (
     "FindPeakPerformance: Check validity of the base settings field",
@@ -99,6 +124,10 @@ class Search:
     within: bool | None = None
     #: Within the tolerance of the reliable edge (None: not measured).
     within_reliable: bool | None = None
+    #: Reported QPS / the 19/20 edge (None: not measured).
+    to_edge: float | None = None
+    #: Wall time of the search (model: with the Offline run the others share).
+    seconds: float = 0.0
     note: str = ""
 
     @property
@@ -119,6 +148,10 @@ class Figures:
     reliable: float | None = None
     lowest_invalid_above: float | None = None
     sweep: list[tuple[float, bool]] = field(default_factory=list)
+    #: With --edge-runs: the highest target passing --edge-needed of --edge-runs runs, and
+    #: each target walked as [target, passes, runs].
+    edge: float | None = None
+    edge_tally: list[tuple[float, int, int]] = field(default_factory=list)
     searches: dict[str, Search] = field(default_factory=dict)
     seconds: float = 0.0
     note: str = ""
@@ -189,6 +222,28 @@ class Bench:
             if low > 0 and high - low <= tol * low * (1 + 1e-9):
                 break
         search.runs, search.qps = len(search.targets), low
+        return search
+
+    def interp(self, upper: float, runs_per_probe: int) -> Search:
+        """vLLM serve_sla's interpolation search (`peers.interpolation_search`) between the
+        harness's lowest load and `upper`."""
+        spec, search = self.spec, Search()
+
+        def probe(qps: float) -> float:
+            margins, valid = [], True
+            for _ in range(runs_per_probe):
+                run = self.run("interp", qps)
+                search.targets.append(qps)
+                search.verdicts.append(run.valid)
+                valid = valid and run.valid
+                p = run.percentile_ms(spec.percentile)
+                margins.append((p if p is not None else math.inf) - spec.latency_ms)
+            margin = sum(margins) / len(margins)
+            return margin if valid == (margin <= 0) else (1e-9 if not valid else -1e-9)
+
+        low = server.lowest_qps(spec, upper)
+        answer, _ = peers.interpolation_search(probe, low, upper, spec.qps_tolerance)
+        search.runs, search.qps = len(search.targets), answer or 0.0
         return search
 
     def find_peak(self, start: float, decimals: int) -> Search:
@@ -305,6 +360,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
             bench = Bench(sut, spec, out)
             # (1) The runner's own Server path: Offline bound, model guess, find_max_qps.
             print("    [model] the runner's Server search (Offline run, model, find_max_qps)")
+            begun = time.perf_counter()
             outcome = runner.SCENARIOS["server"](runner._Context(run, spec, sut, warm, out))
             offline_runs = [r for r in outcome.runs if r.scenario == "Offline"]
             probes = [r for r in outcome.runs if r.scenario == "Server"]
@@ -321,18 +377,25 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                 verdicts=[r.valid for r in probes],
                 note=outcome.note,
             )
+            model.seconds = time.perf_counter() - begun
             if probes and not math.isclose(
                 probes[0].target_qps or 0.0, server.FIRST_PROBE * upper, rel_tol=1e-6
             ):
                 figures.model_guess = probes[0].target_qps
-            # (2) Plain bisection, (3) LoadGen's FindPeakPerformance.
+            # (2) Plain bisection, (3) LoadGen's FindPeakPerformance, (4) vLLM's serve_sla.
             figures.searches = {"model": model}
-            if "bisect" in args.methods:
-                figures.searches["bisect"] = bench.bisect(upper)
-            if "peak" in args.methods:
-                figures.searches["peak"] = bench.find_peak(
-                    args.peak_start * upper, args.peak_decimals
-                )
+            for method in ("bisect", "peak", "interp"):
+                if method not in args.methods:
+                    continue
+                begun = time.perf_counter()
+                if method == "bisect":
+                    found = bench.bisect(upper)
+                elif method == "peak":
+                    found = bench.find_peak(args.peak_start * upper, args.peak_decimals)
+                else:
+                    found = bench.interp(upper, args.interp_runs)
+                found.seconds = time.perf_counter() - begun
+                figures.searches[method] = found
             # Confirmation runs at each reported QPS.
             for method, search in figures.searches.items():
                 if search.qps > 0:
@@ -341,10 +404,29 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                         search.confirms.append(confirm.valid)
                         if search.confirm_p is None:
                             search.confirm_p = confirm.percentile_ms(spec.percentile)
+            answers = [s.qps for s in figures.searches.values() if s.qps > 0]
+            # The 19/20 edge (issue 15, 4b), walked from the model-led answer.
+            if answers and args.edge_runs:
+                start = args.edge_start * (model.qps or statistics.median(answers))
+                figures.edge, tally = peers.reliable_edge(
+                    lambda q: bench.run("edge", q).valid,
+                    start,
+                    args.sweep_step,
+                    repeats=args.edge_runs,
+                    needed=args.edge_needed,
+                )
+                figures.edge_tally = [(q, ok, n) for q, (ok, n) in sorted(tally.items())]
+                print(
+                    "    19/20 edge: "
+                    + ", ".join(f"{q:.1f} {ok}/{n}" for q, ok, n in figures.edge_tally)
+                    + f" -> {figures.edge}"
+                )
+                if figures.edge:
+                    for search in figures.searches.values():
+                        search.to_edge = search.qps / figures.edge
             # The reference: the highest VALID target of a fine sweep around the answers.
             # (Not around the model's guess: a wrong one would stretch the sweep.)
-            answers = [s.qps for s in figures.searches.values() if s.qps > 0]
-            if answers:
+            if answers and args.sweep:
                 low = 0.94 * min(answers)
                 high = min(1.05 * max(answers), upper / (1 + tol))
                 points = geometric_sweep(low, high, args.sweep_step)
@@ -382,6 +464,80 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                     search.within_reliable = abs(search.qps - edge) <= tol * edge
     figures.seconds = time.perf_counter() - started
     return figures
+
+
+def edge_summary(all_figures: list[Figures], tol: float) -> dict[str, Any]:
+    """Per method against the 19/20 edge: runs, wall time, confirmation pass rate, reported /
+    edge; and issue 15's target 4b for the model-led search."""
+    done = [f for f in all_figures if f.searches and f.edge]
+    if not done:
+        return {}
+    methods = [m for m in METHODS if any(m in f.searches for f in done)]
+    print()
+    print(f"against the 19/20 edge ({len(done)} configurations): reported / edge, confirmation")
+    print(f"{'config':<12} {'edge':>7} | " + " | ".join(f"{m:>22}" for m in methods))
+    for f in done:
+        cells = []
+        for m in methods:
+            s = f.searches.get(m)
+            cells.append(
+                f"{'':>22}"
+                if s is None
+                else f"{s.qps:7.1f} {s.to_edge or 0:5.3f} {sum(s.confirms)}/{len(s.confirms):<3}"
+                f"{s.runs:>3}r"
+            )
+        print(f"{f.config:<12} {f.edge:7.1f} | " + " | ".join(cells))
+    summary: dict[str, Any] = {}
+    for m in methods:
+        searches = [f.searches[m] for f in done if m in f.searches]
+        passed = sum(sum(s.confirms) for s in searches)
+        confirms = sum(len(s.confirms) for s in searches)
+        shares = [s.to_edge or 0.0 for s in searches]
+        summary[m] = {
+            "configurations": len(searches),
+            "median_runs": statistics.median(s.runs for s in searches),
+            "median_seconds": statistics.median(s.seconds for s in searches),
+            "confirm_valid": passed,
+            "confirm_runs": confirms,
+            "median_to_edge": statistics.median(shares),
+            "min_to_edge": min(shares),
+            "at_least_95": sum(x >= TARGET_EDGE_SHARE for x in shares),
+            "above_edge": sum(x > 1 + 1e-9 for x in shares),
+        }
+        row = summary[m]
+        print(
+            f"  {m:<7} median {row['median_runs']:g} LoadGen runs, "
+            f"{row['median_seconds']:.1f} s per configuration; confirmation runs VALID "
+            f"{passed}/{confirms}"
+            + (f" ({passed / confirms:.0%})" if confirms else "")
+            + f"; reported / 19/20 edge: median {row['median_to_edge']:.3f}, lowest "
+            f"{row['min_to_edge']:.3f}, >= {TARGET_EDGE_SHARE:.0%} in "
+            f"{row['at_least_95']}/{len(searches)}, above the edge in "
+            f"{row['above_edge']}/{len(searches)}"
+        )
+    model = summary.get("model")
+    if model:
+        rate = model["confirm_valid"] / model["confirm_runs"] if model["confirm_runs"] else 0.0
+        checks = {
+            "confirmation": rate >= TARGET_PASS_RATE
+            and model["confirm_runs"] >= 30
+            and model["configurations"] >= 10,
+            "edge": model["at_least_95"] == model["configurations"],
+            "runs": model["median_runs"] <= TARGET_RUNS,
+        }
+        ok = all(checks.values())
+        print(
+            f"target 4b (model-led): confirmation {model['confirm_valid']}/"
+            f"{model['confirm_runs']} = {rate:.0%} over {model['configurations']} "
+            f"configurations (>= {TARGET_PASS_RATE:.0%} of >= 30 over >= 10) "
+            f"[{'ok' if checks['confirmation'] else 'short'}]; >= {TARGET_EDGE_SHARE:.0%} of "
+            f"the 19/20 edge in {model['at_least_95']}/{model['configurations']} "
+            f"[{'ok' if checks['edge'] else 'short'}]; median {model['median_runs']:g} runs "
+            f"(<= {TARGET_RUNS}) [{'ok' if checks['runs'] else 'over'}]: "
+            f"{'PASS' if ok else 'FAIL'}"
+        )
+        summary["target_4b"] = {"pass": ok, "checks": checks}
+    return summary
 
 
 def reliable_edge(sweep: list[tuple[float, bool]]) -> float | None:
@@ -500,7 +656,7 @@ def print_table(all_figures: list[Figures], tol: float) -> dict[str, Any]:
 
 def pass_rates(figures: list[Figures], width: float = 0.02) -> dict[float, tuple[int, int]]:
     """How often a run passes at a given distance from the reference: every run of the sweep,
-    of `model` and `bisect` and every confirmation run, binned by target / reference
+    of `model`, `bisect` and `interp` and their confirmation runs, binned by target / reference
     (bins `width` wide, centred on multiples of it), pooled over configurations.
     FindPeakPerformance's sub-runs are left out (their verdicts are not kept)."""
     bins: dict[float, list[int]] = {}
@@ -508,7 +664,7 @@ def pass_rates(figures: list[Figures], width: float = 0.02) -> dict[float, tuple
         if not f.reference:
             continue
         runs = list(f.sweep)
-        for method in ("model", "bisect"):
+        for method in ("model", "bisect", "interp"):
             search = f.searches.get(method)
             if search is None:
                 continue
@@ -600,8 +756,41 @@ def main() -> int:
         default=1,
         help="independent runs at each reported QPS after the searches (default 1)",
     )
+    parser.add_argument(
+        "--interp-runs",
+        type=int,
+        default=1,
+        help="LoadGen runs per probe of the interp search (vLLM's --num-runs; its default is "
+        "3); the margin is their mean percentile's (default %(default)s)",
+    )
+    parser.add_argument(
+        "--edge-runs",
+        type=int,
+        default=0,
+        help="measure each configuration's reliable edge with this many runs per target "
+        "(issue 15: 20; default 0: not measured)",
+    )
+    parser.add_argument(
+        "--edge-needed",
+        type=int,
+        help="runs of --edge-runs a target must pass to be under the edge (default: all but one)",
+    )
+    parser.add_argument(
+        "--edge-start",
+        type=float,
+        default=1.0,
+        help="the edge walk's first target, share of the model-led answer (default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="leave out the fine sweep (and so the reference and the runs-to-land figures)",
+    )
     parser.add_argument("--out", type=Path, help="write every figure here (JSON)")
     args = parser.parse_args()
+    if args.edge_needed is None:
+        args.edge_needed = max(1, args.edge_runs - 1)
     if args.answer_runs < 1 or args.confirm_runs < 0:
         parser.error("--answer-runs must be >= 1 and --confirm-runs >= 0")
     unknown = args.methods - set(METHODS)
@@ -650,6 +839,7 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     print()
     summary = print_table(all_figures, args.tolerance)
+    summary["edge"] = edge_summary(all_figures, args.tolerance)
     print(f"total {elapsed / 60:.1f} min")
     if args.out:
         write_figures(args, all_figures, summary, elapsed)

@@ -25,6 +25,19 @@ engine-grouped enqueued points. The studies live in Optuna's in-memory storage (
 every user attribute and would make this an hour's run); nothing else of the study code is
 replaced.
 
+Peers (`benchmarks/peers.py`, each on the same landscapes, the same seeds and the same
+recording session per seed as the default's declared-best study), one measurement = one drawn
+repeat:
+
+- quick: Triton Model Analyzer's quick search, hill climbing over batch size and streams from
+  the smallest configuration, once per precision (a separate model to MA);
+- grid3: NVIDIA's autotune grid, every configuration measured 3 times, the best median declared;
+- plain-tpe: Optuna's TPESampler alone, the default budget, the best single trial declared.
+
+Issue 15's target 4a is printed per landscape (PASS/FAIL): the default strategy's declared best
+(its true value) at least as good as grid3's at the median and the 10th percentile of the
+seeds, with at most a third of grid3's measurements (median over the seeds).
+
     python benchmarks/tuner_efficiency.py                      # every landscape, 20 seeds
     python benchmarks/tuner_efficiency.py --seeds 5 --landscape benchmarks/landscapes/x.json
 """
@@ -32,6 +45,7 @@ replaced.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -46,17 +60,27 @@ from typing import Any
 
 import optuna
 
-import tuner.study
-from tuner.config import SAMPLERS, Space, StudyConfig
-from tuner.pipeline import optimize
-from tuner.replay import NOISE, LandscapeReplay, drawable, objective, params_of
-from tuner.results import best_trial
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: `benchmarks` importable as a package
+    sys.path.insert(0, str(ROOT))
+
+import tuner.study  # noqa: E402
+from benchmarks import peers  # noqa: E402
+from harness.models import BUILTIN_MODELS  # noqa: E402
+from tuner.config import SAMPLERS, Space, StudyConfig  # noqa: E402
+from tuner.pipeline import optimize  # noqa: E402
+from tuner.replay import NOISE, LandscapeReplay, drawable, objective, params_of  # noqa: E402
+from tuner.results import best_trial  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: Within this share of the true best counts as found.
 NEAR = 0.98
 DEFAULT = StudyConfig().sampler
 EXHAUSTIVE_DRAWS = 400
+#: The peers run beside the project's samplers (see the module docstring).
+PEERS = ("quick", "grid3", "plain-tpe")
+#: The exhaustive baseline of target 4a, and its repeats per configuration.
+GRID_PEER, GRID_REPEATS = "grid3", 3
 
 
 def study_config(
@@ -71,7 +95,7 @@ def study_config(
         sampler=sampler,
         seed=seed,
         confirm_runs=StudyConfig().confirm_runs if confirm else 0,
-        model=data["model"],
+        model=replay_model(data),
         backend="replay",
         backend_options={"landscape": str(path)},
         scenario=data["scenario"],
@@ -85,6 +109,14 @@ def study_config(
         ),
         runs_dir=db.parent / "runs",
     )
+
+
+def replay_model(data: dict[str, Any]) -> str:
+    """The model a replayed study names: the landscape's, or the built-in tiny model where the
+    landscape's is a file that is not here (e.g. an exported BERT under the git-ignored
+    benchmarks/models/): a replayed trial never loads it, only the study's metadata names it."""
+    model = str(data["model"])
+    return model if model in BUILTIN_MODELS or Path(model).is_file() else "tiny"
 
 
 def trials_to_near(study: optuna.Study, replay: LandscapeReplay, floor: float, best: float) -> int:
@@ -137,10 +169,15 @@ def run_landscape(
     )
     rows: dict[str, Any] = {}
     for sampler in strategies:
+        if sampler in PEERS:
+            rows[sampler] = run_peer(path, data, sampler, seeds, budget, noise, floor, best)
+            print(_peer_line(sampler, rows[sampler], grid, seeds), flush=True)
+            continue
         started = time.monotonic()
         reached: list[float] = []
         declared: list[float] = []
         measurements: list[int] = []
+        measuring_s: list[float] = []
         builds: list[int] = []
         sessions: list[int | None] = []
         for seed in range(seeds):
@@ -163,6 +200,7 @@ def run_landscape(
             winner = best_trial(finished.study)
             declared.append(replay.truth(winner.params, floor) / best if winner else 0.0)
             measurements.append(replay.calls)
+            measuring_s.append(replay.seconds)
             builds.append(len(replay.engines))
             sessions.append(replay.session)
         label = f"{sampler} (default)" if sampler == DEFAULT else sampler
@@ -174,6 +212,7 @@ def run_landscape(
             "declared_min": min(declared),
             "declared_ok": sum(d >= NEAR for d in declared),
             "measurements": statistics.median(measurements),
+            "measuring_s": statistics.median(measuring_s),
             "engines": statistics.median(builds),
             "seconds": round(time.monotonic() - started, 1),
             "trials_to_near": reached,
@@ -182,12 +221,186 @@ def run_landscape(
         }
         rows[sampler] = row
         print(_line(label, row, grid, seeds, budget), flush=True)
+    verdict = target_4a(rows, grid)
+    if verdict:
+        print(verdict["line"], flush=True)
     return {
         "grid": grid,
         "best": best,
         "best_config": best_key,
         "exhaustive": dict(bound),
         "strategies": rows,
+        "target_4a": verdict,
+    }
+
+
+def run_peer(
+    path: Path,
+    data: dict[str, Any],
+    peer: str,
+    seeds: int,
+    budget: int,
+    noise: str,
+    floor: float,
+    best: float,
+) -> dict[str, Any]:
+    """One peer over `seeds` seeds; seed s draws from LandscapeReplay(path, 1000 + s), the
+    replay (and so the recording session) of the default's declared-best study of seed s."""
+    started = time.monotonic()
+    declared: list[float] = []
+    reached: list[float] = []
+    measurements: list[int] = []
+    measuring_s: list[float] = []
+    builds: list[int] = []
+    for seed in range(seeds):
+        replay = LandscapeReplay(path, 1000 + seed, noise)
+        winner, order = PEER_RUNS[peer](replay, data["space"], floor, seed, budget)
+        declared.append(replay.truth(winner, floor) / best if winner else 0.0)
+        near = [i for i, p in enumerate(order, 1) if replay.truth(p, floor) >= NEAR * best]
+        reached.append(near[0] if near else math.inf)
+        measurements.append(replay.calls)
+        measuring_s.append(replay.seconds)
+        builds.append(len(replay.engines))
+    return {
+        "median_trials": statistics.median(reached),
+        "p90_trials": nearest_rank(reached, 0.9),
+        "reached": sum(math.isfinite(r) for r in reached),
+        "declared_median": statistics.median(declared),
+        "declared_p10": nearest_rank(declared, 0.1),
+        "declared_min": min(declared),
+        "declared_ok": sum(d >= NEAR for d in declared),
+        "measurements": statistics.median(measurements),
+        "measuring_s": statistics.median(measuring_s),
+        "engines": statistics.median(builds),
+        "seconds": round(time.monotonic() - started, 1),
+        "trials_to_near": reached,
+        "declared": declared,
+    }
+
+
+def space_dimensions(space: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    """The space as ordered dimensions, each value list in increasing order (precision as the
+    landscape lists it, fp32 first): batch size first and streams second, as Model Analyzer
+    orders max_batch_size and instance count."""
+    dims = [
+        ("batch_size", sorted(space["batch_size"])),
+        ("streams", sorted(space["streams"])),
+        ("precision", list(space["precision"])),
+    ]
+    if space.get("deque_timeout_us"):
+        dims.append(("deque_timeout_us", sorted(space["deque_timeout_us"])))
+    return dims
+
+
+def _params(dims: list[tuple[str, list[Any]]], values: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"deque_timeout_us": None}
+    out.update({name: v for (name, _), v in zip(dims, values, strict=True)})
+    return out
+
+
+def _score(replay: LandscapeReplay, params: dict[str, Any], floor: float) -> float:
+    repeat = replay.draw(params)
+    return 0.0 if repeat is None else objective(repeat, floor)
+
+
+def peer_quick(
+    replay: LandscapeReplay, space: dict[str, Any], floor: float, seed: int, budget: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Model Analyzer's quick search. Its dimensions are max_batch_size and instance count
+    (batch size and streams here); a precision (or a deque timeout, MA's
+    max_queue_delay_microseconds, which quick search does not search either) is another model
+    to MA, so each value gets its own search from its smallest configuration, and the best
+    passing measurement of them all is declared. A failed run (no score) is MA's None
+    measurement; an INVALID run or one under the accuracy floor fails the constraints."""
+    dims = space_dimensions(space)
+    searched, fixed = dims[:2], dims[2:]
+    order: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    for others in itertools.product(*(values for _, values in fixed)):
+
+        def params(c: peers.Coordinate, others: tuple[Any, ...] = others) -> dict[str, Any]:
+            picked = tuple(values[i] for (_, values), i in zip(searched, c, strict=True))
+            return _params(dims, picked + others)
+
+        def measure(c: peers.Coordinate, params: Any = params) -> peers.Measurement:
+            repeat = replay.draw(params(c))
+            if repeat is None or "score" not in repeat:
+                return None
+            value = objective(repeat, floor)
+            return (value, True) if value > 0 else (float(repeat["score"]), False)
+
+        found = peers.quick_search([len(v) for _, v in searched], measure)
+        order += [params(c) for c in found.measured]
+        if found.best is not None:
+            value = found.data[found.best][0]  # type: ignore[index]
+            if best is None or value > best[0]:
+                best = (value, params(found.best))
+    return (best[1] if best else None), order
+
+
+def peer_grid(
+    replay: LandscapeReplay, space: dict[str, Any], floor: float, seed: int, budget: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Every recorded configuration measured GRID_REPEATS times, the best median declared."""
+    points = [params_of(k) for k in replay.repeats]
+    winner, _ = peers.exhaustive_grid(
+        points, lambda p: _score(replay, p, floor), repeats=GRID_REPEATS
+    )
+    return winner, [p for p in points for _ in range(GRID_REPEATS)]
+
+
+def peer_plain_tpe(
+    replay: LandscapeReplay, space: dict[str, Any], floor: float, seed: int, budget: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Optuna's TPESampler(seed=seed), defaults otherwise, `budget` trials asked and told (a
+    repeated configuration is measured again), the best trial declared."""
+    dims = space_dimensions(space)
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
+    )
+    order = []
+    for _ in range(budget):
+        trial = study.ask()
+        params = _params(
+            dims, tuple(trial.suggest_categorical(name, values) for name, values in dims)
+        )
+        order.append(params)
+        study.tell(trial, _score(replay, params, floor))
+    return _params(dims, tuple(study.best_trial.params[n] for n, _ in dims)), order
+
+
+PEER_RUNS = {"quick": peer_quick, GRID_PEER: peer_grid, "plain-tpe": peer_plain_tpe}
+
+
+def target_4a(rows: dict[str, Any], grid: int) -> dict[str, Any] | None:
+    """Issue 15, 4a: the default's declared best (true value) >= the exhaustive grid's at the
+    median and the 10th percentile of the seeds, at <= 1/3 of the grid's measurements."""
+    if DEFAULT not in rows or GRID_PEER not in rows:
+        return None
+    mine, grid3 = rows[DEFAULT]["declared"], rows[GRID_PEER]["declared"]
+    median, p10 = statistics.median(mine), nearest_rank(mine, 0.1)
+    g_median, g_p10 = statistics.median(grid3), nearest_rank(grid3, 0.1)
+    spent, cap = rows[DEFAULT]["measurements"], rows[GRID_PEER]["measurements"] / 3
+    checks = {
+        "median": median >= g_median,
+        "p10": p10 >= g_p10,
+        "measurements": spent <= cap,
+    }
+    ok = all(checks.values())
+    line = (
+        f"  target 4a ({DEFAULT} vs {GRID_PEER}, true value of the declared best / the true "
+        f"best): median {median:.1%} vs {g_median:.1%} "
+        f"[{'ok' if checks['median'] else 'short'}], 10th percentile {p10:.1%} vs "
+        f"{g_p10:.1%} [{'ok' if checks['p10'] else 'short'}], measurements {spent:g} vs "
+        f"<= {cap:g} (a third of {rows[GRID_PEER]['measurements']:g}) "
+        f"[{'ok' if checks['measurements'] else 'over'}]: {'PASS' if ok else 'FAIL'}"
+    )
+    return {
+        "pass": ok,
+        "checks": checks,
+        "default": {"median": median, "p10": p10, "measurements": spent},
+        GRID_PEER: {"median": g_median, "p10": g_p10, "measurements": 3 * cap},
+        "line": line,
     }
 
 
@@ -246,13 +459,26 @@ def _trials(value: float, grid: int) -> str:
     return f"{value:g} ({value / grid:.0%})"
 
 
+def _peer_line(name: str, row: dict[str, Any], grid: int, seeds: int) -> str:
+    return (
+        f"  {name:<15} first measurement truly within {NEAR:.0%}: median "
+        f"{_trials(row['median_trials'], grid)}, reached in {row['reached']}/{seeds} | "
+        f"declared best: median {row['declared_median']:.1%}, 10th percentile "
+        f"{row['declared_p10']:.1%}, worst {row['declared_min']:.1%}, >= {NEAR:.0%} in "
+        f"{row['declared_ok']}/{seeds}; {row['measurements']:g} measurements "
+        f"({row['measuring_s']:.0f} s of recorded runs), {row['engines']:g} engines | "
+        f"{row['seconds']:.0f} s"
+    )
+
+
 def _line(name: str, row: dict[str, Any], grid: int, seeds: int, budget: int) -> str:
     return (
         f"  {name:<15} trials to {NEAR:.0%}: median {_trials(row['median_trials'], grid)}, "
         f"p90 {_trials(row['p90_trials'], grid)}, reached in {row['reached']}/{seeds} | "
         f"declared best after {budget} trials + confirmation: median "
         f"{row['declared_median']:.1%}, worst {row['declared_min']:.1%}, >= {NEAR:.0%} in "
-        f"{row['declared_ok']}/{seeds}; {row['measurements']:g} measurements, "
+        f"{row['declared_ok']}/{seeds}; {row['measurements']:g} measurements "
+        f"({row['measuring_s']:.0f} s of recorded runs), "
         f"{row['engines']:g} engines | {row['seconds']:.0f} s"
         + _by_session(row["declared"], row["sessions"])
     )
@@ -281,9 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument(
         "--strategies",
-        default=",".join(SAMPLERS),
-        help=f"comma-separated samplers (default: all of {', '.join(SAMPLERS)}; the default "
-        f"strategy is {DEFAULT})",
+        default=",".join((*SAMPLERS, *PEERS)),
+        help=f"comma-separated, of the project's samplers {', '.join(SAMPLERS)} (the default "
+        f"strategy is {DEFAULT}) and the peers {', '.join(PEERS)} (default: all)",
     )
     parser.add_argument("--budget", type=int, default=StudyConfig().trials)
     parser.add_argument("--confirm-runs", type=int, default=StudyConfig().confirm_runs)
@@ -300,9 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for name in strategies:
-        if name not in SAMPLERS:
-            parser.error(f"--strategies: unknown {name!r} (valid: {', '.join(SAMPLERS)})")
+        if name not in SAMPLERS and name not in PEERS:
+            valid = ", ".join((*SAMPLERS, *PEERS))
+            parser.error(f"--strategies: unknown {name!r} (valid: {valid})")
     paths = args.landscape or sorted((HERE / "landscapes").glob("*.json"))
+    started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuner.study.open_storage = in_memory  # type: ignore[assignment]
     logging.getLogger("tuner").setLevel(logging.WARNING)
@@ -326,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
                 (args.confirm_runs, args.confirm_top),
                 args.noise,
             )
+    verdicts = {name: r["target_4a"] for name, r in results.items() if r["target_4a"]}
+    if verdicts:
+        print(f"\ntarget 4a ({DEFAULT} against {GRID_PEER}), per landscape:")
+        for name, v in verdicts.items():
+            print(f"  {name}: {'PASS' if v['pass'] else 'FAIL'}")
+    print(f"total {time.monotonic() - started:.0f} s")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return 0

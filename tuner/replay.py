@@ -61,6 +61,8 @@ class LandscapeReplay:
         #: number of measurements answered.
         self.engines: set[tuple[str, int]] = set()
         self.calls = 0
+        #: The recorded seconds of every repeat drawn: what the measurements would have taken.
+        self.seconds = 0.0
 
     def key(self, params: Mapping[str, Any]) -> Key:
         deque = params.get("deque_timeout_us") if self.deque else None
@@ -85,6 +87,20 @@ class LandscapeReplay:
         key = max(values, key=lambda k: values[k])
         return key, values[key]
 
+    def draw(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """One measurement of `params` outside a study (the benchmarks' peer strategies): a
+        recorded repeat drawn as a replayed trial draws it, counted in `calls` and `engines`;
+        None when the configuration is not in the landscape (a failed run)."""
+        self.calls += 1
+        found = self.repeats.get(self.key(params))
+        if not found:
+            return None
+        repeat = self._rng.choice(drawable(found, self.session))
+        self.seconds += float(repeat.get("seconds") or 0.0)
+        if "score" in repeat:
+            self.engines.add((str(params["precision"]), int(params["batch_size"])))
+        return repeat
+
     def __call__(self, run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
         self.calls += 1
         params = {
@@ -98,6 +114,7 @@ class LandscapeReplay:
             return ChildOutcome(None, "error", f"not in landscape {self.path.name}: {params}")
         repeat = self._rng.choice(drawable(found, self.session))
         seconds = float(repeat.get("seconds") or 0.0)
+        self.seconds += seconds
         if "score" not in repeat:
             failure = str(repeat.get("failure") or "error")
             return ChildOutcome(None, failure, str(repeat.get("reason", "")), seconds)
