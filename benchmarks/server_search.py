@@ -87,6 +87,7 @@ from harness.device import cpu_name  # noqa: E402
 from harness.loadgen_log import DETAIL_FILE, MLLOG_PREFIX, LoadgenRun  # noqa: E402
 from harness.scenarios import server  # noqa: E402
 from harness.scenarios._loadgen import run_test, test_settings  # noqa: E402
+from harness.scenarios.measure import SCENARIOS, Context  # noqa: E402
 from harness.sut import BatchingSUT  # noqa: E402
 
 DEFAULT_LANDSCAPE = Path(__file__).parent / "landscapes" / "mobilenet-offline-cpu.json"
@@ -361,7 +362,8 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
             # (1) The runner's own Server path: Offline bound, model guess, find_max_qps.
             print("    [model] the runner's Server search (Offline run, model, find_max_qps)")
             begun = time.perf_counter()
-            outcome = runner.SCENARIOS["server"](runner._Context(run, spec, sut, warm, out))
+            context = Context(run, spec, sut, warm, out, refit=not args.no_refine)
+            outcome = SCENARIOS["server"](context)
             offline_runs = [r for r in outcome.runs if r.scenario == "Offline"]
             probes = [r for r in outcome.runs if r.scenario == "Server"]
             if not offline_runs:
@@ -800,8 +802,6 @@ def main() -> int:
         )
     if args.session < 0:
         args.session = None
-    if args.no_refine:
-        runner._refitter = lambda *_: lambda qps, run: None
     if args.peak_decimals is None:
         args.peak_decimals = max(0, round(1 + math.log10(args.time_scale)))
     logging.basicConfig(stream=sys.stdout, format="%(message)s")

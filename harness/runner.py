@@ -1,25 +1,23 @@
 """Measure one configuration: model -> precision variant -> backend -> batching SUT -> LoadGen.
 
-`measure` is the harness's single entry point; the tuner calls it once per trial (in a child
-process). It knows nothing of Optuna. It runs the one measure pipeline (`measure_devices`) on a
-system of one device; `harness.system.measure_system` runs the same pipeline on several, so
-both get the same checks, warm-up and scenarios (the Server search's queueing-model start and
+`measure` is the harness's single entry point; the tuner calls it once per trial (in its warm
+worker, harness.warm keeping what a measurement loads for the next). It knows nothing of
+Optuna. It runs the one measure pipeline (`measure_devices`) on a system of one device;
+`harness.system.measure_system` runs the same pipeline on several, so both get the same checks,
+warm-up and scenarios (harness.scenarios.measure: the Server search's queueing-model start and
 refit included).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import itertools
 import logging
-import math
 import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,16 +46,10 @@ from harness.precision import (
     make_variant,
     output_index,
 )
-from harness.queueing import (
-    CALIBRATION_BOUNDS,
-    SutModel,
-    calibrate,
-    predict_max_qps,
-    scaled,
-)
 from harness.result import Result
-from harness.scenarios import Outcome, offline, server
-from harness.sut import BatchingSUT, LoadgenSut, SystemSUT
+from harness.scenarios import Outcome
+from harness.scenarios.measure import SCENARIOS, Context, Warmup, system_warmup
+from harness.sut import BatchingSUT, SystemSUT
 from harness.warm import Warm, inputs_key
 
 log = logging.getLogger("harness")
@@ -67,54 +59,6 @@ log = logging.getLogger("harness")
 WARMUP_S = 0.5
 #: One-sample batches each stream times after the warm-up of a Server search.
 SINGLE_RUNS = 5
-
-
-@dataclass(frozen=True)
-class Warmup:
-    batch_ms: float
-    samples_per_second: float
-    #: Every timed full-batch latency (seconds, all streams): the queueing model's service.
-    batch_latencies_s: tuple[float, ...] = ()
-    #: Median latency of a one-sample batch under the same load (None when not measured): how
-    #: much of a batch's cost is fixed, which the queueing model needs for partial batches.
-    single_ms: float | None = None
-
-    def fixed_fraction(self, batch_size: int) -> float:
-        """Share of a full batch's latency that a batch of any size pays, from the one-sample
-        latency (t1 = tB * (f + (1 - f) / B)); 1.0 (every batch costs a full one: the
-        conservative model) when unmeasured."""
-        if self.single_ms is None or batch_size <= 1 or self.batch_ms <= 0:
-            return 1.0
-        share = (self.single_ms / self.batch_ms - 1 / batch_size) / (1 - 1 / batch_size)
-        return min(1.0, max(0.0, share))
-
-
-def system_warmup(warmups: Sequence[Warmup]) -> Warmup:
-    """Several devices' warm-ups as one system's: the throughputs add up, every timed batch
-    latency is pooled (the queueing model's service) and the slowest device's batch (and
-    one-sample) latency stands for the system's. A system of one: its own warm-up."""
-    if len(warmups) == 1:
-        return warmups[0]
-    slowest = max(warmups, key=lambda w: w.batch_ms)
-    return Warmup(
-        batch_ms=slowest.batch_ms,
-        samples_per_second=sum(w.samples_per_second for w in warmups),
-        batch_latencies_s=tuple(
-            itertools.chain.from_iterable(w.batch_latencies_s for w in warmups)
-        ),
-        single_ms=slowest.single_ms,
-    )
-
-
-@dataclass(frozen=True)
-class _Context:
-    run: RunConfig
-    spec: ScenarioSpec
-    sut: LoadgenSut
-    warmup: Warmup
-    out_dir: Path
-    #: Devices behind `sut`, each with `run.streams` workers (the queueing model's servers).
-    devices: int = 1
 
 
 @dataclass(frozen=True)
@@ -223,7 +167,7 @@ def measure_devices(
         system = SystemSUT(suts, [w.samples_per_second for w in warmups])
         with system, sampler:
             warm_all = system_warmup(warmups)
-            ctx = _Context(run, spec, system, warm_all, spec.out_dir, len(devices))
+            ctx = Context(run, spec, system, warm_all, spec.out_dir, len(devices))
             outcome = SCENARIOS[spec.scenario](ctx)
         infos = [backend.info() for backend in backends]
         ok = True
@@ -351,103 +295,6 @@ def gpu_sampler(devices: list[str], simulated: bool) -> GpuSampler:
     if sampler.error:
         log.info("%s", sampler.error)
     return sampler
-
-
-def _offline(ctx: _Context) -> Outcome:
-    return offline.run(ctx.sut, ctx.spec, ctx.warmup.samples_per_second, ctx.out_dir)
-
-
-def _server(ctx: _Context) -> Outcome:
-    spec = ctx.spec
-    if not spec.find_max_qps:
-        return server.run(ctx.sut, spec, ctx.out_dir)
-    if ctx.warmup.batch_ms > spec.latency_ms:
-        note = (
-            f"infeasible: one batch of {ctx.run.batch_size} takes {ctx.warmup.batch_ms:.1f} ms, "
-            f"over the {spec.latency_ms:g} ms bound"
-        )
-        log.info(note)
-        return Outcome(valid=False, score=0.0, primary=None, runs=(), note=note)
-    bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
-    upper = bound.score
-    log.info("upper bound from Offline: %.1f samples/s", upper)
-    model = _queue_model(ctx) if upper > 0 else None
-    # A model that finds no QPS gives no first guess (the search starts blind), but its refit
-    # to the first run may: to the answer, or to the lowest load when none meets the bound.
-    guess = _predicted_max_qps(ctx, model, upper) if model is not None else 0.0
-    refine = _refitter(ctx, model, upper) if model is not None else None
-    found = server.find_max_qps(
-        ctx.sut, spec, upper, ctx.out_dir, first_guess=guess or None, refine=refine
-    )
-    return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
-
-
-def _queue_model(ctx: _Context) -> SutModel | None:
-    """The queueing model of the SUT from the warm-up's batch latencies; None without them."""
-    latencies = ctx.warmup.batch_latencies_s
-    if not latencies or min(latencies) <= 0:
-        return None
-    run = ctx.run
-    return SutModel(
-        run.batch_size,
-        run.streams * ctx.devices,
-        run.deque_timeout_us / 1e6,
-        latencies,
-        fixed_fraction=ctx.warmup.fixed_fraction(run.batch_size),
-    )
-
-
-def _predicted_max_qps(ctx: _Context, model: SutModel, upper: float) -> float:
-    """The queueing model's max QPS (at most `upper`), a probe of the search; 0.0 when the
-    model finds no QPS, however low, that meets the bound."""
-    spec = ctx.spec
-    guess = predict_max_qps(
-        model,
-        spec.latency_ms,
-        spec.percentile,
-        upper_qps=upper,
-        tolerance=spec.qps_tolerance,
-        min_queries=spec.server_min_queries,
-        min_duration_s=spec.min_duration_s,
-    )
-    log.info("model: ~%.1f QPS meet p%g <= %g ms", guess, spec.percentile, spec.latency_ms)
-    return guess
-
-
-def _refitter(ctx: _Context, model: SutModel, upper: float) -> server.Refine:
-    """The search's `refine`: the model refitted to a run's measured latency percentile (its
-    service times scaled, `calibrate`), and its max QPS again. The warm-up times batches with
-    every stream saturated, which is not how a Server run loads the SUT, so the first guess
-    is off by a few percent; one run at it shows by how much."""
-    spec = ctx.spec
-
-    def refine(qps: float, run: LoadgenRun) -> float | None:
-        measured = run.percentile_ms(spec.percentile)
-        if measured is None or not measured > 0:
-            return None
-        queries = run.query_count or max(
-            spec.server_min_queries, math.ceil(qps * spec.min_duration_s)
-        )
-        factor = calibrate(model, qps, measured, spec.percentile, queries)
-        if factor in CALIBRATION_BOUNDS:
-            log.info(
-                "model: cannot reproduce p%g %.2f ms at %.1f QPS", spec.percentile, measured, qps
-            )
-            return None
-        log.info(
-            "model refitted to p%g %.2f ms at %.1f QPS: service x%.3f",
-            spec.percentile,
-            measured,
-            qps,
-            factor,
-        )
-        return _predicted_max_qps(ctx, scaled(model, factor), upper)
-
-    return refine
-
-
-#: Scenario name -> how to measure it.
-SCENARIOS: dict[str, Callable[[_Context], Outcome]] = {"offline": _offline, "server": _server}
 
 
 def load_samples(

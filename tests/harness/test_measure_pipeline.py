@@ -15,7 +15,7 @@ from harness import runner
 from harness.config import RunConfig, ScenarioSpec
 from harness.queueing import SutModel
 from harness.result import Result
-from harness.scenarios import server
+from harness.scenarios import measure, server
 from harness.system import SystemResult, measure_system
 
 
@@ -65,7 +65,7 @@ class Spy:
         self.models: list[SutModel] = []
         self.guesses: list[float] = []
         self.refits: list[float] = []
-        predict, calibrate = runner.predict_max_qps, runner.calibrate
+        predict, calibrate = measure.predict_max_qps, measure.calibrate
 
         def spy_predict(model: SutModel, *args: Any, **kwargs: Any) -> float:
             self.models.append(model)
@@ -76,8 +76,8 @@ class Spy:
             self.refits.append(qps)
             return calibrate(model, qps, *args, **kwargs)
 
-        monkeypatch.setattr(runner, "predict_max_qps", spy_predict)
-        monkeypatch.setattr(runner, "calibrate", spy_calibrate)
+        monkeypatch.setattr(measure, "predict_max_qps", spy_predict)
+        monkeypatch.setattr(measure, "calibrate", spy_calibrate)
 
 
 #: LoadGen logs a run's target QPS to two decimals.
