@@ -204,21 +204,8 @@ def run_landscape(
             builds.append(len(replay.engines))
             sessions.append(replay.session)
         label = f"{sampler} (default)" if sampler == DEFAULT else sampler
-        row = {
-            "median_trials": statistics.median(reached),
-            "p90_trials": nearest_rank(reached, 0.9),
-            "reached": sum(math.isfinite(r) for r in reached),
-            "declared_median": statistics.median(declared),
-            "declared_min": min(declared),
-            "declared_ok": sum(d >= NEAR for d in declared),
-            "measurements": statistics.median(measurements),
-            "measuring_s": statistics.median(measuring_s),
-            "engines": statistics.median(builds),
-            "seconds": round(time.monotonic() - started, 1),
-            "trials_to_near": reached,
-            "declared": declared,
-            "sessions": sessions,
-        }
+        row = summarize(reached, declared, measurements, measuring_s, builds, started)
+        row["sessions"] = sessions
         rows[sampler] = row
         print(_line(label, row, grid, seeds, budget), flush=True)
     verdict = target_4a(rows, grid)
@@ -261,6 +248,18 @@ def run_peer(
         measurements.append(replay.calls)
         measuring_s.append(replay.seconds)
         builds.append(len(replay.engines))
+    return summarize(reached, declared, measurements, measuring_s, builds, started)
+
+
+def summarize(
+    reached: list[float],
+    declared: list[float],
+    measurements: list[int],
+    measuring_s: list[float],
+    builds: list[int],
+    started: float,
+) -> dict[str, Any]:
+    """One strategy's row over its seeds."""
     return {
         "median_trials": statistics.median(reached),
         "p90_trials": nearest_rank(reached, 0.9),
