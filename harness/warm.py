@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Hashable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.backends.base import Backend, BackendOptions
 from harness.config import RunConfig
@@ -30,6 +30,7 @@ log = logging.getLogger("harness")
 MAX_BACKENDS = 4
 
 Inputs = tuple[ModelInfo, dict[str, InputRange], SampleSet]
+T = TypeVar("T")
 
 
 class Warm:
@@ -48,33 +49,30 @@ class Warm:
 
     def inputs(self, key: Hashable, make: Callable[[], Inputs]) -> Inputs:
         """The model, its inputs' ranges and its samples for `key` (made once)."""
-        if self.max_backends == 0:
-            return make()
-        if key not in self._inputs:
-            self._inputs[key] = make()
-        return self._inputs[key]
+        return self._once(self._inputs, key, make)
 
     def variant(self, key: Hashable, make: Callable[[], Variant]) -> Variant:
         """The precision variant for `key`; made (built or found in the cache folder) once,
         then reported as cached: a later measurement built nothing."""
-        if self.max_backends == 0:
-            return make()
         known = self._variants.get(key)
         if known is not None:
             return replace(known, cached=True, build_seconds=0.0)
-        made = self._variants[key] = make()
-        return made
+        return self._once(self._variants, key, make)
 
     def agreement(self, key: Hashable, measure: Callable[[], Agreement]) -> Agreement:
         """A variant's agreement with fp32, measured once per `key` (variant, backend,
         device, metric, samples): it does not depend on batch size or streams."""
-        if self.max_backends == 0:
-            return measure()
-        if key not in self._agreements:
-            self._agreements[key] = measure()
-        else:
+        if key in self._agreements:
             log.info("agreement with fp32: measured earlier in this worker for this variant")
-        return self._agreements[key]
+        return self._once(self._agreements, key, measure)
+
+    def _once(self, known: dict[Hashable, T], key: Hashable, make: Callable[[], T]) -> T:
+        """`known[key]`, made on first use; made every time when this keeps nothing."""
+        if self.max_backends == 0:
+            return make()
+        if key not in known:
+            known[key] = make()
+        return known[key]
 
     def backend(
         self, backend_cls: type[Backend], path: Path, options: BackendOptions

@@ -133,14 +133,18 @@ class WarmWorker:
         started = time.monotonic()
         if self._process is not None and not self._process.is_alive():
             self.close()  # ended between requests (killed from outside): start afresh
-        if self._process is None:
-            self._start()
+        for attempt in (1, 2):
+            if self._process is None:
+                self._start()
+            assert self._process is not None and self._conn is not None
+            try:
+                self._conn.send((run, spec))
+                break
+            except OSError:  # it died just now: once more with a fresh process
+                self.close()
+                if attempt == 2:
+                    raise
         assert self._process is not None and self._conn is not None
-        try:
-            self._conn.send((run, spec))
-        except OSError:  # it died just now
-            self.close()
-            return self(run, spec, timeout_s)
         outcome = _answer(self._process, self._conn, timeout_s, started)
         if outcome.result is None:
             self.close()  # whatever failed, the next measurement gets a fresh process

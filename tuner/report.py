@@ -253,15 +253,24 @@ def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
     return text
 
 
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """How many trials the study holds: in all, COMPLETE, infeasible (of those), FAIL."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return {
+        "total": len(trials),
+        "complete": len(complete),
+        "infeasible": sum(not is_feasible(t) for t in complete),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+
+
 def summary_lines(study: optuna.Study) -> list[str]:
     """The best configuration, its score, the baseline and the speed-up, in a few lines."""
-    trials = study.get_trials(deepcopy=False)
-    done = sum(t.state == TrialState.COMPLETE for t in trials)
-    failed = sum(t.state == TrialState.FAIL for t in trials)
-    infeasible = sum(t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials)
+    n = trial_counts(study)
     lines = [
-        f"{context(study)}: {len(trials)} trials "
-        f"({done} complete, {infeasible} infeasible, {failed} failed)"
+        f"{context(study)}: {n['total']} trials "
+        f"({n['complete']} complete, {n['infeasible']} infeasible, {n['failed']} failed)"
     ]
     best, base = best_trial(study), _baseline(study)
     if best is None:
@@ -657,8 +666,6 @@ def report_json(study: optuna.Study) -> dict[str, Any]:
     (confirmed) values, the speed-up, trial counts, engine builds, and where the time went
     (`measuring_share`: the share of the sessions' wall time x processes inside LoadGen runs;
     None for a study run before sessions were recorded)."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     attrs = study.user_attrs
 
     def described(trial: FrozenTrial | None) -> dict[str, Any] | None:
@@ -678,12 +685,7 @@ def report_json(study: optuna.Study) -> dict[str, Any]:
         "backend": study_setting(attrs, "backend"),
         "device": attrs.get("device"),
         "unit": unit(study),
-        "trials": {
-            "total": len(trials),
-            "complete": len(complete),
-            "infeasible": sum(not is_feasible(t) for t in complete),
-            "failed": sum(t.state == TrialState.FAIL for t in trials),
-        },
+        "trials": trial_counts(study),
         "best": described(best_trial(study)),
         "baseline": described(_baseline(study)),
         "speed_up": speed_up(study),
