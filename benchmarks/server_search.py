@@ -362,7 +362,9 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
             # (1) The runner's own Server path: Offline bound, model guess, find_max_qps.
             print("    [model] the runner's Server search (Offline run, model, find_max_qps)")
             begun = time.perf_counter()
-            context = Context(run, spec, sut, warm, out, refit=not args.no_refine)
+            context = Context(
+                run, spec, sut, warm, out, refit=not args.no_refine, late_count=not args.bracket
+            )
             outcome = SCENARIOS["server"](context)
             offline_runs = [r for r in outcome.runs if r.scenario == "Offline"]
             probes = [r for r in outcome.runs if r.scenario == "Server"]
@@ -744,6 +746,12 @@ def main() -> int:
         action="store_true",
         help="the model-led search without refitting the model to each run (the search as it "
         "was before harness.queueing.calibrate), for an A/B comparison",
+    )
+    parser.add_argument(
+        "--bracket",
+        action="store_true",
+        help="the model-led search by bracketing even where early stopping allows late "
+        "queries (the harness's search before its late-count search), for an A/B comparison",
     )
     parser.add_argument(
         "--answer-runs",

@@ -30,6 +30,7 @@ from harness.config import (
 )
 from harness.result import Result
 from harness.runner import measure
+from harness.scenarios.server import MIN_LATE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=ScenarioSpec.answer_runs,
         metavar="N",
-        help="--find-max-qps: VALID runs the answer needs before it is reported (default "
-        "%(default)s; 1 is the cheapest search, each more costs a run)",
+        help="--find-max-qps by bracketing (where LoadGen's early stopping lets fewer than "
+        f"{MIN_LATE} queries of a run be late, e.g. p99 with 600 queries): VALID runs the "
+        "answer needs before it is reported (default %(default)s; 1 is the cheapest search, "
+        "each more costs a run)",
     )
     how.add_argument(
         "--latency-ms",

@@ -188,11 +188,12 @@ class ScenarioSpec:
     qps_tolerance: float = 0.02
     #: Upper bound on LoadGen runs one max-QPS search may make.
     max_search_runs: int = 12
-    #: VALID runs a max-QPS search needs at its answer before it reports it: the run that
-    #: found it and answer_runs - 1 more. Near the edge a run passes or fails by chance; a
-    #: target that fails any of them counts as INVALID. More runs cost one run each and
-    #: change how often the answer passes again less than a margin below it does
-    #: (benchmarks/RESULTS.md).
+    #: VALID runs a max-QPS search by bracketing needs at its answer before it reports it: the
+    #: run that found it and answer_runs - 1 more. Near the edge a run passes or fails by
+    #: chance; a target that fails any of them counts as INVALID. More runs cost one run each
+    #: and change how often the answer passes again less than a margin below it does
+    #: (benchmarks/RESULTS.md). Where early stopping lets runs have late queries the search
+    #: goes by their count instead, with its margin built in (`server.late_count_search`).
     answer_runs: int = 2
     #: The search gives up rather than step down to a QPS whose run (min_queries / QPS) would
     #: take longer than this (not applied with compliance).

@@ -378,8 +378,10 @@ class StudyConfig:
         default=ScenarioSpec.answer_runs,
         metadata=_scenario(
             "--answer-runs",
-            "Server: VALID runs each trial's max-QPS search needs at its answer (default "
-            "{default}; 1 is the cheapest search, each more costs a run per trial)",
+            "Server: VALID runs each trial's max-QPS search needs at its answer where it "
+            "brackets (where early stopping allows a run too few late queries to go by their "
+            "count, e.g. p99 with 600 queries; default {default}; 1 is the cheapest search, "
+            "each more costs a run per trial)",
             int,
             metavar="N",
         ),

@@ -78,6 +78,9 @@ class Context:
     #: Refit the queueing model to each Server run (False: its first guess only, a benchmark's
     #: ablation).
     refit: bool = True
+    #: Search Server's max QPS by the late count where early stopping allows it
+    #: (`server.late_count_search`; False: always by bracketing, a benchmark's ablation).
+    late_count: bool = True
 
 
 def _offline(ctx: Context) -> Outcome:
@@ -104,7 +107,13 @@ def _server(ctx: Context) -> Outcome:
     guess = _predicted_max_qps(ctx, model, upper) if model is not None else 0.0
     refine = _refitter(ctx, model, upper) if model is not None and ctx.refit else None
     found = server.find_max_qps(
-        ctx.sut, spec, upper, ctx.out_dir, first_guess=guess or None, refine=refine
+        ctx.sut,
+        spec,
+        upper,
+        ctx.out_dir,
+        first_guess=guess or None,
+        refine=refine,
+        by_late_count=ctx.late_count,
     )
     return Outcome(found.valid, found.score, found.primary, bound.runs + found.runs, found.note)
 

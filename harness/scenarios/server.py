@@ -1,8 +1,17 @@
 """Server: Poisson arrivals at a target QPS; VALID when LoadGen says so (duration, query count,
-latency percentile under the bound, early stopping). `find_max_qps` searches the largest target
-VALID `spec.answer_runs` times (default twice) between its lowest load (`lowest_qps`) and an
-upper bound (the Offline throughput), to a relative tolerance; a bound missed at the lowest
-load ends it at once, out of reach."""
+latency percentile under the bound, early stopping). `find_max_qps` searches between its lowest
+load (`lowest_qps`) and an upper bound (the Offline throughput) in one of two ways:
+
+- by the late count, where LoadGen's early stopping lets a run's queries miss the bound (at
+  least MIN_LATE of them: p90 with 600 queries, p99 with 2,200 or more, compliance runs): the
+  count of queries over the bound rises smoothly with the load, so the search aims at the
+  target whose count is LATE_AIM of the allowed one and reports the first VALID run that lands
+  in LATE_BAND of it: a margin below the edge, in about three runs;
+- by bracketing, otherwise (p99 with 600 queries lets no query run late: one run's verdict is
+  all a run says): the largest target VALID `spec.answer_runs` times (default twice), to a
+  relative tolerance.
+
+A bound missed at the lowest load ends either at once, out of reach."""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from pathlib import Path
 
 from harness.config import ScenarioSpec
 from harness.loadgen_log import LoadgenRun
+from harness.queueing import allowed_late
 from harness.scenarios._loadgen import run_test, test_settings
 from harness.scenarios.outcome import Outcome
 from harness.sut import LoadgenSut
@@ -29,6 +39,25 @@ BLIND_STEPS = 3
 #: throughput about one query in a hundred finds the SUT busy, so the queue is essentially
 #: empty and a p99 over the bound there is the service time's own, not a wait's.
 FLOOR = 0.01
+
+#: The late-count search: it aims at the target whose run has LATE_AIM x the late queries
+#: early stopping allows and accepts a VALID run within LATE_BAND of them. At p90 with 600
+#: queries (43 allowed) runs at one target vary by a few late queries and the count grows
+#: ~10% per 1% of load; a run over 80% of the allowance passes again only ~85-90% of the
+#: time, one around 65% nearly always (benchmarks/RESULTS.md, "Server edge").
+LATE_AIM = 0.75
+LATE_BAND = (0.65, 0.85)
+#: The fewest late queries early stopping must allow for the late-count search; below it a
+#: run's count says too little and the search brackets instead.
+MIN_LATE = 10
+#: d ln(late + 1) / d ln(QPS): the prior slope, with one run and no model to say otherwise,
+#: and the range a slope fitted to two runs is clamped to (noise can make it flat or steep).
+ELASTICITY = 10.0
+ELASTICITY_RANGE = (2.0, 40.0)
+#: The late-count search moves at most this factor from its last probe.
+MAX_STEP = 1.25
+#: The spread of loads (relative) under which the slope of the runs near the aim is noise.
+MIN_SPREAD = 0.01
 
 #: Given a run's target QPS and what LoadGen measured, a better guess at the answer (None:
 #: no better guess; 0.0: no target meets the bound, however low), e.g. the queueing model
@@ -89,9 +118,12 @@ def find_max_qps(
     out_dir: Path,
     first_guess: float | None = None,
     refine: Refine | None = None,
+    by_late_count: bool = True,
 ) -> Outcome:
-    """The largest target QPS LoadGen reports VALID `spec.answer_runs` times (default twice),
-    within `spec.qps_tolerance` of the smallest INVALID one (or of `upper_qps`).
+    """The largest target QPS that meets the bound: by the late count where early stopping
+    allows at least MIN_LATE late queries per run (`late_count_search`; `by_late_count` False:
+    never), else the largest target LoadGen reports VALID `spec.answer_runs` times (default
+    twice), within `spec.qps_tolerance` of the smallest INVALID one (or of `upper_qps`).
 
     `upper_qps` (the Offline throughput) brackets the answer from above and is never probed.
     The first probe is `first_guess` (e.g. `harness.queueing.predict_max_qps`) or FIRST_PROBE x
@@ -114,6 +146,8 @@ def find_max_qps(
     sends the next probe one tolerance above it, to bracket the answer at once; a guess of 0.0
     after an INVALID run sends it to the lowest load.
     """
+    if by_late_count and late_allowance(spec) >= MIN_LATE:
+        return late_count_search(sut, spec, upper_qps, out_dir, first_guess, refine)
     tol = spec.qps_tolerance
     lowest = lowest_qps(spec, upper_qps)
     search = _Bracket(upper_qps, tol, first_guess, spec.answer_runs, lowest)
@@ -145,6 +179,170 @@ def find_max_qps(
     # MLPerf reports a Server result as LoadGen's "Scheduled samples per second".
     score = low_run.scheduled_qps or search.low
     return Outcome(valid=True, score=score, primary=low_run, runs=tuple(runs), note=note)
+
+
+def late_allowance(spec: ScenarioSpec) -> int:
+    """How many queries of a run of `spec.server_min_queries` may miss the bound and the run
+    still pass LoadGen's early stopping (`harness.queueing.allowed_late`)."""
+    return allowed_late(spec.server_min_queries, spec.percentile)
+
+
+def late_count_search(
+    sut: LoadgenSut,
+    spec: ScenarioSpec,
+    upper_qps: float,
+    out_dir: Path,
+    first_guess: float | None = None,
+    refine: Refine | None = None,
+) -> Outcome:
+    """`find_max_qps` by the late count: the target whose run has LATE_AIM x the late queries
+    early stopping allows (`late_allowance`), reported from a VALID run whose count lies in
+    LATE_BAND of the allowance, as does the count a line through two or more runs puts there
+    (its scheduled QPS, as always). One run's count is one noisy sample; the line pools them.
+
+    The first probe is `first_guess` (or FIRST_PROBE x `upper_qps`), within the lowest load and
+    a tolerance under the bound. Each next probe solves ln(late + 1) = ln(aim + 1) on the line
+    (`_LateAim._line`): through the centroid of the runs near the aim at their fitted slope,
+    else through the two runs that bracket it, else from the run nearest the other side at the
+    slope to its neighbour or, with none, the slope `refine`'s first guess implies (the
+    refitted model's max QPS is where about the whole allowance runs late) or ELASTICITY. An
+    INVALID run counts as at least one over the allowance. Steps go at most MAX_STEP from a
+    point whose count is within 2x of the aim's, GROWTH from further away.
+
+    A VALID run under the band a tolerance under the bound, or over it at the lowest load,
+    is the answer too (the search can go no further); an INVALID run at the lowest load with
+    nothing VALID ends the search out of reach, as `find_max_qps` does. At the run limit the
+    answer is the highest VALID target whose count was not over the band (else the highest
+    VALID one), with a note.
+    """
+    lowest = lowest_qps(spec, upper_qps)
+    cap = upper_qps / (1 + spec.qps_tolerance)
+    aim = _LateAim(late_allowance(spec), spec.percentile)
+    qps = min(max(first_guess or FIRST_PROBE * upper_qps, lowest), cap)
+    runs: list[LoadgenRun] = []
+    while len(runs) < spec.max_search_runs:
+        result = run_at(sut, spec, qps, out_dir / f"server-{len(runs) + 1:02d}")
+        runs.append(result)
+        share = aim.record(qps, result)
+        late = result.overlatency_query_count
+        log.info("server: %s late queries, %.0f%% of those allowed", late, 100 * share)
+        low, high = LATE_BAND
+        at_cap, at_floor = qps >= cap * (1 - 1e-9), qps <= lowest * (1 + 1e-9)
+        in_band = low <= share <= high and aim.settled(qps)
+        if result.valid and (in_band or (share < low and at_cap) or (share > high and at_floor)):
+            return Outcome(True, result.scheduled_qps or qps, result, tuple(runs))
+        if at_floor and not any(r.valid for r in runs):
+            note = out_of_reach(spec, qps, result)
+            return Outcome(False, 0.0, result, tuple(runs), note=note)
+        hint = refine(qps, result) if refine is not None and len(runs) == 1 else None
+        qps = min(max(aim.next_probe(hint), lowest), cap)
+    best = aim.best()
+    if best is None:
+        note = f"no VALID target QPS found down to {min(r.target_qps or qps for r in runs):.1f}"
+        return Outcome(False, 0.0, runs[-1], tuple(runs), note=note)
+    note = "search stopped at the run limit"
+    return Outcome(True, best.scheduled_qps or best.target_qps or 0.0, best, tuple(runs), note)
+
+
+class _LateAim:
+    """The late-count search's runs as points (ln QPS, ln(late + 1)), late counts scaled to a
+    run of `allowed`'s length; the line through them near the aim; where the next probe goes."""
+
+    def __init__(self, allowed: int, percentile: float) -> None:
+        self.allowed, self.percentile = allowed, percentile
+        self.goal = math.log(LATE_AIM * allowed + 1)
+        self.points: list[tuple[float, float, LoadgenRun]] = []
+        #: The refitted model's max QPS after the first run (where about the whole allowance
+        #: runs late): the slope's prior while the runs cannot say it.
+        self.hint: float | None = None
+
+    def record(self, qps: float, run: LoadgenRun) -> float:
+        """Add a run; its late count as a share of what early stopping allows it."""
+        allowed = allowed_late(run.query_count or 0, self.percentile)
+        allowed = allowed if allowed >= 1 else self.allowed
+        share = (run.overlatency_query_count or 0) / allowed
+        if not run.valid:
+            share = max(share, (allowed + 1) / allowed)
+        self.points.append((math.log(qps), math.log(share * self.allowed + 1), run))
+        return share
+
+    def settled(self, qps: float) -> bool:
+        """Whether the line through two or more runs puts `qps`'s late count in the band: one
+        run's count is one noisy sample, a line through several pools them."""
+        if len(self.points) < 2:
+            return False
+        x0, y0, slope = self._line()
+        share = (math.exp(y0 + slope * (math.log(qps) - x0)) - 1) / self.allowed
+        return LATE_BAND[0] <= share <= LATE_BAND[1]
+
+    def next_probe(self, hint: float | None) -> float:
+        """Where the line meets the aim, at most a step from the point it starts from: MAX_STEP
+        where that point's late count is within 2x of the aim's, GROWTH further away."""
+        if hint and hint > 0 and self.hint is None:
+            self.hint = hint
+        x0, y0, slope = self._line()
+        step = math.log(GROWTH if abs(y0 - self.goal) >= math.log(2) else MAX_STEP)
+        return math.exp(x0 + min(max((self.goal - y0) / slope, -step), step))
+
+    def _line(self) -> tuple[float, float, float]:
+        """A point (x, y) and a slope. With two or more runs whose late count is within 2x of
+        the aim's: their centroid and least-squares slope (the prior's where their loads lie
+        within MIN_SPREAD). Else, with runs on both sides of the aim: the two nearest it on
+        either side, from the one nearer the aim. Else from the run nearest the other side
+        (the highest load under the aim, the lowest over it), at the slope to its neighbour
+        where both counted late queries, or the prior's. Slopes are clamped to
+        ELASTICITY_RANGE."""
+        goal = self.goal
+        near = [p for p in self.points if abs(p[1] - goal) <= math.log(2)]
+        below = [p for p in self.points if p[1] <= goal]
+        above = [p for p in self.points if p[1] > goal]
+        if len(near) >= 2:
+            xs, ys = [p[0] for p in near], [p[1] for p in near]
+            x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
+            if max(xs) - min(xs) >= math.log(1 + MIN_SPREAD):
+                sxy = sum((x - x0) * (y - y0) for x, y in zip(xs, ys, strict=True))
+                slope = sxy / sum((x - x0) ** 2 for x in xs)
+            else:
+                slope = self._prior(x0, y0)
+        elif below and above and max(p[0] for p in below) < min(p[0] for p in above):
+            (xb, yb, _), (xa, ya, _) = (
+                max(below, key=lambda p: p[0]),
+                min(above, key=lambda p: p[0]),
+            )
+            slope = (ya - yb) / (xa - xb)
+            x0, y0 = (xb, yb) if goal - yb <= ya - goal else (xa, ya)
+        else:
+            if below and above:  # noise: the count fell with the load
+                x0, y0, _ = min(self.points, key=lambda p: abs(p[1] - goal))
+            elif below:
+                x0, y0, _ = max(below, key=lambda p: p[0])
+            else:
+                x0, y0, _ = min(above, key=lambda p: p[0])
+            others = [p for p in self.points if p[0] != x0 and p[1] > 0]
+            if y0 > 0 and others:
+                x1, y1, _ = min(others, key=lambda p: abs(p[0] - x0))
+                slope = (y1 - y0) / (x1 - x0)
+            else:
+                slope = self._prior(x0, y0)
+        if not slope > 0:
+            slope = self._prior(x0, y0)
+        return x0, y0, min(max(slope, ELASTICITY_RANGE[0]), ELASTICITY_RANGE[1])
+
+    def _prior(self, x0: float, y0: float) -> float:
+        """The slope from (x0, y0) to the refitted model's max QPS with the whole allowance
+        late, where that rises; else ELASTICITY."""
+        if self.hint and not math.isclose(math.log(self.hint), x0):
+            slope = (math.log(self.allowed + 1) - y0) / (math.log(self.hint) - x0)
+            if slope > 0:
+                return slope
+        return ELASTICITY
+
+    def best(self) -> LoadgenRun | None:
+        """The highest VALID run not over the band, else the highest VALID run."""
+        ceiling = math.log(LATE_BAND[1] * self.allowed + 1)
+        valid = [p for p in self.points if p[2].valid]
+        within = [p for p in valid if p[1] <= ceiling] or valid
+        return max(within, key=lambda p: p[0])[2] if within else None
 
 
 def out_of_reach(spec: ScenarioSpec, qps: float, run: LoadgenRun) -> str:

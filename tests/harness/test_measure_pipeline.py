@@ -124,8 +124,10 @@ def test_the_system_server_search_starts_at_the_models_guess_and_refits_it(
     first = first_probe(spec, spy.guesses[0], upper)
     assert probes[0]["target_qps"] == pytest.approx(first, abs=QPS_LOGGED)
     assert probes[0]["target_qps"] != pytest.approx(server.FIRST_PROBE * upper, abs=QPS_LOGGED)
-    # The first run (one-sided, so the search asks for a better guess) refits the model.
-    assert spy.refits and spy.refits[0] == pytest.approx(probes[0]["target_qps"], abs=QPS_LOGGED)
+    # Unless the first run is the answer (the late-count search: its late count in the band),
+    # the model is refitted to it for the next probe.
+    if len(probes) > 1:
+        assert spy.refits[0] == pytest.approx(probes[0]["target_qps"], abs=QPS_LOGGED)
     assert result.valid == (result.score > 0)
     assert sum(d["samples"] for d in result.devices) == sum(
         r["sample_count"] for r in [offline, *probes]

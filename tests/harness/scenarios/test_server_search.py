@@ -3,6 +3,9 @@ model's) needs few runs; a wildly wrong one still ends on a VALID target."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from harness.backends.null import NullBackend
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet
 from harness.loadgen_log import LoadgenRun
+from harness.queueing import allowed_late
 from harness.scenarios import Outcome, server
 from harness.sut import BatchingSUT
 from tests.harness.search_checks import answer_runs, check_answer
@@ -351,3 +355,199 @@ def test_the_run_limit_still_ends_a_descent_with_its_own_note(
     assert len(probe.targets) == 3 and min(probe.targets) > 10.0
     assert not outcome.valid
     assert outcome.note == f"no VALID target QPS found down to {min(probe.targets):.1f}"
+
+
+# The late-count search (p90 with 600 queries: early stopping lets 43 of them run late).
+P90 = ScenarioSpec(
+    scenario="server", find_max_qps=True, latency_ms=10.0, percentile=90.0, min_queries=600
+)
+
+
+def late_scripted(
+    edge: float, slope: float = 10.0, queries: int = 600, noise: float = 0.0, seed: int = 0
+) -> Any:
+    """A stand-in for run_at whose late count grows as allowed x (qps / edge) ** slope: the
+    allowance is used up exactly at `edge`; with `noise`, each count times a lognormal factor
+    of that sigma (seeded); `.targets` lists the probes."""
+    allowed = allowed_late(queries, 90.0)
+    rng = np.random.default_rng(seed)
+    targets: list[float] = []
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        factor = math.exp(rng.normal(0.0, noise)) if noise else 1.0
+        late = round(allowed * (qps / edge) ** slope * factor)
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= allowed,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps * 0.999,
+            query_count=queries,
+            overlatency_query_count=late,
+            latency_ms={"p90": 9.0 if late <= allowed else 11.0},
+        )
+
+    run_at.targets = targets  # type: ignore[attr-defined]
+    return run_at
+
+
+def check_late_answer(outcome: Outcome, allowed: int = 43) -> None:
+    """A VALID answer whose late count lies in the band; the score is its scheduled QPS."""
+    low, high = server.LATE_BAND
+    assert outcome.valid and not outcome.note and outcome.primary is outcome.runs[-1]
+    assert outcome.score == outcome.primary.scheduled_qps
+    late = outcome.primary.overlatency_query_count
+    assert late is not None and low * allowed <= late <= high * allowed
+
+
+def test_the_late_count_search_needs_early_stopping_to_allow_late_queries() -> None:
+    assert server.late_allowance(P90) == 43 >= server.MIN_LATE
+    p99 = ScenarioSpec(scenario="server", find_max_qps=True, min_queries=600)
+    assert server.late_allowance(p99) == 0  # one late query fails a run: bracketing
+    longer = ScenarioSpec(scenario="server", find_max_qps=True, min_queries=4000)
+    assert server.late_allowance(longer) >= server.MIN_LATE
+
+
+def test_the_late_count_search_aims_inside_the_band(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """From a guess 10% under the edge, one run's late count and the prior slope put the next
+    probe at the aim; that run lands in the band, as does the line through both: two runs."""
+    probe = late_scripted(edge=100.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=90.0)  # type: ignore[arg-type]
+    assert len(probe.targets) == 2 and probe.targets[0] == 90.0
+    check_late_answer(outcome)
+    # Under the edge, where the late count is LATE_AIM of the allowance, give or take rounding.
+    low, high = (100.0 * share ** (1 / 10) for share in server.LATE_BAND)
+    assert low <= probe.targets[-1] <= high < 100.0
+
+    # A guess in the band is one noisy sample: a second run near it settles the answer.
+    probe = late_scripted(edge=100.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=97.0)  # type: ignore[arg-type]
+    assert len(probe.targets) == 2 and probe.targets[1] == pytest.approx(97.0, rel=0.01)
+    check_late_answer(outcome)
+
+
+@pytest.mark.parametrize("slope", [4.0, 10.0, 30.0])
+@pytest.mark.parametrize("guess", [20.0, 70.0, 130.0, 190.0])
+def test_the_late_count_search_lands_from_far_guesses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guess: float, slope: float
+) -> None:
+    """Guesses 5x low to nearly 2x high, late counts growing gently or steeply: the answer is
+    in the band, no step over GROWTH, within 8 runs (a 5x low guess at a cliff of slope 30
+    takes 8; guesses within 30% of the edge take 2-3 on gentle slopes)."""
+    probe = late_scripted(edge=100.0, slope=slope)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=guess)  # type: ignore[arg-type]
+    check_late_answer(outcome)
+    assert len(probe.targets) <= 8
+    for before, after in itertools.pairwise(probe.targets):
+        assert max(after / before, before / after) <= server.GROWTH * (1 + 1e-9)
+
+
+def test_a_refit_sets_the_slope_after_the_first_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After one run the refitted model's max QPS (where about the whole allowance runs late)
+    gives the line its slope: the second probe solves it for the aim."""
+    probe = late_scripted(edge=100.0, slope=10.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(  # type: ignore[arg-type]
+        None, P90, 200.0, tmp_path, first_guess=90.0, refine=lambda q, r: 100.0
+    )
+    first = probe.targets[0]
+    late = round(43 * 0.9**10)
+    y0, y_all, goal = math.log(late + 1), math.log(44), math.log(server.LATE_AIM * 43 + 1)
+    slope = (y_all - y0) / math.log(100.0 / first)
+    assert probe.targets[1] == pytest.approx(first * math.exp((goal - y0) / slope))
+    check_late_answer(outcome)
+
+
+def test_the_late_count_search_stops_at_the_bound_and_the_lowest_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Under the band a tolerance below the Offline bound: nothing higher may be tried.
+    probe = late_scripted(edge=1000.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=150.0)  # type: ignore[arg-type]
+    assert probe.targets[-1] == pytest.approx(200.0 / (1 + P90.qps_tolerance))
+    assert outcome.valid and not outcome.note and outcome.primary is outcome.runs[-1]
+
+    # Nothing passes: down to the lowest load (10 QPS: 600 queries in 60 s), out of reach.
+    probe = late_scripted(edge=1.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=100.0)  # type: ignore[arg-type]
+    assert probe.targets[-1] == pytest.approx(10.0) and min(probe.targets) == pytest.approx(10.0)
+    assert len(probe.targets) < P90.max_search_runs
+    assert not outcome.valid and outcome.note.startswith("bound out of reach")
+
+
+def test_the_late_count_search_at_its_run_limit_reports_its_best_valid_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A SUT whose late count jumps from under the band to over the allowance never lands in
+    the band: at the run limit the answer is the highest VALID target, with a note."""
+    spec = ScenarioSpec(
+        scenario="server",
+        find_max_qps=True,
+        latency_ms=10.0,
+        percentile=90.0,
+        min_queries=600,
+        max_search_runs=4,
+    )
+    targets: list[float] = []
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        late = 5 if qps < 100.0 else 80
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    monkeypatch.setattr(server, "run_at", run_at)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=90.0)  # type: ignore[arg-type]
+    assert len(targets) == 4 and outcome.valid
+    assert outcome.score == max(t for t in targets if t < 100.0)
+    assert outcome.note == "search stopped at the run limit"
+
+
+def test_by_late_count_false_brackets_even_where_late_queries_are_allowed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    probe = late_scripted(edge=101.0, slope=200.0)
+    monkeypatch.setattr(server, "run_at", probe)
+    outcome = server.find_max_qps(  # type: ignore[arg-type]
+        None, P90, 200.0, tmp_path, first_guess=100.0, by_late_count=False
+    )
+    assert probe.targets == [100.0, 102.0, 100.0]  # VALID, INVALID above, VALID again
+    check_answer(outcome.runs, outcome.score)
+
+
+def test_the_late_count_search_pools_noisy_counts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Late counts with 20% noise (lognormal) around allowed x (qps / 100) ** 10, 20 seeded
+    searches from a guess 5% low: every answer VALID, within 90-101% of the edge, their median
+    under it, and the searches take a median of at most 4 runs."""
+    runs, answers = [], []
+    for seed in range(20):
+        probe = late_scripted(edge=100.0, noise=0.2, seed=seed)
+        monkeypatch.setattr(server, "run_at", probe)
+        outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=95.0)  # type: ignore[arg-type]
+        assert outcome.valid
+        runs.append(len(probe.targets))
+        answers.append(outcome.primary.target_qps)
+    # At 100 the mean count is the whole allowance (half the runs fail); one lucky run may
+    # pass a little above it. The search aims under it.
+    assert all(90.0 <= a <= 101.0 for a in answers), " ".join(f"{a:.1f}" for a in answers)
+    assert statistics.median(answers) < 99.0
+    assert statistics.median(runs) <= 4, runs
