@@ -3,10 +3,10 @@ latency percentile under the bound, early stopping). `find_max_qps` searches bet
 load (`lowest_qps`) and an upper bound (the Offline throughput) in one of two ways:
 
 - by the late count, where LoadGen's early stopping lets a run's queries miss the bound (at
-  least MIN_LATE of them: p90 with 600 queries, p99 with 2,200 or more, compliance runs): the
-  count of queries over the bound rises smoothly with the load, so the search aims at the
-  target whose count is LATE_AIM of the allowed one and reports the first VALID run that lands
-  in LATE_BAND of it: a margin below the edge, in about three runs;
+  least MIN_LATE of them: p90 from 200 queries, p99 from 2,010, compliance runs): the count
+  of queries over the bound rises smoothly with the load, so the search aims at the target
+  whose count is LATE_AIM of the allowed one and reports a VALID run in LATE_BAND of it (as a
+  line through the runs agrees): a margin below the edge, in two or three runs;
 - by bracketing, otherwise (p99 with 600 queries lets no query run late: one run's verdict is
   all a run says): the largest target VALID `spec.answer_runs` times (default twice), to a
   relative tolerance.
@@ -56,7 +56,8 @@ ELASTICITY = 10.0
 ELASTICITY_RANGE = (2.0, 40.0)
 #: The late-count search moves at most this factor from its last probe.
 MAX_STEP = 1.25
-#: The spread of loads (relative) under which the slope of the runs near the aim is noise.
+#: The spread of loads (relative) under which the slope of the runs near the aim is noise;
+#: also how far under a failed target the next probe stays at least.
 MIN_SPREAD = 0.01
 
 #: Given a run's target QPS and what LoadGen measured, a better guess at the answer (None:
@@ -206,8 +207,9 @@ def late_count_search(
     else through the two runs that bracket it, else from the run nearest the other side at the
     slope to its neighbour or, with none, the slope `refine`'s first guess implies (the
     refitted model's max QPS is where about the whole allowance runs late) or ELASTICITY. An
-    INVALID run counts as at least one over the allowance. Steps go at most MAX_STEP from a
-    point whose count is within 2x of the aim's, GROWTH from further away.
+    INVALID run counts as at least one over the allowance, and no probe goes within MIN_SPREAD
+    of a target that failed, or over it. Steps go at most MAX_STEP from a point whose count is
+    within 2x of the aim's, GROWTH from further away.
 
     A VALID run under the band a tolerance under the bound, or over it at the lowest load,
     is the answer too (the search can go no further); an INVALID run at the lowest load with
@@ -276,27 +278,33 @@ class _LateAim:
         return LATE_BAND[0] <= share <= LATE_BAND[1]
 
     def next_probe(self, hint: float | None) -> float:
-        """Where the line meets the aim, at most a step from the point it starts from: MAX_STEP
-        where that point's late count is within 2x of the aim's, GROWTH further away."""
+        """Where the line meets the aim, at most a step from the point it starts from (MAX_STEP
+        where that point's late count is within 2x of the aim's, GROWTH further away) and
+        MIN_SPREAD under the lowest target that failed."""
         if hint and hint > 0 and self.hint is None:
             self.hint = hint
         x0, y0, slope = self._line()
         step = math.log(GROWTH if abs(y0 - self.goal) >= math.log(2) else MAX_STEP)
-        return math.exp(x0 + min(max((self.goal - y0) / slope, -step), step))
+        x = x0 + min(max((self.goal - y0) / slope, -step), step)
+        # Never again at or over a target that failed: MIN_SPREAD under the lowest one.
+        failed = [p[0] for p in self.points if not p[2].valid]
+        if failed:
+            x = min(x, min(failed) - math.log(1 + MIN_SPREAD))
+        return math.exp(x)
 
     def _line(self) -> tuple[float, float, float]:
-        """A point (x, y) and a slope. With two or more runs whose late count is within 2x of
-        the aim's: their centroid and least-squares slope (the prior's where their loads lie
-        within MIN_SPREAD). Else, with runs on both sides of the aim: the two nearest it on
-        either side, from the one nearer the aim. Else from the run nearest the other side
-        (the highest load under the aim, the lowest over it), at the slope to its neighbour
-        where both counted late queries, or the prior's. Slopes are clamped to
+        """A point (x, y) and a slope. With runs on both sides of the aim whose late counts are
+        within 2x of the aim's: their centroid and least-squares slope (the prior's where their
+        loads lie within MIN_SPREAD). Else, with runs on both sides of the aim: the two
+        nearest it on either side, from the one nearer the aim. Else from the run nearest the
+        other side (the highest load under the aim, the lowest over it), at the slope to its
+        neighbour where both counted late queries, or the prior's. Slopes are clamped to
         ELASTICITY_RANGE."""
         goal = self.goal
         near = [p for p in self.points if abs(p[1] - goal) <= math.log(2)]
         below = [p for p in self.points if p[1] <= goal]
         above = [p for p in self.points if p[1] > goal]
-        if len(near) >= 2:
+        if any(p[1] <= goal for p in near) and any(p[1] > goal for p in near):
             xs, ys = [p[0] for p in near], [p[1] for p in near]
             x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
             if max(xs) - min(xs) >= math.log(1 + MIN_SPREAD):

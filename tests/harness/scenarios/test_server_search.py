@@ -551,3 +551,23 @@ def test_the_late_count_search_pools_noisy_counts(
     assert all(90.0 <= a <= 101.0 for a in answers), " ".join(f"{a:.1f}" for a in answers)
     assert statistics.median(answers) < 99.0
     assert statistics.median(runs) <= 4, runs
+
+
+def test_the_late_count_search_never_probes_a_failed_target_again() -> None:
+    """Noise: a run at 105 failed while one at 110 passed under the aim. The line from the run
+    nearest the aim (110) points up, but the next probe stays MIN_SPREAD under 105."""
+
+    def run(qps: float, late: int) -> LoadgenRun:
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir="unused",
+            target_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    aim = server._LateAim(43, 90.0)
+    for qps, late in ((100.0, 20), (105.0, 50), (110.0, 28)):
+        aim.record(qps, run(qps, late))
+    assert aim.next_probe(None) == pytest.approx(105.0 / (1 + server.MIN_SPREAD))
