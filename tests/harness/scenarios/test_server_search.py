@@ -437,13 +437,13 @@ def test_the_late_count_search_lands_from_far_guesses(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guess: float, slope: float
 ) -> None:
     """Guesses 5x low to nearly 2x high, late counts growing gently or steeply: the answer is
-    in the band, no step over GROWTH, within 8 runs (a 5x low guess at a cliff of slope 30
-    takes 8; guesses within 30% of the edge take 2-3 on gentle slopes)."""
+    in the band, no step over GROWTH, within 10 runs (a 5x low guess at a cliff of slope 30
+    takes 9; guesses within 30% of the edge take 2-3 on gentle slopes)."""
     probe = late_scripted(edge=100.0, slope=slope)
     monkeypatch.setattr(server, "run_at", probe)
     outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=guess)  # type: ignore[arg-type]
     check_late_answer(outcome)
-    assert len(probe.targets) <= 8
+    assert len(probe.targets) <= 10
     for before, after in itertools.pairwise(probe.targets):
         assert max(after / before, before / after) <= server.GROWTH * (1 + 1e-9)
 
@@ -571,3 +571,6 @@ def test_the_late_count_search_never_probes_a_failed_target_again() -> None:
     for qps, late in ((100.0, 20), (105.0, 50), (110.0, 28)):
         aim.record(qps, run(qps, late))
     assert aim.next_probe(None) == pytest.approx(105.0 / (1 + server.MIN_SPREAD))
+    # Out of runs here, the answer would be the safest VALID one: under every failed target.
+    best = aim.best()
+    assert best is not None and best.target_qps == 100.0
