@@ -8,14 +8,6 @@ proposes a configuration some trial already has (finished, running or waiting), 
 the unproposed configuration nearest to it (fewest differing parameters, then ordinal distance
 in batch size and streams), ties broken by its own seeded draw. Once every configuration is
 taken it lets repeats through; the study answers those from the earlier trial.
-
-With `polish_from` set, the proposals after that many finished trials come from the incumbent's
-neighbourhood instead: the best feasible configuration so far with one parameter moved one step
-(batch size, streams or deque timeout; precision kept), a neighbour not yet taken, drawn by the
-same seeded generator; a better neighbour becomes the incumbent, so the last trials climb. It is
-the hill climbing Triton Model Analyzer's quick search does from the smallest configuration,
-started here from where the model-based search has got to: on a space where one or two
-configurations stand out, TPE lands near them and the last steps find them.
 """
 
 from __future__ import annotations
@@ -30,21 +22,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.results import is_feasible
 from tuner.space import SearchSpace
 
 
 class NoRepeatSampler(BaseSampler):
-    def __init__(
-        self,
-        inner: BaseSampler,
-        space: SearchSpace,
-        seed: int | None = None,
-        polish_from: int | None = None,
-    ) -> None:
+    def __init__(self, inner: BaseSampler, space: SearchSpace, seed: int | None = None) -> None:
         self.inner = inner
         self.space = space
-        self.polish_from = polish_from
         self._grid = space.grid()
         self._rng = random.Random(seed)
 
@@ -58,9 +42,6 @@ class NoRepeatSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        neighbour = self._polish(study, trial)
-        if neighbour is not None:
-            return neighbour
         proposed = self.inner.sample_relative(study, trial, search_space)
         if set(proposed) != set(search_space):  # e.g. TPE before its startup trials are in
             proposed = {
@@ -103,35 +84,6 @@ class NoRepeatSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
         self._rng = random.Random()
-
-    def _polish(self, study: optuna.Study, current: FrozenTrial) -> dict[str, Any] | None:
-        """An untaken neighbour of the best feasible trial, once `polish_from` trials have
-        finished; None before, for several objectives, or when every neighbour is taken."""
-        if self.polish_from is None or len(study.directions) > 1:
-            return None
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number != current.number]
-        if sum(t.state.is_finished() for t in trials) < self.polish_from:
-            return None
-        feasible = [t for t in trials if is_feasible(t) and set(t.params) == set(self._grid)]
-        if not feasible:
-            return None
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        best = max(feasible, key=lambda t: sign * float(t.values[0])).params
-        taken = _taken(study, current)
-        near = [p for p in self._neighbours(best) if _key(p) not in taken]
-        return self._rng.choice(near) if near else None
-
-    def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
-        """`point` with one ordinal parameter moved one step either way (precision kept)."""
-        out = []
-        for name, choices in self._grid.items():
-            if name == "precision" or point[name] not in choices:
-                continue
-            at = choices.index(point[name])
-            for step in (-1, 1):
-                if 0 <= at + step < len(choices):
-                    out.append({**point, name: choices[at + step]})
-        return out
 
     def _distance(self, a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int]:
         differing = sum(a[name] != b[name] for name in self._grid)

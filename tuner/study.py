@@ -203,7 +203,6 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
     """TPE or random sampling, never proposing a configuration the study already holds
     (tuner.sampling); grid points are enqueued trials (see prepare)."""
     inner: optuna.samplers.BaseSampler
-    polish_from = None
     if cfg.sampler in ("grid", "random"):
         inner = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
@@ -211,9 +210,7 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
         inner = optuna.samplers.TPESampler(
             seed=cfg.seed, n_startup_trials=startup, multivariate=True
         )
-        import os
-        polish_from = cfg.trials - int(os.environ.get("POLISH", "0"))
-    return NoRepeatSampler(inner, space, seed=cfg.seed, polish_from=polish_from)
+    return NoRepeatSampler(inner, space, seed=cfg.seed)
 
 
 def work(prepared: Prepared, say: Callable[[str], None], owner: str = "optimize") -> int:
