@@ -210,7 +210,10 @@ def late_count_search(
     slope to its neighbour or, with none, the slope `refine`'s first guess implies (the
     refitted model's max QPS is where about the whole allowance runs late) or ELASTICITY. An
     INVALID run counts as at least one over the allowance, and no probe goes within MIN_SPREAD
-    of a target that failed, or over it. Steps go at most MAX_STEP from a point whose count is
+    of a target that failed, or over it. Where the line would probe again beside a VALID run
+    under the band (held there by a failure above it), the search bisects between the highest
+    VALID target and the lowest failed one instead, and answers `_LateAim.best` once they lie
+    within MIN_SPREAD of their midpoint. Steps go at most MAX_STEP from a point whose count is
     within 2x of the aim's, GROWTH from further away.
 
     A VALID run under the band a tolerance under the bound, or over it at the lowest load,
@@ -239,6 +242,16 @@ def late_count_search(
             return Outcome(False, 0.0, result, tuple(runs), note=note)
         hint = refine(qps, result) if refine is not None and len(runs) == 1 else None
         qps = min(max(aim.next_probe(hint), lowest), cap)
+        if aim.repeats_under_band(qps):
+            # The line asks again where a run came in under the band (a failure above holds
+            # it there): bracket the edge instead, down to MIN_SPREAD.
+            lo, hi = aim.bracket()
+            if lo is None or hi is None or hi / lo <= (1 + MIN_SPREAD) ** 2:
+                answer = aim.best()
+                if answer is not None:
+                    return Outcome(True, answer.scheduled_qps or qps, answer, tuple(runs))
+            else:
+                qps = math.sqrt(lo * hi)
     best = aim.best()
     if best is None:
         note = f"no VALID target QPS found down to {min(r.target_qps or qps for r in runs):.1f}"
@@ -292,6 +305,22 @@ class _LateAim:
         if failed:
             x = min(x, min(failed) - math.log(1 + MIN_SPREAD))
         return math.exp(x)
+
+    def repeats_under_band(self, qps: float) -> bool:
+        """Whether a VALID run under the band already stands within half of MIN_SPREAD of
+        `qps`: another run there would tell the line nothing new. Where a failed target holds
+        the probe under it (a late count that jumps rather than grows, or noise: seen on a
+        real CPU, four VALID runs in a row under one failed target to the run limit)."""
+        x, floor = math.log(qps), math.log(LATE_BAND[0] * self.allowed + 1)
+        near = math.log(1 + MIN_SPREAD) / 2
+        return any(p[2].valid and p[1] < floor and abs(p[0] - x) <= near for p in self.points)
+
+    def bracket(self) -> tuple[float | None, float | None]:
+        """The highest VALID target under every failed target, and the lowest failed one."""
+        failed = min((p[0] for p in self.points if not p[2].valid), default=math.inf)
+        under = [p[0] for p in self.points if p[2].valid and p[0] < failed]
+        lo = math.exp(max(under)) if under else None
+        return lo, math.exp(failed) if math.isfinite(failed) else None
 
     def _line(self) -> tuple[float, float, float]:
         """A point (x, y) and a slope. With runs on both sides of the aim whose late counts are

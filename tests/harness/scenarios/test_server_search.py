@@ -514,6 +514,71 @@ def test_the_late_count_search_at_its_run_limit_reports_its_best_valid_run(
     assert outcome.note == "search stopped at the run limit"
 
 
+def test_a_late_count_that_jumps_is_bracketed_instead_of_probed_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same jumping SUT with the default run limit: once the line asks again where a run
+    came in under the band (the failure above holds it there), the search bisects between the
+    highest VALID target and the lowest failed one, and answers within MIN_SPREAD of the jump,
+    without a note and with no target run twice."""
+    targets: list[float] = []
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        late = 5 if qps < 100.0 else 80
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    monkeypatch.setattr(server, "run_at", run_at)
+    outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=90.0)  # type: ignore[arg-type]
+    assert outcome.valid and not outcome.note
+    assert len(targets) < P90.max_search_runs and len(set(targets)) == len(targets)
+    failed = min(t for t in targets if t >= 100.0)
+    assert outcome.score == max(t for t in targets if t < 100.0)
+    assert failed / outcome.score <= (1 + server.MIN_SPREAD) ** 2
+
+
+def test_under_a_failed_target_a_run_under_the_band_is_not_repeated() -> None:
+    """A real CPU's trial (MobileNet int8, batch 2, 2 streams, p90 <= 30 ms, ~890 queries a
+    run): late counts jump between a few and the allowance at one target (446.0: 7, then 70
+    of 68 allowed). The line points above 446, so the next probe is held MIN_SPREAD under it;
+    a VALID run there with 1 late query would be asked for again (it was, four times, to the
+    run limit). Now that repeat is seen, and the bracket it would bisect is already within
+    MIN_SPREAD: the answer is that run."""
+    trace = [(449.5, 6, 898), (483.0, 197, 953), (453.5, 25, 905), (469.6, 85, 934)]
+    trace += [(459.3, 96, 917), (446.0, 7, 890), (446.0, 70, 890), (432.4, 24, 865)]
+
+    def run(qps: float, late: int, queries: int) -> LoadgenRun:
+        valid = late <= allowed_late(queries, 90.0)
+        return LoadgenRun(
+            scenario="Server",
+            valid=valid,
+            log_dir="unused",
+            target_qps=qps,
+            query_count=queries,
+            overlatency_query_count=late,
+        )
+
+    aim = server._LateAim(allowed_late(600, 90.0), 90.0)
+    for qps, late, queries in trace:
+        aim.record(qps, run(qps, late, queries))
+    pin = aim.next_probe(None)
+    assert pin == pytest.approx(446.0 / (1 + server.MIN_SPREAD))
+    assert not aim.repeats_under_band(pin)  # nothing ran there yet
+    at_pin = run(pin, 1, 887)
+    aim.record(pin, at_pin)
+    assert aim.next_probe(None) == pytest.approx(pin) and aim.repeats_under_band(pin)
+    assert aim.bracket() == (pytest.approx(pin), pytest.approx(446.0))
+    assert aim.best() is at_pin
+
+
 def test_by_late_count_false_brackets_even_where_late_queries_are_allowed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
