@@ -722,3 +722,53 @@ def test_multi_objective_server_study_exports_its_pareto_front(
     assert not ambiguous.exists()
     assert main([*export, "--trial", "1", "--out", str(ambiguous)]) == 0
     assert json.loads(ambiguous.read_text())["trial"]["params"]["batch_size"] == 4
+
+
+def test_a_server_summary_shows_the_latency_at_the_bounds_percentile(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A p90 bound: the summary's latency column is the trial's p90, not its p99."""
+    db = tmp_path / "p90.db"
+    argv = [
+        "optimize",
+        "--model",
+        "tiny",
+        "--backend",
+        "null",
+        "--scenario",
+        "server",
+        "--percentile",
+        "90",
+        "--latency-ms",
+        "20",
+        "--min-queries",
+        "300",
+        "--batch-sizes",
+        "1",
+        "--streams",
+        "1",
+        "--precisions",
+        "fp32",
+        "--trials",
+        "1",
+        "--confirm-runs",
+        "0",
+        "--backend-option",
+        "latency_ms=1",
+        "--storage",
+        sqlite_url(db),
+        "--cache-dir",
+        str(cache_dir),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--duration-s",
+        "0.3",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    (header,) = [line for line in out.splitlines() if line.startswith(" ") and "trial" in line]
+    assert "p90 ms" in header and "p99 ms" not in header
+    (summary,) = optuna.get_all_study_summaries(sqlite_url(db))
+    (trial,) = optuna.load_study(study_name=summary.study_name, storage=sqlite_url(db)).trials
+    (best,) = [line for line in out.splitlines() if line.startswith("best ")]
+    assert f"{trial.user_attrs['p90_ms']:,.2f}" in best.split()
