@@ -393,6 +393,26 @@ def late_scripted(
     return run_at
 
 
+def jumping(targets: list[float]) -> Any:
+    """A stand-in for run_at whose late count jumps from 5 to 80 (of 43 allowed) at 100 QPS;
+    each probe's target goes to `targets`."""
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        late = 5 if qps < 100.0 else 80
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    return run_at
+
+
 def check_late_answer(outcome: Outcome, allowed: int = 43) -> None:
     """A VALID answer whose late count lies in the band; the score is its scheduled QPS."""
     low, high = server.LATE_BAND
@@ -493,21 +513,7 @@ def test_the_late_count_search_at_its_run_limit_reports_its_best_valid_run(
     the band: at the run limit the answer is the highest VALID target, with a note."""
     spec = dataclasses.replace(P90, max_search_runs=4)
     targets: list[float] = []
-
-    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
-        targets.append(qps)
-        late = 5 if qps < 100.0 else 80
-        return LoadgenRun(
-            scenario="Server",
-            valid=late <= 43,
-            log_dir=str(out_dir),
-            target_qps=qps,
-            scheduled_qps=qps,
-            query_count=600,
-            overlatency_query_count=late,
-        )
-
-    monkeypatch.setattr(server, "run_at", run_at)
+    monkeypatch.setattr(server, "run_at", jumping(targets))
     outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=90.0)  # type: ignore[arg-type]
     assert len(targets) == 4 and outcome.valid
     assert outcome.score == max(t for t in targets if t < 100.0)
@@ -522,21 +528,7 @@ def test_a_late_count_that_jumps_is_bracketed_instead_of_probed_again(
     highest VALID target and the lowest failed one, and answers within MIN_SPREAD of the jump,
     without a note and with no target run twice."""
     targets: list[float] = []
-
-    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
-        targets.append(qps)
-        late = 5 if qps < 100.0 else 80
-        return LoadgenRun(
-            scenario="Server",
-            valid=late <= 43,
-            log_dir=str(out_dir),
-            target_qps=qps,
-            scheduled_qps=qps,
-            query_count=600,
-            overlatency_query_count=late,
-        )
-
-    monkeypatch.setattr(server, "run_at", run_at)
+    monkeypatch.setattr(server, "run_at", jumping(targets))
     outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=90.0)  # type: ignore[arg-type]
     assert outcome.valid and not outcome.note
     assert len(targets) < P90.max_search_runs and len(set(targets)) == len(targets)
