@@ -317,10 +317,15 @@ class _LateAim:
 
     def bracket(self) -> tuple[float | None, float | None]:
         """The highest VALID target under every failed target, and the lowest failed one."""
-        failed = min((p[0] for p in self.points if not p[2].valid), default=math.inf)
-        under = [p[0] for p in self.points if p[2].valid and p[0] < failed]
-        lo = math.exp(max(under)) if under else None
+        under, failed = self._under_failed()
+        lo = math.exp(max(p[0] for p in under)) if under else None
         return lo, math.exp(failed) if math.isfinite(failed) else None
+
+    def _under_failed(self) -> tuple[list[tuple[float, float, LoadgenRun]], float]:
+        """The VALID runs under every failed target, and the lowest failed target's ln QPS
+        (infinite where none failed)."""
+        failed = min((p[0] for p in self.points if not p[2].valid), default=math.inf)
+        return [p for p in self.points if p[2].valid and p[0] < failed], failed
 
     def _line(self) -> tuple[float, float, float]:
         """A point (x, y) and a slope. With runs on both sides of the aim whose late counts are
@@ -380,9 +385,8 @@ class _LateAim:
         VALID run under every failed target and not over the band; else under every failed
         target; else the highest VALID run."""
         ceiling = math.log(LATE_BAND[1] * self.allowed + 1)
-        failed = min((p[0] for p in self.points if not p[2].valid), default=math.inf)
+        under, _ = self._under_failed()
         valid = [p for p in self.points if p[2].valid]
-        under = [p for p in valid if p[0] < failed]
         safest = [p for p in under if p[1] <= ceiling] or under or valid
         return max(safest, key=lambda p: p[0])[2] if safest else None
 

@@ -23,6 +23,30 @@ NULL_OPTIMIZE = [
     "latency_ms=1",
 ]
 
+#: `optimize` on the null backend, Server: a 20 ms bound at 600 queries over batch sizes 1 and 4,
+#: one stream, fp32, one deque timeout.
+NULL_SERVER = [
+    "optimize",
+    "--model",
+    "tiny",
+    "--backend",
+    "null",
+    "--scenario",
+    "server",
+    "--latency-ms",
+    "20",
+    "--min-queries",
+    "600",
+    "--batch-sizes",
+    "1,4",
+    "--streams",
+    "1",
+    "--precisions",
+    "fp32",
+    "--deque-timeouts-us",
+    "2000",
+]
+
 ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")
 
 

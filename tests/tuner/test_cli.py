@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from optuna.trial import TrialState, create_trial
 
 from harness.errors import ConfigError, ModelError
-from tests.tuner.cli_checks import one_error_line, run, sha256
+from tests.tuner.cli_checks import NULL_SERVER, one_error_line, run, sha256
 from tuner import config
 from tuner.cli import main
 from tuner.export import FORMATS
@@ -644,27 +644,9 @@ def test_multi_objective_server_study_exports_its_pareto_front(
 ) -> None:
     db = tmp_path / "mo.db"
     argv = [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--scenario",
-        "server",
+        *NULL_SERVER,
         "--objectives",
         "throughput,p99",
-        "--latency-ms",
-        "20",
-        "--min-queries",
-        "600",
-        "--batch-sizes",
-        "1,4",
-        "--streams",
-        "1",
-        "--precisions",
-        "fp32",
-        "--deque-timeouts-us",
-        "2000",
         "--trials",
         "1",
         "--backend-option",
@@ -730,25 +712,9 @@ def test_a_server_summary_shows_the_latency_at_the_bounds_percentile(
     """A p90 bound: the summary's latency column is the trial's p90, not its p99."""
     db = tmp_path / "p90.db"
     argv = [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--scenario",
-        "server",
+        *NULL_SERVER,
         "--percentile",
         "90",
-        "--latency-ms",
-        "20",
-        "--min-queries",
-        "300",
-        "--batch-sizes",
-        "1",
-        "--streams",
-        "1",
-        "--precisions",
-        "fp32",
         "--trials",
         "1",
         "--confirm-runs",

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.harness.search_checks import check_answer
-from tests.tuner.cli_checks import NULL_OPTIMIZE
+from tests.tuner.cli_checks import NULL_OPTIMIZE, NULL_SERVER
 from tuner.cli import main
 from tuner.results import study_setting
 
@@ -148,25 +148,7 @@ def test_hung_trial_times_out(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_server_study_with_null_backend_finds_a_valid_qps(tmp_path: Path, cache_dir: Path) -> None:
     args = [
-        "optimize",
-        "--model",
-        "tiny",
-        "--backend",
-        "null",
-        "--scenario",
-        "server",
-        "--latency-ms",
-        "20",
-        "--min-queries",
-        "600",
-        "--batch-sizes",
-        "1,4",
-        "--streams",
-        "1",
-        "--precisions",
-        "fp32",
-        "--deque-timeouts-us",
-        "2000",
+        *NULL_SERVER,
         "--sampler",
         "grid",
         "--trials",
