@@ -96,6 +96,9 @@ def study_config(
         seed=seed,
         confirm_runs=StudyConfig().confirm_runs if confirm else 0,
         model=replay_model(data),
+        # the dims and shapes it was recorded with: an exported model here gets inspected
+        dims=data.get("dims") or {},
+        shapes={k: tuple(v) for k, v in (data.get("shapes") or {}).items()},
         backend="replay",
         backend_options={"landscape": str(path)},
         scenario=data["scenario"],

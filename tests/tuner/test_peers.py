@@ -197,3 +197,13 @@ def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
     assert not edge_summary(low, 0.02)["target_4b"]["checks"]["edge"]
     # Too few runs to judge: 2 confirmations per configuration (20 < 30).
     assert not edge_summary(figures(4, [True, True], 1.0), 0.02)["target_4b"]["pass"]
+
+
+def test_a_replayed_study_binds_the_dims_its_landscape_was_recorded_with(tmp_path: Path) -> None:
+    # A landscape of an exported BERT names its model file and the dims it was recorded with;
+    # where the file is here, the study inspects it and needs those dims bound.
+    path = landscape(tmp_path / "l.json")
+    data = {**LandscapeReplay(path).data, "dims": {"sequence": 32}, "shapes": {"ids": [32]}}
+    cfg = tuner_efficiency.study_config(path, data, "tpe", 0, 12, True, tmp_path / "s.db")
+    assert dict(cfg.dims) == {"sequence": 32}
+    assert dict(cfg.shapes) == {"ids": (32,)}
