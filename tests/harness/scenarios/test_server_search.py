@@ -571,6 +571,36 @@ def test_under_a_failed_target_a_run_under_the_band_is_not_repeated() -> None:
     assert aim.best() is at_pin
 
 
+def test_a_valid_run_over_the_band_bounds_the_bracket_from_above() -> None:
+    """A real CPU's trial (MobileNet fp32, p90 <= 30 ms, 600 queries, 43 late allowed): 40
+    late at 93.5 and at 90.6 QPS, VALID but over the band, then 13 at 84.5 and 23 at 89.4. The
+    line asks again at 89.4; the bracket used to start from 93.5 (the highest VALID run under
+    the failures), bisecting up to 96.5 and on for two more runs. Past the aim is failed or
+    over the band: the bracket is 89.4 to 90.6, closed, and its answer the run at 89.4."""
+    trace = [(112.9, 51), (99.7, 62), (93.5, 40), (90.6, 40), (84.5, 13), (89.4, 23)]
+    aim = server._LateAim(allowed_late(600, 90.0), 90.0)
+    runs = {}
+    for qps, late in trace:
+        runs[qps] = LoadgenRun(
+            scenario="Server",
+            valid=late <= allowed_late(600, 90.0),
+            log_dir="unused",
+            target_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+        aim.record(qps, runs[qps])
+    assert aim.repeats_under_band(aim.next_probe(None))
+    lo, hi = aim.bracket()
+    assert (lo, hi) == (pytest.approx(89.4), pytest.approx(90.6))
+    assert hi / lo <= (1 + server.MIN_SPREAD) ** 2  # closed: the search answers
+    assert aim.best() is runs[89.4]
+    # A VALID run under the band above one over it is noise, not an answer.
+    high = dataclasses.replace(runs[89.4], target_qps=96.5)
+    aim.record(96.5, high)
+    assert aim.best() is runs[89.4] and aim.bracket()[1] == pytest.approx(90.6)
+
+
 def test_by_late_count_false_brackets_even_where_late_queries_are_allowed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
