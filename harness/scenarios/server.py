@@ -209,13 +209,14 @@ def late_count_search(
     else through the two runs that bracket it, else from the run nearest the other side at the
     slope to its neighbour or, with none, the slope `refine`'s first guess implies (the
     refitted model's max QPS is where about the whole allowance runs late) or ELASTICITY. An
-    INVALID run counts as at least one over the allowance, and no probe goes within MIN_SPREAD
-    of a target that failed, or over it. Where the line would probe again beside a VALID run
-    under the band (held there by a failure above it), the search bisects instead, between the
-    highest VALID target under the band and the lowest past the aim (failed, or VALID over the
-    band), and answers `_LateAim.best` once they lie within MIN_SPREAD of their midpoint.
-    Steps go at most MAX_STEP from a point whose count is within 2x of the aim's, GROWTH from
-    further away.
+    INVALID run counts as at least one over the allowance, a VALID run over a failed target is
+    left out of the line, and no probe goes within MIN_SPREAD of a target that failed, or over
+    it. Where the line points at or over a failed target (`_LateAim.held`: the count jumps
+    rather than grows, and the line would creep down MIN_SPREAD a run), or would probe again
+    beside a VALID run under the band, the search bisects instead, between the highest VALID
+    target under the band and the lowest past the aim (failed, or VALID over the band), and
+    answers `_LateAim.best` once they lie within MIN_SPREAD of their midpoint. Steps go at
+    most MAX_STEP from a point whose count is within 2x of the aim's, GROWTH from further away.
 
     A VALID run under the band a tolerance under the bound, or over it at the lowest load,
     is the answer too (the search can go no further); an INVALID run at the lowest load with
@@ -243,16 +244,19 @@ def late_count_search(
             return Outcome(False, 0.0, result, tuple(runs), note=note)
         hint = refine(qps, result) if refine is not None and len(runs) == 1 else None
         qps = min(max(aim.next_probe(hint), lowest), cap)
-        if aim.repeats_under_band(qps):
-            # The line asks again where a run came in under the band (a failure above holds
-            # it there): bracket the edge instead, down to MIN_SPREAD.
+        repeat = aim.repeats_under_band(qps)
+        if aim.held or repeat:
+            # The line points at or over a failed target, or asks again where a run came in
+            # under the band: the count jumps rather than grows here, and a line through it
+            # would creep down MIN_SPREAD a run (seen on a real CPU: seven runs 1% apart, each
+            # INVALID). Bracket the edge instead, down to MIN_SPREAD.
             lo, hi = aim.bracket()
-            if lo is None or hi is None or hi / lo <= (1 + MIN_SPREAD) ** 2:
+            if lo is not None and hi is not None and hi / lo > (1 + MIN_SPREAD) ** 2:
+                qps = math.sqrt(lo * hi)
+            elif repeat or lo is not None:  # the bracket is closed, or a repeat is all left
                 answer = aim.best()
                 if answer is not None:
                     return Outcome(True, answer.scheduled_qps or qps, answer, tuple(runs))
-            else:
-                qps = math.sqrt(lo * hi)
     best = aim.best()
     if best is None:
         note = f"no VALID target QPS found down to {min(r.target_qps or qps for r in runs):.1f}"
@@ -272,6 +276,9 @@ class _LateAim:
         #: The refitted model's max QPS after the first run (where about the whole allowance
         #: runs late): the slope's prior while the runs cannot say it.
         self.hint: float | None = None
+        #: Whether the last `next_probe` was held under a failed target: the line pointed at
+        #: or over it, so the runs contradict the line (a count that jumps, not grows).
+        self.held = False
 
     def record(self, qps: float, run: LoadgenRun) -> float:
         """Add a run; its late count as a share of what early stopping allows it."""
@@ -302,10 +309,13 @@ class _LateAim:
         step = math.log(GROWTH if abs(y0 - self.goal) >= math.log(2) else MAX_STEP)
         x = x0 + min(max((self.goal - y0) / slope, -step), step)
         # Never again at or over a target that failed: MIN_SPREAD under the lowest one.
-        failed = [p[0] for p in self.points if not p[2].valid]
-        if failed:
-            x = min(x, min(failed) - math.log(1 + MIN_SPREAD))
-        return math.exp(x)
+        cap = self._failed() - math.log(1 + MIN_SPREAD)
+        self.held = x >= cap
+        return math.exp(min(x, cap))
+
+    def _failed(self) -> float:
+        """The lowest target that failed (ln QPS); infinite where none did."""
+        return min((p[0] for p in self.points if not p[2].valid), default=math.inf)
 
     def repeats_under_band(self, qps: float) -> bool:
         """Whether a VALID run under the band already stands within half of MIN_SPREAD of
@@ -346,9 +356,13 @@ class _LateAim:
         neighbour where both counted late queries, or the prior's. Slopes are clamped to
         ELASTICITY_RANGE."""
         goal = self.goal
-        near = [p for p in self.points if abs(p[1] - goal) <= math.log(2)]
-        below = [p for p in self.points if p[1] <= goal]
-        above = [p for p in self.points if p[1] > goal]
+        # A VALID run over a target that failed contradicts it (it ran before the machine
+        # slowed, or by luck) and would pull the line over the failure: left out.
+        failed = self._failed()
+        points = [p for p in self.points if not (p[2].valid and p[0] > failed)]
+        near = [p for p in points if abs(p[1] - goal) <= math.log(2)]
+        below = [p for p in points if p[1] <= goal]
+        above = [p for p in points if p[1] > goal]
         if any(p[1] <= goal for p in near) and any(p[1] > goal for p in near):
             xs, ys = [p[0] for p in near], [p[1] for p in near]
             x0, y0 = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -366,12 +380,12 @@ class _LateAim:
             x0, y0 = (xb, yb) if goal - yb <= ya - goal else (xa, ya)
         else:
             if below and above:  # noise: the count fell with the load
-                x0, y0, _ = min(self.points, key=lambda p: abs(p[1] - goal))
+                x0, y0, _ = min(points, key=lambda p: abs(p[1] - goal))
             elif below:
                 x0, y0, _ = max(below, key=lambda p: p[0])
             else:
                 x0, y0, _ = min(above, key=lambda p: p[0])
-            others = [p for p in self.points if p[0] != x0 and p[1] > 0]
+            others = [p for p in points if p[0] != x0 and p[1] > 0]
             if y0 > 0 and others:
                 x1, y1, _ = min(others, key=lambda p: abs(p[0] - x0))
                 slope = (y1 - y0) / (x1 - x0)
@@ -394,7 +408,7 @@ class _LateAim:
         """The answer of a search that ran out of runs or closed its bracket, the safest VALID
         run: the highest under every target past the aim (`_answerable`);
         else the highest VALID run under every failed target; else the highest VALID run."""
-        failed = min((p[0] for p in self.points if not p[2].valid), default=math.inf)
+        failed = self._failed()
         valid = [p for p in self.points if p[2].valid]
         safest = self._answerable() or [p for p in valid if p[0] < failed] or valid
         return max(safest, key=lambda p: p[0])[2] if safest else None

@@ -459,11 +459,19 @@ def test_the_late_count_search_lands_from_far_guesses(
 ) -> None:
     """Guesses 5x low to nearly 2x high, late counts growing gently or steeply: the answer is
     in the band, no step over GROWTH, within 10 runs (a 5x low guess at a cliff of slope 30
-    takes 9; guesses within 30% of the edge take 2-3 on gentle slopes)."""
+    takes 9; guesses within 30% of the edge take 2-3 on gentle slopes). At that cliff the band
+    spans under 1% of load and the line points over the failed target: the search brackets
+    instead and answers a VALID run under the band within MIN_SPREAD of the failure."""
     probe = late_scripted(edge=100.0, slope=slope)
     monkeypatch.setattr(server, "run_at", probe)
     outcome = server.find_max_qps(None, P90, 200.0, tmp_path, first_guess=guess)  # type: ignore[arg-type]
-    check_late_answer(outcome)
+    if (slope, guess) == (30.0, 20.0):
+        late = outcome.primary.overlatency_query_count
+        assert outcome.valid and late is not None and late < server.LATE_BAND[0] * 43
+        failed = min(r.target_qps for r in outcome.runs if not r.valid)  # type: ignore[type-var]
+        assert failed / outcome.primary.target_qps <= (1 + server.MIN_SPREAD) ** 2  # type: ignore[operator]
+    else:
+        check_late_answer(outcome)
     assert len(probe.targets) <= 10
     for before, after in itertools.pairwise(probe.targets):
         assert max(after / before, before / after) <= server.GROWTH * (1 + 1e-9)
@@ -601,6 +609,72 @@ def test_a_valid_run_over_the_band_bounds_the_bracket_from_above() -> None:
     assert aim.best() is runs[89.4] and aim.bracket()[1] == pytest.approx(90.6)
 
 
+def recorded(trace: list[tuple[float, int, int]]) -> server._LateAim:
+    """A `_LateAim` fed a real trial's runs: (target QPS, late queries, queries)."""
+    aim = server._LateAim(allowed_late(600, 90.0), 90.0)
+    for qps, late, queries in trace:
+        valid = late <= allowed_late(queries, 90.0)
+        run = LoadgenRun(
+            scenario="Server",
+            valid=valid,
+            log_dir="unused",
+            target_qps=qps,
+            query_count=queries,
+            overlatency_query_count=late,
+        )
+        aim.record(qps, run)
+    return aim
+
+
+def test_a_line_pointing_over_a_failed_target_turns_to_bisection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A real CPU's confirmation search (MobileNet int8, batch 2, 1 stream, p90 <= 30 ms):
+    10 late at 387.7 QPS, 440 at 415.0 (INVALID). Their slope (over 50) is clamped to 20, so
+    the line pointed over 415 and the probe was held MIN_SPREAD under it, then under 410.9,
+    406.8, 402.8 and 395.2, each INVALID: nine runs in all. Held under a failure, the line is
+    contradicted: the search bisects 387.7-415.0 instead."""
+    aim = recorded([(440.0, 649, 876), (376.3, 0, 739), (387.7, 10, 762), (415.0, 440, 819)])
+    aim.next_probe(None)
+    assert aim.held
+    assert aim.bracket() == (pytest.approx(387.7), pytest.approx(415.0))
+    # End to end, on a cliff at 400 (10 late under it, 440 over): 415 fails, then the search
+    # bisects and answers under the cliff within MIN_SPREAD, in six runs (the line: nine).
+    targets: list[float] = []
+
+    def cliff(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        late = 10 if qps < 400.0 else 440
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    monkeypatch.setattr(server, "run_at", cliff)
+    outcome = server.find_max_qps(None, P90, 500.0, tmp_path, first_guess=387.7)  # type: ignore[arg-type]
+    assert outcome.valid and outcome.score < 400.0
+    assert 400.0 / outcome.score <= (1 + server.MIN_SPREAD) ** 2
+    assert len(targets) <= 6 and len(set(targets)) == len(targets)
+
+
+def test_a_valid_run_over_a_failed_target_is_left_out_of_the_line() -> None:
+    """A real CPU's trial (MobileNet int8, batch 2, 1 stream): VALID at 458.8 QPS with 5 late,
+    then the machine slowed: 479.7, 468.8 and 438.1 INVALID, 646 late at 438.1. The run at
+    458.8 pulled the line over 438.1, and the search crept down 1% a run, eight runs INVALID,
+    to the run limit. Left out of the line, the next probe is solved from 438.1's count: a
+    step of GROWTH down, not 1%."""
+    trace = [(458.8, 5, 910), (479.7, 88, 944), (468.8, 214, 932), (438.1, 646, 876)]
+    aim = recorded(trace)
+    probe = aim.next_probe(None)
+    assert not aim.held and probe < 438.1 / 1.2
+    assert aim.bracket() == (None, pytest.approx(438.1))
+
+
 def test_by_late_count_false_brackets_even_where_late_queries_are_allowed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -635,8 +709,9 @@ def test_the_late_count_search_pools_noisy_counts(
 
 
 def test_the_late_count_search_never_probes_a_failed_target_again() -> None:
-    """Noise: a run at 105 failed while one at 110 passed under the aim. The line from the run
-    nearest the aim (110) points up, but the next probe stays MIN_SPREAD under 105."""
+    """Noise: a run at 105 failed while one at 110 passed under the aim. The run at 110 is
+    left out of the line (it used to point the line up, to be held MIN_SPREAD under 105): the
+    next probe lies on the line through 100 and 105, under 105 and not held there."""
 
     def run(qps: float, late: int) -> LoadgenRun:
         return LoadgenRun(
@@ -651,7 +726,12 @@ def test_the_late_count_search_never_probes_a_failed_target_again() -> None:
     aim = server._LateAim(43, 90.0)
     for qps, late in ((100.0, 20), (105.0, 50), (110.0, 28)):
         aim.record(qps, run(qps, late))
-    assert aim.next_probe(None) == pytest.approx(105.0 / (1 + server.MIN_SPREAD))
+    probe = aim.next_probe(None)
+    assert 100.0 < probe < 105.0 / (1 + server.MIN_SPREAD) and not aim.held
+    # the aim's count on the line through (100, 20 late) and (105, 50 late), in ln(late + 1)
+    slope = math.log(51 / 21) / math.log(1.05)
+    goal = math.log(server.LATE_AIM * 43 + 1)
+    assert probe == pytest.approx(105.0 * math.exp((goal - math.log(51)) / slope))
     # Out of runs here, the answer would be the safest VALID one: under every failed target.
     best = aim.best()
     assert best is not None and best.target_qps == 100.0
