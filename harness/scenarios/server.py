@@ -244,16 +244,23 @@ def late_count_search(
             return Outcome(False, 0.0, result, tuple(runs), note=note)
         hint = refine(qps, result) if refine is not None and len(runs) == 1 else None
         qps = min(max(aim.next_probe(hint), lowest), cap)
+        lo, hi = aim.bracket()
         repeat = aim.repeats_under_band(qps)
+        if lo is not None and hi is not None and hi / lo <= (1 + MIN_SPREAD) ** 2:
+            # Closed: a VALID run under the band within MIN_SPREAD of one past the aim. Where
+            # the line points elsewhere it is noise (seen on a real CPU: 82.0 and 83.3 QPS
+            # probed under a VALID 85.3 closed by a failed 86.7, then 85.3 answered).
+            answer = aim.best()
+            assert answer is not None  # the run at `lo`
+            return Outcome(True, answer.scheduled_qps or qps, answer, tuple(runs))
         if aim.held or repeat:
             # The line points at or over a failed target, or asks again where a run came in
             # under the band: the count jumps rather than grows here, and a line through it
             # would creep down MIN_SPREAD a run (seen on a real CPU: seven runs 1% apart, each
             # INVALID). Bracket the edge instead, down to MIN_SPREAD.
-            lo, hi = aim.bracket()
-            if lo is not None and hi is not None and hi / lo > (1 + MIN_SPREAD) ** 2:
+            if lo is not None and hi is not None:
                 qps = math.sqrt(lo * hi)
-            elif repeat or lo is not None:  # the bracket is closed, or a repeat is all left
+            elif repeat:  # nothing to bisect, and the line asks for a run it has
                 answer = aim.best()
                 if answer is not None:
                     return Outcome(True, answer.scheduled_qps or qps, answer, tuple(runs))

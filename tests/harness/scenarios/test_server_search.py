@@ -675,6 +675,52 @@ def test_a_valid_run_over_a_failed_target_is_left_out_of_the_line() -> None:
     assert aim.bracket() == (None, pytest.approx(438.1))
 
 
+def test_a_closed_bracket_answers_wherever_the_line_points() -> None:
+    """A real CPU's trial (MobileNet fp32, batch 4, 1 stream; 600 queries, 43 late allowed):
+    after 85.3 QPS VALID with 26 late and 86.7 INVALID, the bracket is closed, but the counts
+    (98 late at 88.2, 59 at 86.7) point the line under 85.3: it probed 82.0 and 83.3 before
+    answering 85.3. The search now answers once the bracket closes (its loop: `lo`/`hi`
+    within MIN_SPREAD of their midpoint), with the run at its foot."""
+    trace = [(108.1, 47, 600), (95.6, 53, 600), (91.1, 63, 600), (85.3, 26, 600)]
+    aim = recorded([*trace, (88.2, 98, 600), (86.7, 59, 600)])
+    lo, hi = aim.bracket()
+    assert (lo, hi) == (pytest.approx(85.3), pytest.approx(86.7))
+    assert hi / lo <= (1 + server.MIN_SPREAD) ** 2  # type: ignore[operator]
+    assert aim.next_probe(None) < 85.3  # where the line would have gone
+    best = aim.best()
+    assert best is not None and best.target_qps == 85.3
+
+
+def test_the_search_stops_once_its_bracket_closes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """End to end on that trial's counts (each probe gets the count recorded nearest it): the
+    search ends on the run that closes the bracket, without a probe under its foot."""
+    counts = [(108.1, 47), (95.6, 53), (91.1, 63), (85.3, 26), (88.2, 98), (86.7, 59)]
+    counts += [(82.0, 24), (83.3, 7)]
+    targets: list[float] = []
+
+    def nearest(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        late = min(counts, key=lambda c: abs(c[0] - qps))[1]
+        return LoadgenRun(
+            scenario="Server",
+            valid=late <= 43,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            query_count=600,
+            overlatency_query_count=late,
+        )
+
+    monkeypatch.setattr(server, "run_at", nearest)
+    outcome = server.find_max_qps(None, P90, 120.0, tmp_path, first_guess=108.1)  # type: ignore[arg-type]
+    assert outcome.valid and not outcome.note
+    failed = min(t for t in targets if t > outcome.score)
+    assert failed / outcome.score <= (1 + server.MIN_SPREAD) ** 2
+    assert targets[-1] >= outcome.score  # the last probe closed it: none went under the answer
+
+
 def test_by_late_count_false_brackets_even_where_late_queries_are_allowed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
