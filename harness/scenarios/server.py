@@ -256,7 +256,7 @@ def late_count_search(
         if aim.held or repeat:
             # The line points at or over a failed target, or asks again where a run came in
             # under the band: the count jumps rather than grows here, and a line through it
-            # would creep down MIN_SPREAD a run (seen on a real CPU: seven runs 1% apart, each
+            # would creep down MIN_SPREAD a run (seen on a real CPU: eight runs 1% apart, each
             # INVALID). Bracket the edge instead, down to MIN_SPREAD.
             if lo is not None and hi is not None:
                 qps = math.sqrt(lo * hi)
@@ -413,8 +413,8 @@ class _LateAim:
 
     def best(self) -> LoadgenRun | None:
         """The answer of a search that ran out of runs or closed its bracket, the safest VALID
-        run: the highest under every target past the aim (`_answerable`);
-        else the highest VALID run under every failed target; else the highest VALID run."""
+        run: the highest under every target past the aim (`_answerable`); else the highest
+        VALID run under every failed target; else the highest VALID run."""
         failed = self._failed()
         valid = [p for p in self.points if p[2].valid]
         safest = self._answerable() or [p for p in valid if p[0] < failed] or valid
