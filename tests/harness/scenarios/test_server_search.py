@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -396,10 +397,16 @@ def late_scripted(
 def jumping(targets: list[float]) -> Any:
     """A stand-in for run_at whose late count jumps from 5 to 80 (of 43 allowed) at 100 QPS;
     each probe's target goes to `targets`."""
+    return counted(lambda qps: 5 if qps < 100.0 else 80, targets)
+
+
+def counted(late_at: Callable[[float], int], targets: list[float]) -> Any:
+    """A stand-in for run_at whose runs of 600 queries (43 late allowed) have `late_at(qps)`
+    late queries; each probe's target goes to `targets`."""
 
     def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
         targets.append(qps)
-        late = 5 if qps < 100.0 else 80
+        late = late_at(qps)
         return LoadgenRun(
             scenario="Server",
             valid=late <= 43,
@@ -641,20 +648,7 @@ def test_a_line_pointing_over_a_failed_target_turns_to_bisection(
     # End to end, on a cliff at 400 (10 late under it, 440 over): 415 fails, then the search
     # bisects and answers under the cliff within MIN_SPREAD, in six runs (the line: nine).
     targets: list[float] = []
-
-    def cliff(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
-        targets.append(qps)
-        late = 10 if qps < 400.0 else 440
-        return LoadgenRun(
-            scenario="Server",
-            valid=late <= 43,
-            log_dir=str(out_dir),
-            target_qps=qps,
-            scheduled_qps=qps,
-            query_count=600,
-            overlatency_query_count=late,
-        )
-
+    cliff = counted(lambda qps: 10 if qps < 400.0 else 440, targets)
     monkeypatch.setattr(server, "run_at", cliff)
     outcome = server.find_max_qps(None, P90, 500.0, tmp_path, first_guess=387.7)  # type: ignore[arg-type]
     assert outcome.valid and outcome.score < 400.0
@@ -699,20 +693,7 @@ def test_the_search_stops_once_its_bracket_closes(
     counts = [(108.1, 47), (95.6, 53), (91.1, 63), (85.3, 26), (88.2, 98), (86.7, 59)]
     counts += [(82.0, 24), (83.3, 7)]
     targets: list[float] = []
-
-    def nearest(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
-        targets.append(qps)
-        late = min(counts, key=lambda c: abs(c[0] - qps))[1]
-        return LoadgenRun(
-            scenario="Server",
-            valid=late <= 43,
-            log_dir=str(out_dir),
-            target_qps=qps,
-            scheduled_qps=qps,
-            query_count=600,
-            overlatency_query_count=late,
-        )
-
+    nearest = counted(lambda qps: min(counts, key=lambda c: abs(c[0] - qps))[1], targets)
     monkeypatch.setattr(server, "run_at", nearest)
     outcome = server.find_max_qps(None, P90, 120.0, tmp_path, first_guess=108.1)  # type: ignore[arg-type]
     assert outcome.valid and not outcome.note
