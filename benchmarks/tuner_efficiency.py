@@ -88,6 +88,10 @@ def study_config(
 ) -> StudyConfig:
     space = data["space"]
     deque = space.get("deque_timeout_us")
+    model = replay_model(data)
+    # The dims and shapes it was recorded with, where the study inspects the landscape's own
+    # exported model; the tiny stand-in for a file that is not here has none to bind.
+    own = model == str(data["model"])
     return StudyConfig(
         name=f"{path.stem}-{sampler}-{seed}-{trials}",
         storage=f"sqlite:///{db}",
@@ -95,10 +99,9 @@ def study_config(
         sampler=sampler,
         seed=seed,
         confirm_runs=StudyConfig().confirm_runs if confirm else 0,
-        model=replay_model(data),
-        # the dims and shapes it was recorded with: an exported model here gets inspected
-        dims=data.get("dims") or {},
-        shapes={k: tuple(v) for k, v in (data.get("shapes") or {}).items()},
+        model=model,
+        dims=(data.get("dims") or {}) if own else {},
+        shapes={k: tuple(v) for k, v in (data.get("shapes") or {}).items()} if own else {},
         backend="replay",
         backend_options={"landscape": str(path)},
         scenario=data["scenario"],

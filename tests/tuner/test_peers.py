@@ -4,13 +4,18 @@ TPE, vLLM's interpolation search and the 19/20 edge walk, on made-up measurement
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import onnx
 import pytest
+from onnx import TensorProto, helper
+from optuna.trial import TrialState
 
 from benchmarks import peers, tuner_efficiency
 from tests.tuner.test_replay import landscape
+from tuner.pipeline import optimize
 from tuner.replay import LandscapeReplay
 
 
@@ -199,11 +204,35 @@ def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
     assert not edge_summary(figures(4, [True, True], 1.0), 0.02)["target_4b"]["pass"]
 
 
-def test_a_replayed_study_binds_the_dims_its_landscape_was_recorded_with(tmp_path: Path) -> None:
-    # A landscape of an exported BERT names its model file and the dims it was recorded with;
-    # where the file is here, the study inspects it and needs those dims bound.
+def _exported(path: Path) -> Path:
+    """An ONNX model as an exporter of a text model writes it: `ids` [batch, sequence]."""
+    dims = ["batch", "sequence"]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["ids"], ["out"])],
+        "exported",
+        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)],
+    )
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+@pytest.mark.parametrize("here", [True, False], ids=["model-here", "model-not-here"])
+def test_a_landscape_of_an_exported_model_replays_with_or_without_its_file(
+    tmp_path: Path, here: bool
+) -> None:
+    # A landscape of an exported BERT names its model file and the dims it was recorded with.
+    # Where the file is here (benchmarks/models/ after the real-models runs) the study inspects
+    # it and needs those dims bound; in a fresh clone it is not, and the tiny stand-in has no
+    # dim to bind them to.
+    model = _exported(tmp_path / "bert.onnx") if here else tmp_path / "bert.onnx"
     path = landscape(tmp_path / "l.json")
-    data = {**LandscapeReplay(path).data, "dims": {"sequence": 32}, "shapes": {"ids": [32]}}
-    cfg = tuner_efficiency.study_config(path, data, "tpe", 0, 12, True, tmp_path / "s.db")
-    assert dict(cfg.dims) == {"sequence": 32}
-    assert dict(cfg.shapes) == {"ids": (32,)}
+    data = {**json.loads(path.read_text()), "model": str(model), "dims": {"sequence": 32}}
+    path.write_text(json.dumps(data))
+    cfg = tuner_efficiency.study_config(path, data, "tpe", 0, 4, False, tmp_path / "s.db")
+    assert (cfg.model, dict(cfg.dims)) == (
+        (str(model), {"sequence": 32}) if here else ("tiny", {})
+    )
+    finished = optimize(cfg, lambda line: None, measure=LandscapeReplay(path, 0))
+    done = finished.study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 4
