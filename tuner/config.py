@@ -5,7 +5,7 @@ Each setting is declared once, on its field (`setting(...)`): its study-file key
 
 Layout of a study file (every key optional):
 
-    [study]      name, storage, trials, timeout_s, trial_timeout_s, sampler, seed,
+    [study]      name, storage, trials, climb, timeout_s, trial_timeout_s, sampler, seed,
                  objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor,
                  accuracy_metric (auto, top1, cosine, relative), accuracy_output,
                  confirm_runs, confirm_top
@@ -168,8 +168,20 @@ class StudyConfig:
         metadata=setting(section="study", flag="--storage", help="study database URL", local=True),
     )
     trials: int = field(
-        default=12,
+        default=16,
         metadata=_study("--trials", "trial budget of the study (default {default})", int),
+    )
+    #: The last `climb` trials of a TPE study step from the best configuration so far to its
+    #: untaken neighbours (tuner.sampling); 0 leaves every trial to TPE.
+    climb: int = field(
+        default=4,
+        metadata=_study(
+            "--climb",
+            "the last N trials of a TPE study try the untaken neighbours of the best "
+            "configuration so far: batch size, streams or deque timeout one step away "
+            "(default {default}; 0: TPE throughout)",
+            int,
+        ),
     )
     timeout_s: float | None = field(
         default=None, metadata=_study("--timeout", "stop after this many seconds", float)
@@ -414,6 +426,7 @@ class StudyConfig:
         check_float(_key("trial_timeout_s"), self.trial_timeout_s, 0.0)
         check_choice(_key("sampler"), self.sampler, SAMPLERS)
         check_int(_key("seed"), self.seed, 0)
+        check_int(_key("climb"), self.climb, 0)
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(
                 f"{_key('objectives')}: give distinct names, got {self.objectives!r}"

@@ -8,6 +8,16 @@ proposes a configuration some trial already has (finished, running or waiting), 
 the unproposed configuration nearest to it (fewest differing parameters, then ordinal distance
 in batch size and streams), ties broken by its own seeded draw. Once every configuration is
 taken it lets repeats through; the study answers those from the earlier trial.
+
+The last trials of a study climb (`climb_from`: how many trials of the budget come before the
+climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
+batch size, streams or deque timeout one listed step up or down, precision kept; the seeded
+generator picks among them, a better neighbour becomes the one to climb from, and where every
+neighbour is taken the inner sampler proposes as before. It is the hill climbing Triton Model
+Analyzer's quick search does from the smallest configuration, started where TPE has got to: TPE
+treats batch sizes as unordered categories, and with a dozen trials it often measures the best
+configuration's neighbours but not the best (the VNNI ResNet-50 landscape: 13 of 100 seeds;
+benchmarks/RESULTS.md, "Climbing the last trials").
 """
 
 from __future__ import annotations
@@ -20,15 +30,25 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.loop import committed
+from tuner.results import is_feasible
 from tuner.space import SearchSpace
 
 
 class NoRepeatSampler(BaseSampler):
-    def __init__(self, inner: BaseSampler, space: SearchSpace, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: BaseSampler,
+        space: SearchSpace,
+        seed: int | None = None,
+        climb_from: int | None = None,
+    ) -> None:
         self.inner = inner
         self.space = space
+        self.climb_from = climb_from
         self._grid = space.grid()
         self._rng = random.Random(seed)
 
@@ -42,6 +62,9 @@ class NoRepeatSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
+        step = self._climb(study, trial)
+        if step is not None:
+            return step
         proposed = self.inner.sample_relative(study, trial, search_space)
         if set(proposed) != set(search_space):  # e.g. TPE before its startup trials are in
             proposed = {
@@ -84,6 +107,34 @@ class NoRepeatSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
         self._rng = random.Random()
+
+    def _climb(self, study: optuna.Study, current: FrozenTrial) -> dict[str, Any] | None:
+        """An untaken neighbour of the best feasible trial once `climb_from` trials of the
+        budget are spent or running; None before that, with several objectives (no single
+        best to climb from), or when every neighbour is taken."""
+        if self.climb_from is None or len(study.directions) > 1:
+            return None
+        if committed(study) - (current.state == TrialState.RUNNING) < self.climb_from:
+            return None
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number != current.number]
+        feasible = [t for t in trials if is_feasible(t) and set(t.params) == set(self._grid)]
+        if not feasible:
+            return None
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        best = max(feasible, key=lambda t: sign * float(t.values[0])).params
+        taken = _taken(study, current)
+        near = [p for p in self._neighbours(best) if _key(p) not in taken]
+        return self._rng.choice(near) if near else None
+
+    def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
+        """`point` with one ordinal parameter one listed step up or down (precision kept)."""
+        out = []
+        for name, choices in self._grid.items():
+            if name == "precision" or point[name] not in choices:
+                continue
+            at = choices.index(point[name])
+            out += [{**point, name: choices[i]} for i in (at - 1, at + 1) if 0 <= i < len(choices)]
+        return out
 
     def _distance(self, a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int]:
         differing = sum(a[name] != b[name] for name in self._grid)

@@ -200,9 +200,11 @@ def _engine_key(point: Mapping[str, Any]) -> tuple[str, int]:
 
 
 def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """TPE or random sampling, never proposing a configuration the study already holds
-    (tuner.sampling); grid points are enqueued trials (see prepare)."""
+    """TPE or random sampling, never proposing a configuration the study already holds, TPE's
+    last `climb` trials climbing from the best so far (tuner.sampling); grid points are
+    enqueued trials (see prepare)."""
     inner: optuna.samplers.BaseSampler
+    climb_from = None
     if cfg.sampler in ("grid", "random"):
         inner = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
@@ -210,7 +212,8 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
         inner = optuna.samplers.TPESampler(
             seed=cfg.seed, n_startup_trials=startup, multivariate=True
         )
-    return NoRepeatSampler(inner, space, seed=cfg.seed)
+        climb_from = cfg.trials - cfg.climb if cfg.climb else None
+    return NoRepeatSampler(inner, space, seed=cfg.seed, climb_from=climb_from)
 
 
 def work(prepared: Prepared, say: Callable[[str], None], owner: str = "optimize") -> int:

@@ -28,6 +28,7 @@ SAMPLES: dict[str, tuple[Any, Any, str, Any]] = {
         "sqlite:///flag.db",
     ),
     "trials": (5, 5, "7", 7),
+    "climb": (2, 2, "0", 0),
     "timeout_s": (30.0, 30.0, "40", 40.0),
     "trial_timeout_s": (50.0, 50.0, "60", 60.0),
     "sampler": ("random", "random", "grid", "grid"),
