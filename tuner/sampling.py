@@ -11,13 +11,14 @@ taken it lets repeats through; the study answers those from the earlier trial.
 
 The last trials of a study climb (`climb_from`: how many trials of the budget come before the
 climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
-batch size, streams or deque timeout one listed step up or down, precision kept; the seeded
-generator picks among them, a better neighbour becomes the one to climb from, and where every
-neighbour is taken the inner sampler proposes as before. It is the hill climbing Triton Model
-Analyzer's quick search does from the smallest configuration, started where TPE has got to: TPE
-treats batch sizes as unordered categories, and with a dozen trials it often measures the best
-configuration's neighbours but not the best (the VNNI ResNet-50 landscape: 13 of 100 seeds;
-benchmarks/RESULTS.md, "Climbing the last trials").
+batch size, streams or deque timeout one listed step up or down, precision kept, the seeded
+generator picking among them. A better neighbour becomes the one to climb from; where all the
+best's neighbours are taken the climb goes on from the next best, and only where no feasible
+configuration has an untaken neighbour does the inner sampler propose again. It is the hill
+climbing Triton Model Analyzer's quick search does from the smallest configuration, started
+where TPE has got to: TPE treats batch sizes as unordered categories, and with a dozen trials
+it often measures the best configuration's neighbours but not the best (the VNNI ResNet-50
+landscape: 13 of 100 seeds; benchmarks/RESULTS.md, "Climbing the last trials").
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ class NoRepeatSampler(BaseSampler):
         self._rng = random.Random()
 
     def _climb(self, study: optuna.Study, current: FrozenTrial) -> dict[str, Any] | None:
-        """An untaken neighbour of the best feasible trial once `climb_from` trials of the
-        budget are spent or running; None before that, with several objectives (no single
-        best to climb from), or when every neighbour is taken."""
+        """An untaken neighbour of the best feasible trial that has one, once `climb_from`
+        trials of the budget are spent or running; None before that, with several objectives
+        (no single best to climb from), or when no feasible trial has an untaken neighbour."""
         if self.climb_from is None or len(study.directions) > 1:
             return None
         if committed(study) - (current.state == TrialState.RUNNING) < self.climb_from:
@@ -121,10 +122,12 @@ class NoRepeatSampler(BaseSampler):
         if not feasible:
             return None
         sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        best = max(feasible, key=lambda t: sign * float(t.values[0])).params
         taken = _taken(study, current)
-        near = [p for p in self._neighbours(best) if _key(p) not in taken]
-        return self._rng.choice(near) if near else None
+        for trial in sorted(feasible, key=lambda t: -sign * float(t.values[0])):
+            near = [p for p in self._neighbours(trial.params) if _key(p) not in taken]
+            if near:
+                return self._rng.choice(near)
+        return None
 
     def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
         """`point` with one ordinal parameter one listed step up or down (precision kept)."""

@@ -71,9 +71,33 @@ def test_after_climb_from_trials_it_proposes_each_neighbour_of_the_feasible_best
     study = study_with(MEASURED, climb_from=4)
     proposed = [propose(study) for _ in range(4)]  # each scores 0: b4/s2 stays the best
     assert sorted(map(str, proposed)) == sorted(map(str, NEIGHBOURS_OF_B4_S2))
-    # Every neighbour taken: the inner sampler proposes again, still never a repeat.
-    nxt = propose(study)
-    assert nxt not in [p for p, _, _ in MEASURED] + NEIGHBOURS_OF_B4_S2
+
+
+def test_once_the_bests_neighbours_are_taken_it_climbs_from_the_next_best() -> None:
+    study = study_with(MEASURED, climb_from=4)
+    for _ in NEIGHBOURS_OF_B4_S2:
+        propose(study)  # each scores 0: b4/s2 stays the best, its neighbours all taken
+    # The next best feasible is fp32 b1/s3 (12.0): its untaken neighbours come next.
+    following = [propose(study) for _ in range(2)]
+    assert sorted(map(str, following)) == sorted(
+        map(str, [point(2, 3, "fp32"), point(1, 2, "fp32")])
+    )
+
+
+def test_with_no_untaken_neighbour_left_the_inner_sampler_proposes() -> None:
+    space = SearchSpace(
+        batch_sizes=(1, 2), streams=(1,), precisions=("fp32", "int8"), deque_timeout_us=None
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = NoRepeatSampler(optuna.samplers.RandomSampler(seed=1), space, seed=1, climb_from=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for batch, value in ((1, 10.0), (2, 20.0)):
+        study.enqueue_trial({"batch_size": batch, "streams": 1, "precision": "fp32"})
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, value)
+    trial = study.ask()  # fp32 b1 and b2 are each other's only neighbours, both taken
+    assert space.suggest(trial).precision == "int8"
 
 
 def test_a_better_neighbour_becomes_the_incumbent_so_the_steps_climb() -> None:
