@@ -17,7 +17,7 @@ machine's drift between sessions, which a study of a few minutes never sees.
 
 For scale it also prints what an exhaustive grid would declare: every configuration measured
 N times and the best median taken (N x grid measurements): on a flat landscape whose repeats
-spread more than its top configurations differ, no strategy with a dozen trials can do better.
+spread more than its top configurations differ, no strategy with a study's budget can do better.
 
 Samplers are the project's own (`tuner.study.make_sampler`): TPE or random, wrapped so that no
 configuration is proposed twice until the space is spent (`tuner.sampling`); grid = seeded,
@@ -419,7 +419,7 @@ def exhaustive_bound(
     """How often measuring every configuration N times and declaring the best median lands
     within NEAR of the true best (draws as the replay makes them, each exhaustive study in
     one recording session with noise "session"): what noise leaves to any strategy at
-    N x grid measurements, against the default's dozen trials and confirmation. The last
+    N x grid measurements, against the default's budget of trials and confirmation. The last
     entry ("all") is the limit: the share of sessions whose own medians point at a
     configuration truly within NEAR (the best any study drawing from one session can do)."""
     truths = [replay.truth(params_of(key), floor) for key in replay.repeats]
