@@ -171,15 +171,16 @@ class StudyConfig:
         default=16,
         metadata=_study("--trials", "trial budget of the study (default {default})", int),
     )
-    #: The last `climb` trials of a TPE study step from the best configuration so far to its
-    #: untaken neighbours (tuner.sampling); 0 leaves every trial to TPE.
+    #: The last `climb` trials of a TPE study (at most a quarter of `trials`) step from the best
+    #: configuration so far to its untaken neighbours (tuner.sampling); 0 leaves every trial to
+    #: TPE.
     climb: int = field(
         default=4,
         metadata=_study(
             "--climb",
             "the last N trials of a TPE study try the untaken neighbours of the best "
-            "configuration so far: batch size, streams or deque timeout one step away "
-            "(default {default}; 0: TPE throughout)",
+            "configuration so far: batch size, streams or deque timeout one step away; at "
+            "most a quarter of --trials (default {default}; 0: TPE throughout)",
             int,
         ),
     )

@@ -212,7 +212,10 @@ def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSa
         inner = optuna.samplers.TPESampler(
             seed=cfg.seed, n_startup_trials=startup, multivariate=True
         )
-        climb_from = cfg.trials - cfg.climb if cfg.climb else None
+        # At most a quarter of the budget: a short study climbing from its first trials would
+        # only walk the baseline's neighbourhood.
+        climb = min(cfg.climb, cfg.trials // 4)
+        climb_from = cfg.trials - climb if climb else None
     return NoRepeatSampler(inner, space, seed=cfg.seed, climb_from=climb_from)
 
 

@@ -179,11 +179,13 @@ def test_the_deque_timeout_is_a_step_too() -> None:
     ("settings", "climb_from"),
     [
         ({}, 12),  # the default: 16 trials, the last 4 climb
-        ({"trials": 20, "climb": 6}, 14),
+        ({"trials": 24, "climb": 6}, 18),
         ({"climb": 0}, None),
+        ({"trials": 8}, 6),  # at most a quarter of the budget climbs
+        ({"trials": 3}, None),
         ({"sampler": "random"}, None),  # a baseline strategy stays as it is
     ],
-    ids=["default", "set", "off", "random"],
+    ids=["default", "set", "off", "short", "shorter", "random"],
 )
 def test_the_last_climb_trials_of_a_tpe_study_climb(
     settings: dict[str, Any], climb_from: int | None
