@@ -16,7 +16,6 @@ nothing when the top set is unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from tuner.results import (
     confirmed_value,
     is_copy,
     is_feasible,
+    ranked,
     robust_value,
 )
 from tuner.space import Params
@@ -47,20 +47,7 @@ CONFIRMED_TOP = "confirmed_top"
 def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The `top` best distinct feasible configurations by (single-run) value, one trial each:
     the best-valued measured trial of a configuration (never a copy of an earlier one)."""
-    measured = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if is_feasible(t) and not is_copy(t)
-    ]
-    measured.sort(key=lambda t: (-t.values[0], t.number))
-    chosen: list[FrozenTrial] = []
-    seen: set[str] = set()
-    for trial in measured:
-        key = json.dumps(trial.params, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            chosen.append(trial)
-    return chosen[:top]
+    return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))[:top]
 
 
 def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | None:

@@ -75,7 +75,11 @@ def budget_used(study: optuna.Study) -> int:
 def committed(study: optuna.Study) -> int:
     """`budget_used` plus the RUNNING trials, from one read of the study: two reads miss a
     trial that another worker finishes in between, and the budget is overspent."""
-    trials = study.get_trials(deepcopy=False)
+    return committed_of(study.get_trials(deepcopy=False))
+
+
+def committed_of(trials: list[FrozenTrial]) -> int:
+    """`committed` of trials already read."""
     return _used(trials) + sum(t.state == TrialState.RUNNING for t in trials)
 
 

@@ -11,6 +11,7 @@ The attribute names are the stored schema: studies made by earlier versions read
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Mapping
@@ -305,6 +306,18 @@ def study_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
 def is_feasible(trial: FrozenTrial) -> bool:
     """COMPLETE with every constraint <= 0."""
     return trial.state == TrialState.COMPLETE and all(v <= 0.0 for v in trial.constraints.values())
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The distinct feasible configurations of `trials` by (single-run) value, best first, one
+    trial each: the best-valued measured trial of a configuration (never a copy of an earlier
+    one), the earlier trial first on a tie."""
+    measured = [t for t in trials if is_feasible(t) and not is_copy(t)]
+    measured.sort(key=lambda t: (-t.values[0], t.number))
+    chosen: dict[str, FrozenTrial] = {}
+    for trial in measured:
+        chosen.setdefault(json.dumps(trial.params, sort_keys=True), trial)
+    return list(chosen.values())
 
 
 def is_copy(trial: FrozenTrial) -> bool:

@@ -31,11 +31,10 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.loop import committed
-from tuner.results import is_feasible
+from tuner.loop import committed_of
+from tuner.results import ranked
 from tuner.space import SearchSpace
 
 
@@ -63,7 +62,9 @@ class NoRepeatSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        step = self._climb(study, trial)
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        taken = _taken(others)
+        step = self._climb(study, others, taken)
         if step is not None:
             return step
         proposed = self.inner.sample_relative(study, trial, search_space)
@@ -74,7 +75,6 @@ class NoRepeatSampler(BaseSampler):
                 else self.inner.sample_independent(study, trial, name, dist)
                 for name, dist in search_space.items()
             }
-        taken = _taken(study, trial)
         if _key(proposed) not in taken:
             return proposed
         fresh = [p for p in self.space.points() if _key(p) not in taken]
@@ -109,21 +109,20 @@ class NoRepeatSampler(BaseSampler):
         self.inner.reseed_rng()
         self._rng = random.Random()
 
-    def _climb(self, study: optuna.Study, current: FrozenTrial) -> dict[str, Any] | None:
-        """An untaken neighbour of the best feasible trial that has one, once `climb_from`
-        trials of the budget are spent or running; None before that, with several objectives
-        (no single best to climb from), or when no feasible trial has an untaken neighbour."""
+    def _climb(
+        self, study: optuna.Study, others: list[FrozenTrial], taken: set[str]
+    ) -> dict[str, Any] | None:
+        """An untaken neighbour of the best feasible configuration that has one, once
+        `climb_from` trials of the budget are spent or running (`others`: every trial but the
+        one being sampled); None before that, with several objectives (no single best to climb
+        from), or when no feasible configuration has an untaken neighbour."""
         if self.climb_from is None or len(study.directions) > 1:
             return None
-        if committed(study) - (current.state == TrialState.RUNNING) < self.climb_from:
+        if committed_of(others) < self.climb_from:
             return None
-        trials = [t for t in study.get_trials(deepcopy=False) if t.number != current.number]
-        feasible = [t for t in trials if is_feasible(t) and set(t.params) == set(self._grid)]
-        if not feasible:
-            return None
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        taken = _taken(study, current)
-        for trial in sorted(feasible, key=lambda t: -sign * float(t.values[0])):
+        for trial in ranked(others):
+            if set(trial.params) != set(self._grid):
+                continue
             near = [p for p in self._neighbours(trial.params) if _key(p) not in taken]
             if near:
                 return self._rng.choice(near)
@@ -149,12 +148,11 @@ class NoRepeatSampler(BaseSampler):
         return differing, ordinal
 
 
-def _taken(study: optuna.Study, current: FrozenTrial) -> set[str]:
-    """Configurations of every other trial of the study: measured, running or enqueued."""
+def _taken(others: list[FrozenTrial]) -> set[str]:
+    """Configurations of these trials (every other trial of the study): measured, running or
+    enqueued."""
     taken = set()
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number == current.number:
-            continue
+    for trial in others:
         params = trial.params or trial.system_attrs.get("fixed_params")
         if params:
             taken.add(_key(params))

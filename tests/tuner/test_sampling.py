@@ -4,6 +4,7 @@ study; and how a study's settings turn it on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -20,33 +21,38 @@ SPACE = SearchSpace(
 
 
 def study_with(
-    measured: list[tuple[dict[str, Any], float, bool]], climb_from: int | None
+    measured: list[tuple[dict[str, Any], float, bool]],
+    climb_from: int | None,
+    space: SearchSpace = SPACE,
+    seed: int = 3,
 ) -> optuna.Study:
     """A study whose trials measured `measured` (params, value, feasible), then sampled by a
-    NoRepeatSampler over SPACE whose inner sampler is seeded random sampling."""
+    NoRepeatSampler over `space` whose inner sampler is seeded random sampling."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = NoRepeatSampler(
-        optuna.samplers.RandomSampler(seed=3), SPACE, seed=3, climb_from=climb_from
+        optuna.samplers.RandomSampler(seed=seed), space, seed=seed, climb_from=climb_from
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for params, value, feasible in measured:
         study.enqueue_trial(params)
         trial = study.ask()
-        SPACE.suggest(trial)
+        space.suggest(trial)
         trial.set_constraint("valid", 0.0 if feasible else 1.0)
         study.tell(trial, value)
     return study
 
 
-def propose(study: optuna.Study) -> dict[str, Any]:
+def propose(
+    study: optuna.Study,
+    score: Callable[[dict[str, Any]], float] = lambda p: 0.0,
+    space: SearchSpace = SPACE,
+) -> dict[str, Any]:
+    """The next proposal's parameters, told `score(parameters)`."""
     trial = study.ask()
-    params = SPACE.suggest(trial)
-    study.tell(trial, 0.0)
-    return {
-        "batch_size": params.batch_size,
-        "streams": params.streams,
-        "precision": params.precision,
-    }
+    space.suggest(trial)
+    params = dict(trial.params)
+    study.tell(trial, score(params))
+    return params
 
 
 def point(b: int, s: int, p: str) -> dict[str, Any]:
@@ -88,35 +94,24 @@ def test_with_no_untaken_neighbour_left_the_inner_sampler_proposes() -> None:
     space = SearchSpace(
         batch_sizes=(1, 2), streams=(1,), precisions=("fp32", "int8"), deque_timeout_us=None
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = NoRepeatSampler(optuna.samplers.RandomSampler(seed=1), space, seed=1, climb_from=2)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    for batch, value in ((1, 10.0), (2, 20.0)):
-        study.enqueue_trial({"batch_size": batch, "streams": 1, "precision": "fp32"})
-        trial = study.ask()
-        space.suggest(trial)
-        study.tell(trial, value)
-    trial = study.ask()  # fp32 b1 and b2 are each other's only neighbours, both taken
-    assert space.suggest(trial).precision == "int8"
+    measured = [
+        ({"batch_size": b, "streams": 1, "precision": "fp32"}, v, True)
+        for b, v in ((1, 10.0), (2, 20.0))
+    ]
+    study = study_with(measured, climb_from=2, space=space, seed=1)
+    # fp32 b1 and b2 are each other's only neighbours, both taken
+    assert propose(study, space=space)["precision"] == "int8"
 
 
 def test_a_better_neighbour_becomes_the_incumbent_so_the_steps_climb() -> None:
     study = study_with(MEASURED, climb_from=4)
     for _ in NEIGHBOURS_OF_B4_S2:  # b8/s2 scores 50, the others 1: stop once it is measured
-        if propose_scoring(study, lambda p: 50.0 if p == point(8, 2, "int8") else 1.0) == point(
+        if propose(study, lambda p: 50.0 if p == point(8, 2, "int8") else 1.0) == point(
             8, 2, "int8"
         ):
             break
     # b8/s2 now leads: its one untaken neighbour is next (b4/s2 and b8/s3 are taken).
     assert propose(study) == point(8, 1, "int8")
-
-
-def propose_scoring(study: optuna.Study, score: Any) -> dict[str, Any]:
-    trial = study.ask()
-    params = SPACE.suggest(trial)
-    p = point(params.batch_size, params.streams, params.precision)
-    study.tell(trial, score(p))
-    return p
 
 
 @pytest.mark.parametrize("climb_from", [None, 5])
@@ -157,21 +152,10 @@ def test_the_deque_timeout_is_a_step_too() -> None:
     space = SearchSpace(
         batch_sizes=(1, 2), streams=(1,), precisions=("fp32",), deque_timeout_us=(500, 2000, 4000)
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = NoRepeatSampler(optuna.samplers.RandomSampler(seed=1), space, seed=1, climb_from=1)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial(
-        {"batch_size": 1, "streams": 1, "precision": "fp32", "deque_timeout_us": 2000}
-    )
-    trial = study.ask()
-    space.suggest(trial)
-    study.tell(trial, 10.0)
-    neighbours = set()
-    for _ in range(3):
-        trial = study.ask()
-        params = space.suggest(trial)
-        study.tell(trial, 1.0)
-        neighbours.add((params.batch_size, params.deque_timeout_us))
+    start = {"batch_size": 1, "streams": 1, "precision": "fp32", "deque_timeout_us": 2000}
+    study = study_with([(start, 10.0, True)], climb_from=1, space=space, seed=1)
+    proposed = [propose(study, lambda p: 1.0, space) for _ in range(3)]
+    neighbours = {(p["batch_size"], p["deque_timeout_us"]) for p in proposed}
     assert neighbours == {(2, 2000), (1, 500), (1, 4000)}
 
 
