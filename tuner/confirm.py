@@ -2,8 +2,12 @@
 and the best median wins, so one lucky run (noise here is about +/-10%) cannot win a study.
 
 The top `confirm_top` distinct feasible configurations by value each get `confirm_runs` more
-measurements, each in a child process like a trial (LoadGen logs under
-`<runs>/<study>/confirm-<trial>-<i>`).
+measurements, each measured as a trial is (LoadGen logs under
+`<runs>/<study>/confirm-<trial>-<i>`). So does the baseline (batch 1, 1 stream, fp32) where it is
+feasible and not among them: the speed-up the summary and `report` give divides the winner's
+median by the baseline's value, and one run of the baseline made that ratio noise's (a Server
+baseline answered 43.8 QPS in one study where others measured 96-145).
+
 Everything is stored through Optuna's public API, as study user attributes: each candidate's
 scores under `confirm:<trial number>` (a list: the trial's own value first, then each repeat's
 score, 0 for a failed or INVALID repeat; written after every repeat), and `confirmed_best`,
@@ -28,6 +32,7 @@ from tuner.child import KILLED, measure_in_child
 from tuner.loop import RETRIES, budget_used, exclusive
 from tuner.results import (
     CONFIRMED_BEST,
+    baseline_trial,
     confirm_key,
     confirm_scores,
     confirmed_value,
@@ -72,19 +77,25 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
         top = candidates(study, cfg.confirm_top)
         if not top:
             return None
+        numbers = [t.number for t in top]
+        base = baseline_trial(study)
+        if base is not None and (base.number in numbers or not is_feasible(base)):
+            base = None  # confirmed as a candidate, or has no value to divide by
+        measured = [*top, base] if base is not None else top
         want = 1 + cfg.confirm_runs
         attrs = study.user_attrs
-        todo = [t for t in top if len(_scores(t, attrs)) < want]
-        numbers = [t.number for t in top]
+        todo = [t for t in measured if len(_scores(t, attrs)) < want]
         done = attrs.get(CONFIRMED_BEST) is not None and attrs.get(CONFIRMED_TOP) == numbers
         if done and not todo:
             say(f"confirmation: top {len(top)} unchanged since {attrs.get(CONFIRMED_AT)}")
             return _winner(study)
         if todo:
             study.set_user_attr(CONFIRMED_BEST, None)  # until every repeat is in
-            runs = ", ".join(f"trial {t.number}" for t in todo)
+            runs = ", ".join(
+                f"trial {t.number}" + (" (the baseline)" if t is base else "") for t in todo
+            )
             say(f"confirming the top {len(top)}: {cfg.confirm_runs} more run(s) of {runs}")
-        for trial in top:
+        for trial in measured:
             scores = _scores(trial, attrs)
             while len(scores) < want:
                 scores.append(_measure_again(prepared, trial, len(scores), say))

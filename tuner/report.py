@@ -21,7 +21,6 @@ from tuner.results import (
     baseline_trial,
     best_trial,
     confirm_scores,
-    confirmed_trial,
     confirmed_value,
     engine_builds,
     is_copy,
@@ -31,7 +30,7 @@ from tuner.results import (
     study_setting,
 )
 from tuner.sessions import measuring_line, measuring_share, sessions
-from tuner.summary import out_of_reach_lines
+from tuner.summary import confirmed_lines, out_of_reach_lines
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -288,11 +287,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
         )
     ratio = speed_up(study)
     lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
-    confirmed = confirmed_trial(study)
-    if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = ", ".join(f"{s:,.1f}" for s in confirm_scores(best, study.user_attrs))
-        runs = len(confirm_scores(best, study.user_attrs))
-        lines.append(f"confirmed: median of {runs} runs ({scores} {unit(study)})")
+    lines.extend(confirmed_lines(study, unit(study)))
     builds = engine_builds(study)
     if builds is not None:
         lines.append(f"engine builds: {builds}")

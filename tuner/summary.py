@@ -20,6 +20,7 @@ from tuner.results import (
     best_trial,
     confirm_scores,
     confirmed_trial,
+    confirmed_value,
     engine_builds,
     is_copy,
     robust_value,
@@ -68,12 +69,8 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     if best is not None and base is not None and robust_value(base, attrs) > 0:
         ratio = robust_value(best, attrs) / robust_value(base, attrs)
         lines.append(f"speed-up over the baseline: {ratio:.2f}x")
-    confirmed = confirmed_trial(study)
-    if confirmed is not None and best is not None and confirmed.number == best.number:
-        scores = confirm_scores(confirmed, attrs)
-        runs = ", ".join(f"{float(s):,.1f}" for s in scores)
-        lines.append(f"confirmed: median of {len(scores)} runs ({runs} {unit})")
-    elif best is not None and not cfg.multi_objective:
+    lines.extend(confirmed_lines(study, unit))
+    if best is not None and not cfg.multi_objective and confirmed_trial(study) is None:
         lines.append("not confirmed: the best of single runs (noise can make a lucky one win)")
     builds = engine_builds(study)
     if builds is not None:
@@ -90,6 +87,24 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         "--format json --out best.json"
     )
     return "\n".join(lines)
+
+
+def confirmed_lines(study: optuna.Study, unit: str) -> list[str]:
+    """`confirmed: median of 3 runs (94.7, 94.7, 94.3 samples/s)` for the confirmed best, and
+    the same for the baseline where it was measured again (see tuner.confirm): the two numbers
+    the speed-up divides."""
+    attrs = study.user_attrs
+    best, base = confirmed_trial(study), baseline_trial(study)
+    lines = []
+    for label, trial in (("confirmed", best), ("baseline confirmed", base)):
+        if trial is None or confirmed_value(trial, attrs) is None:
+            continue
+        if label != "confirmed" and best is not None and trial.number == best.number:
+            continue  # the baseline won: said once
+        scores = confirm_scores(trial, attrs)
+        runs = ", ".join(f"{s:,.1f}" for s in scores)
+        lines.append(f"{label}: median of {len(scores)} runs ({runs} {unit})")
+    return lines
 
 
 def _row(label: str, trial: FrozenTrial, attrs: Mapping[str, Any], pct: str) -> list[object]:

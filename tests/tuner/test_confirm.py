@@ -29,10 +29,16 @@ from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner import config
 from tuner.child import ChildOutcome, WarmWorker
 from tuner.cli import main
-from tuner.confirm import candidates
-from tuner.results import best_trial, confirmed_value, engine_builds, robust_value
+from tuner.confirm import candidates, confirm
+from tuner.results import (
+    baseline_trial,
+    best_trial,
+    confirmed_value,
+    engine_builds,
+    robust_value,
+)
 from tuner.space import SearchSpace
-from tuner.study import grid_order, prepare
+from tuner.study import Prepared, grid_order, prepare
 
 TRIALS = 5
 
@@ -119,8 +125,9 @@ def summary_row(out: str, label: str) -> dict[str, str]:
     lines = out.splitlines()
     (i,) = [i for i, line in enumerate(lines[:-1]) if set(lines[i + 1]) == {"-", " "}]
     header = ["", *re.split(r"\s{2,}", lines[i].strip())]
-    (row,) = [line for line in lines[i + 2 :] if line.split()[:1] == [label]]
-    return dict(zip(header, re.split(r"\s{2,}", row.strip()), strict=True))
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[i + 2 :]]
+    (row,) = [c for c in cells if c[0] == label and len(c) == len(header)]  # not a text line
+    return dict(zip(header, row, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +261,8 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     study = load(study_db)
     lucky, runner_up, third = checked_candidates(study, 3)
     assert best_trial(study).number == lucky.number  # type: ignore[union-attr]
+    base = baseline_trial(study)
+    assert base is not None and base.number not in {lucky.number, runner_up.number, third.number}
 
     def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
         if trial.number != lucky.number:
@@ -269,8 +278,8 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     assert main(argv) == 0  # the defaults: 2 more runs of the top 3
     out = capsys.readouterr().out
     assert trial_attr_rows(study_db) == rows
-    assert sorted(calls) == sorted(
-        f"confirm-{t.number:04d}-{i}" for t in (lucky, runner_up, third) for i in (1, 2)
+    assert sorted(calls) == sorted(  # and the baseline, whose value the speed-up divides by
+        f"confirm-{t.number:04d}-{i}" for t in (lucky, runner_up, third, base) for i in (1, 2)
     )
     study = load(study_db)
     attrs = {t.number: t.user_attrs for t in study.get_trials()}
@@ -283,6 +292,15 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     row = summary_row(out, "best")
     assert (row["trial"], row["samples/s"]) == (str(runner_up.number), f"{median:,.2f}")
     assert "confirmed: median of 3 runs" in out
+    base_median = base.values[0] * 0.95  # of its own run, 0.9x and 0.95x
+    assert repeats(study, base) == pytest.approx(
+        [base.values[0], *(base_median / 0.95 * f for f in (0.9, 0.95))]
+    )
+    assert robust_value(base, study.user_attrs) == pytest.approx(base_median)
+    assert summary_row(out, "baseline")["samples/s"] == f"{base_median:,.2f}"
+    runs = ", ".join(f"{s:,.1f}" for s in repeats(study, base))
+    assert f"baseline confirmed: median of 3 runs ({runs} samples/s)" in out
+    assert f"speed-up over the baseline: {median / base_median:.2f}x" in out
 
     # Every export, the report and the listing use the confirmed winner and its median.
     export = ["export", "--storage", f"sqlite:///{study_db}", "--study", study.study_name]
@@ -301,6 +319,12 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     text = capsys.readouterr().out
     assert f"best: trial {runner_up.number}," in text and f"{median:,.1f} samples/s" in text
     assert "confirmed: median of 3 runs" in text
+    assert f"baseline confirmed: median of 3 runs ({runs} samples/s)" in text
+    assert f"speed-up: {median / base_median:.2f}x" in text
+    assert main([*report, "--json", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["baseline"]["value"] == pytest.approx(base_median)
+    assert doc["speed_up"] == pytest.approx(median / base_median)
     assert main(["studies", "--storage", f"sqlite:///{study_db}"]) == 0
     assert f"{median:,.2f}" in capsys.readouterr().out
 
@@ -354,7 +378,9 @@ def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
     fake, calls = fake_measure(study, lambda t, i: t.values[0])
     patch_confirmation(monkeypatch, fake)
     assert main(argv) == 0
-    assert len(calls) == 3 * 2 - 1  # the repeat that was interrupted, and the rest
+    base = baseline_trial(study)
+    assert base is not None and base.number not in load(study_db).user_attrs["confirmed_top"]
+    assert len(calls) == 4 * 2 - 1  # the repeat that was interrupted, the rest, the baseline
     assert load(study_db).user_attrs["confirmed_best"] == first.number
 
 
@@ -370,7 +396,9 @@ def test_with_workers_the_parent_confirms_after_they_finish(
     assert len(confirmed) == 2
     assert all(len(repeats(study, t)) == 2 for t in confirmed)
     assert study.user_attrs["confirmed_best"] in {t.number for t in confirmed}
-    assert len(list(runs.glob("*/confirm-*"))) == 2
+    measured = {t.number for t in confirmed} | {baseline_trial(study).number}  # type: ignore[union-attr]
+    assert len(list(runs.glob("*/confirm-*"))) == len(measured)
+    assert all(len(repeats(study, t)) == 2 for t in study.get_trials() if t.number in measured)
     assert "confirmed: median of 2 runs" in capsys.readouterr().out
 
 
@@ -423,6 +451,54 @@ def test_candidates_are_the_best_measured_feasible_trial_of_each_configuration()
         check_top(study, [4, 5, 7], 3)  # ... or a copy
     with pytest.raises(AssertionError):
         check_top(study, [5, 1, 7], 3)  # ... or a configuration's worse run
+
+
+@pytest.mark.parametrize(
+    ("baseline", "top", "measured"),
+    [
+        (_made(1, 1, 400.0), [1, 0], [1, 0]),  # among the top 2: measured again as a candidate
+        (_made(1, 1, 100.0), [1, 2], [1, 2, 0]),  # below them: measured again too, after them
+        (_made(1, 1, 100.0, feasible=False), [1, 2], [1, 2]),  # INVALID: nothing to divide by
+    ],
+)
+def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
+    baseline: FrozenTrial, top: list[int], measured: list[int], tmp_path: Path
+) -> None:
+    """The speed-up divides the winner's median by the baseline's value: the baseline gets the
+    same repeats as the candidates, once (hand-built trials, a stand-in measure)."""
+    study = optuna.create_study(direction="maximize")
+    for trial in [baseline, _made(2, 1, 500.0), _made(4, 1, 300.0), _made(8, 1, 200.0)]:
+        study.add_trial(trial)
+    cfg = config.build(
+        model="tiny", backend="null", trials=4, confirm_top=2, runs_dir=tmp_path / "runs"
+    )
+    value = {t.params["batch_size"]: t.values[0] for t in study.trials}
+    calls: list[int] = []
+
+    def measure(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
+        calls.append(int(spec.out_dir.name.split("-")[1]))  # confirm-<trial>-<i>
+        return ChildOutcome({"score": 0.9 * value[run.batch_size], "valid": True}, seconds=0.1)
+
+    space = SearchSpace((1, 2, 4, 8), (1, 2), ("fp32",), ())
+    said: list[str] = []
+    winner = confirm(Prepared(cfg, study, space, {}, measure), said.append)
+    assert winner is not None and winner.number == 1  # batch 2: median of 500, 450, 450
+    assert calls == [n for n in measured for _ in (1, 2)]
+    attrs = study.user_attrs
+    assert attrs["confirmed_top"] == top
+    assert sorted(int(k.split(":")[1]) for k in attrs if k.startswith("confirm:")) == sorted(
+        measured
+    )
+    base = study.trials[0]
+    if 0 in measured:
+        assert robust_value(base, attrs) == pytest.approx(0.9 * base.values[0])
+    else:
+        assert confirmed_value(base, attrs) is None and robust_value(base, attrs) == 100.0
+    assert ("trial 0 (the baseline)" in said[0]) == (0 not in top and 0 in measured)
+
+    calls.clear()  # and again: nothing is left to measure
+    assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
+    assert calls == []
 
 
 def test_confirm_settings_are_checked_and_read_from_a_study_file(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
+from tuner.results import baseline_trial
 from tuner.sessions import (
     SESSIONS,
     Session,
@@ -75,7 +76,9 @@ def test_each_run_records_its_session_and_report_json_writes_the_share(
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
     (first,) = sessions(study.user_attrs)
-    assert (first.trials, first.confirm_runs, first.processes) == (4, 1, 1)
+    base, (top,) = baseline_trial(study), study.user_attrs["confirmed_top"]
+    confirmed = 1 if base is None or base.number == top else 2  # the top 1, and the baseline
+    assert (first.trials, first.confirm_runs, first.processes) == (4, confirmed, 1)
     assert first.trials_measuring_s > 0 and first.confirm_measuring_s > 0
     assert first.share is not None and 0 < first.share < 1
     assert f"measuring share: {first.share:.0%} of {first.wall_s:.0f} s inside LoadGen" in out
