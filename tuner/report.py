@@ -27,6 +27,7 @@ from tuner.results import (
     is_feasible,
     measured_throughput,
     robust_value,
+    speed_up,
     study_setting,
 )
 from tuner.sessions import measuring_line, measuring_share, sessions
@@ -223,16 +224,6 @@ def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def _baseline(study: optuna.Study) -> FrozenTrial | None:
     return baseline_trial(study)
-
-
-def speed_up(study: optuna.Study) -> float | None:
-    """Best throughput over the baseline's (confirmed medians where there are some), or None
-    when either is missing (or zero)."""
-    best, base = best_trial(study), _baseline(study)
-    attrs = study.user_attrs
-    if best is None or base is None or not base.values or not robust_value(base, attrs):
-        return None
-    return robust_value(best, attrs) / robust_value(base, attrs)
 
 
 def context(study: optuna.Study) -> str:

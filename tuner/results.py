@@ -436,3 +436,13 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
         if p.get("batch_size") == 1 and p.get("streams") == 1 and p.get("precision") == "fp32":
             return trial
     return None
+
+
+def speed_up(study: optuna.Study) -> float | None:
+    """The best's throughput over the baseline's (each the median of its confirmation runs
+    where it has them, see tuner.confirm), or None when either is missing (or zero)."""
+    best, base = best_trial(study), baseline_trial(study)
+    attrs = study.user_attrs
+    if best is None or base is None or not base.values or not robust_value(base, attrs):
+        return None
+    return robust_value(best, attrs) / robust_value(base, attrs)

@@ -24,6 +24,7 @@ from tuner.results import (
     engine_builds,
     is_copy,
     robust_value,
+    speed_up,
     study_setting,
 )
 from tuner.storage import redact
@@ -66,8 +67,8 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         for row in rows:
             del row[6]
     lines.append(format_table(rows, header))
-    if best is not None and base is not None and robust_value(base, attrs) > 0:
-        ratio = robust_value(best, attrs) / robust_value(base, attrs)
+    ratio = speed_up(study)
+    if ratio is not None:
         lines.append(f"speed-up over the baseline: {ratio:.2f}x")
     lines.extend(confirmed_lines(study, unit))
     if best is not None and not cfg.multi_objective and confirmed_trial(study) is None:

@@ -15,7 +15,7 @@ import pytest
 
 from harness.errors import TunerError
 from tuner import report
-from tuner.results import TrialRecord
+from tuner.results import TrialRecord, speed_up
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FLOOR = 0.99
@@ -387,7 +387,7 @@ def test_offline_summary(offline: optuna.Study) -> None:
     assert lines[1].startswith("best: trial 2, batch 32, 2 streams, fp16: 1,500.0 samples/s")
     assert lines[2].startswith("baseline: trial 0, batch 1, 1 stream, fp32: 100.0 samples/s")
     assert "speed-up: 15.00x over the baseline" in lines
-    assert report.speed_up(offline) == pytest.approx(15.0)
+    assert speed_up(offline) == pytest.approx(15.0)
 
 
 def test_server_summary(server: optuna.Study) -> None:
