@@ -365,6 +365,19 @@ def _reuse(trial: optuna.Trial, earlier: FrozenTrial) -> Any:
     return tuple(values) if len(values) > 1 else values[0]
 
 
+def time_left(cfg: StudyConfig, done: int, done_here: int, elapsed: float) -> float:
+    """Seconds until the study ends, at this process's pace so far (`done_here` trials in
+    `elapsed` s): the trials left of the budget (`done` spent), then the confirmation runs that
+    follow a spent budget (tuner.confirm: the top `confirm_top` and the baseline, each
+    `confirm_runs` more times; fewer where the baseline is a candidate), each taken to cost a
+    trial's time. With `--timeout`, no more than it leaves (a study it stops is not confirmed)."""
+    runs = 0 if cfg.multi_objective else (cfg.confirm_top + 1) * cfg.confirm_runs
+    left = (max(0, cfg.trials - done) + runs) * elapsed / max(1, done_here)
+    if cfg.timeout_s is not None:
+        left = min(left, max(0.0, cfg.timeout_s - elapsed))
+    return left
+
+
 class _Progress:
     """Prints one line per finished trial: n of N, its score, the best so far, time left."""
 
@@ -381,9 +394,7 @@ class _Progress:
         self.done_here += 1
         done = budget_used(study)
         elapsed = time.monotonic() - self.started
-        left = (self.cfg.trials - done) * elapsed / self.done_here
-        if self.cfg.timeout_s is not None:
-            left = min(left, max(0.0, self.cfg.timeout_s - elapsed))
+        left = time_left(self.cfg, done, self.done_here, elapsed)
         unit = "samples/s" if self.cfg.scenario == "offline" else "QPS"
         record = TrialRecord.from_trial(trial)
         if record.failure == INFEASIBLE:

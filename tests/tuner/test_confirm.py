@@ -38,7 +38,7 @@ from tuner.results import (
     robust_value,
 )
 from tuner.space import SearchSpace
-from tuner.study import Prepared, grid_order, prepare
+from tuner.study import Prepared, grid_order, prepare, time_left
 
 TRIALS = 5
 
@@ -499,6 +499,20 @@ def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
     calls.clear()  # and again: nothing is left to measure
     assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
     assert calls == []
+
+
+def test_the_time_left_counts_the_confirmation_runs_after_the_trials() -> None:
+    """The progress line's estimate: at 5 s a trial, the default 16 trials are followed by 8
+    confirmation runs (the top 3 and the baseline, twice more each)."""
+    cfg = config.build(trials=16)
+    assert time_left(cfg, done=4, done_here=4, elapsed=20.0) == (12 + 8) * 5.0
+    assert time_left(cfg, done=16, done_here=16, elapsed=80.0) == 8 * 5.0  # not yet ~0:00
+    assert time_left(cfg, done=10, done_here=2, elapsed=10.0) == (6 + 8) * 5.0  # resumed
+    assert time_left(config.build(trials=16, confirm_runs=0), 16, 16, 80.0) == 0.0
+    assert time_left(config.build(trials=8, confirm_top=1, confirm_runs=4), 8, 8, 8.0) == 8.0
+    server = config.build(trials=16, scenario="server", objectives=["throughput", "p99"])
+    assert time_left(server, 16, 16, 80.0) == 0.0  # several objectives: nothing confirmed
+    assert time_left(config.build(trials=16, timeout_s=90), 4, 4, 20.0) == 70.0  # --timeout
 
 
 def test_confirm_settings_are_checked_and_read_from_a_study_file(tmp_path: Path) -> None:
