@@ -94,7 +94,8 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
             runs = ", ".join(
                 f"trial {t.number}" + (" (the baseline)" if t is base else "") for t in todo
             )
-            say(f"confirming the top {len(top)}: {cfg.confirm_runs} more run(s) of {runs}")
+            what = "the baseline" if todo == [base] else f"the top {len(top)}"  # older study
+            say(f"confirming {what}: {cfg.confirm_runs} more run(s) of {runs}")
         for trial in measured:
             scores = _scores(trial, attrs)
             while len(scores) < want:

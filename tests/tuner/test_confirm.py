@@ -499,6 +499,13 @@ def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
     calls.clear()  # and again: nothing is left to measure
     assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
     assert calls == []
+    # A study confirmed before the baseline was, or one whose baseline was a candidate: only
+    # what is missing is measured.
+    study.set_user_attr("confirm:0", None)
+    assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
+    assert calls == ([0, 0] if 0 in measured else [])
+    what = "the baseline" if 0 not in top else "the top 2"
+    assert (f"confirming {what}: 2 more run(s) of trial 0" in "\n".join(said)) == (0 in measured)
 
 
 def test_the_time_left_counts_the_confirmation_runs_after_the_trials() -> None:
