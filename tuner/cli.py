@@ -231,7 +231,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         parents=[common_flags()],
         help="print the trials and write a CSV and plots",
         description="Print a study's trials as a table; write trials.csv and PNG plots "
-        "(throughput vs batch size, p99 vs QPS, history, best vs baseline) to --out.",
+        "(throughput vs batch size, Server latency at the bound's percentile vs QPS, history, "
+        "best vs baseline) to --out.",
     )
     _storage_flag(p)
     p.add_argument("--study", required=True, help="study name")

@@ -31,7 +31,7 @@ from tuner.results import (
     study_setting,
 )
 from tuner.sessions import measuring_line, measuring_share, sessions
-from tuner.summary import confirmed_lines, out_of_reach_lines
+from tuner.summary import confirmed_lines, latency_at, out_of_reach_lines, run_latency
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,6 +81,14 @@ def unit(study: optuna.Study) -> str:
     return "QPS" if is_server(study) else "samples/s"
 
 
+def percentile(study: optuna.Study) -> float | None:
+    """The Server bound's latency percentile (99.0 for p99); None in an Offline study."""
+    if not is_server(study):
+        return None
+    value = study_setting(study.user_attrs, "percentile")
+    return float(value) if isinstance(value, (int, float)) else 99.0
+
+
 def value_columns(study: optuna.Study) -> list[str]:
     """`value` for one objective; `value_<objective>` (or `value_<i>`) for several."""
     if not is_multi(study):
@@ -93,7 +101,7 @@ def value_columns(study: optuna.Study) -> list[str]:
 
 def _columns(study: optuna.Study, params: Sequence[str]) -> list[str]:
     head = ["number", "state", *params, *value_columns(study), "score", "valid", "feasible"]
-    return [*head, throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"]
+    return [*head, throughput_key(study), *_TAIL, "percentile_ms", "duplicate_of", "fail_reason"]
 
 
 def _row(
@@ -108,6 +116,7 @@ def _row(
     for key in ("score", "valid", throughput_key(study), *_TAIL, "duplicate_of", "fail_reason"):
         row[key] = getattr(record, key)
     row["confirmed_score"] = confirmed_value(trial, attrs)  # derived from the study's repeats
+    row["percentile_ms"] = latency_at(record, percentile(study))  # what the bound judges
     return row
 
 
@@ -169,6 +178,10 @@ def _table_spec(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str
     ]
     if "agreement_value" in frame.columns:
         spec = [s for s in spec if s[0] != "agreement_top1"]
+    pct = percentile(study)
+    if pct is not None and pct not in (50.0, 99.0):  # the bound's percentile, beside p99
+        at = [c for c, _, _ in spec].index("p99_ms")
+        spec.insert(at, ("percentile_ms", f"p{pct:g} ms", _num(2)))
     return [s for s in spec if s[0] in frame.columns]
 
 
@@ -237,9 +250,10 @@ def context(study: optuna.Study) -> str:
 
 def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
     text = f"{robust_value(trial, study.user_attrs):,.1f} {unit(study)}"
-    p99 = TrialRecord.from_trial(trial).p99_ms
-    if p99 is not None and is_server(study):  # Offline: meaningless
-        text += f", p99 {p99:,.2f} ms"
+    pct = percentile(study)  # Offline: None (a latency there is the whole query's)
+    ms = latency_at(TrialRecord.from_trial(trial), pct)
+    if pct is not None and ms is not None:
+        text += f", p{pct:g} {ms:,.2f} ms"
     return text
 
 
@@ -447,24 +461,34 @@ def _thousands() -> Any:
 
 
 def server_points(study: optuna.Study) -> list[tuple[float, float, bool]]:
-    """(target QPS, p99 ms, valid) of every Server LoadGen run of every measured trial."""
+    """(target QPS, latency ms at the bound's percentile, valid) of every Server LoadGen run of
+    every measured trial."""
+    pct = percentile(study)
     points = []
     for t in _measured(study):
         for run in TrialRecord.from_trial(t).loadgen_runs or []:
             if str(run.get("scenario", "")).lower() != "server":
                 continue
-            if run.get("target_qps") is None or run.get("p99_ms") is None:
+            ms = run_latency(run, pct)
+            if run.get("target_qps") is None or ms is None:
                 continue
-            points.append((float(run["target_qps"]), float(run["p99_ms"]), bool(run.get("valid"))))
+            points.append((float(run["target_qps"]), ms, bool(run.get("valid"))))
     return points
 
 
+def latency_plot_name(study: optuna.Study) -> str:
+    """`p99_vs_target_qps.png`, named after the bound's percentile (`p90_...` at p90)."""
+    return f"p{percentile(study) or 99.0:g}_vs_target_qps.png"
+
+
 def plot_latency(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
-    """Server: p99 latency vs target QPS of every LoadGen run, with the latency bound."""
+    """Server: the latency at the bound's percentile vs target QPS of every LoadGen run, with
+    the bound."""
     points = server_points(study)
     if not points:
         return None
-    fig, ax = _new_axes(figure_cls, study, "p99 latency vs target QPS (every Server run)")
+    pct = f"p{percentile(study) or 99.0:g}"
+    fig, ax = _new_axes(figure_cls, study, f"{pct} latency vs target QPS (every Server run)")
     ok = [(q, p) for q, p, v in points if v]
     bad = [(q, p) for q, p, v in points if not v]
     if ok:
@@ -482,18 +506,14 @@ def plot_latency(figure_cls: type[Figure], study: optuna.Study, path: Path) -> P
         )
     bound = study_setting(study.user_attrs, "latency_ms")
     if bound is not None:
-        pct = study_setting(study.user_attrs, "percentile") or 99
         ax.axhline(
-            float(bound),
-            color="black",
-            linestyle="--",
-            label=f"bound: p{float(pct):g} <= {float(bound):g} ms",
+            float(bound), color="black", linestyle="--", label=f"bound: {pct} <= {bound:g} ms"
         )
     lat = [p for _, p, _ in points] + ([float(bound)] if bound is not None else [])
     if min(lat) > 0 and max(lat) / min(lat) > 30:
         ax.set_yscale("log")
     ax.set_xlabel("target QPS")
-    ax.set_ylabel("p99 latency (ms)")
+    ax.set_ylabel(f"{pct} latency (ms)")
     ax.xaxis.set_major_formatter(_thousands())
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)
@@ -696,7 +716,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     figure_cls = _figure_class()
     plots = [
         (plot_throughput, "throughput_vs_batch.png"),
-        (plot_latency if is_server(study) else None, "p99_vs_target_qps.png"),
+        (plot_latency if is_server(study) else None, latency_plot_name(study)),
         (plot_history, "history.png"),
         (plot_best_vs_baseline, "best_vs_baseline.png"),
         (plot_pareto if is_multi(study) else None, "pareto_front.png"),

@@ -52,7 +52,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     rows = []
     for label, trial in (("best", best), ("baseline", base)):
         if trial is not None:
-            rows.append(_row(label, trial, attrs, pct))
+            rows.append(_row(label, trial, attrs, cfg.percentile))
     if not rows:
         lines.append(NO_FEASIBLE if complete else "no complete trial yet")
         lines.extend(out_of_reach_lines(study) if complete else [])
@@ -108,11 +108,11 @@ def confirmed_lines(study: optuna.Study, unit: str) -> list[str]:
     return lines
 
 
-def _row(label: str, trial: FrozenTrial, attrs: Mapping[str, Any], pct: str) -> list[object]:
+def _row(
+    label: str, trial: FrozenTrial, attrs: Mapping[str, Any], percentile: float
+) -> list[object]:
     p, record = trial.params, TrialRecord.from_trial(trial)
-    latency = (record.latency_ms or {}).get(pct)
-    if latency is None and pct == "p99":  # studies older than the stored percentiles
-        latency = record.p99_ms
+    latency = latency_at(record, percentile)
     return [
         label,
         trial.number,
@@ -133,6 +133,26 @@ def agreement_text(record: TrialRecord) -> str | None:
     return f"{record.metric} {float(value):.4g}"
 
 
+def run_latency(run: Mapping[str, Any], percentile: float | None) -> float | None:
+    """A stored LoadGen run's latency (ms) at the study's `percentile`, the one LoadGen judged
+    it on; runs stored before `percentile_ms` give their p99 to a p99 study only."""
+    ms = run.get("percentile_ms")
+    if ms is None and percentile == 99.0:
+        ms = run.get("p99_ms")
+    return float(ms) if isinstance(ms, (int, float)) and ms > 0 else None
+
+
+def latency_at(record: TrialRecord, percentile: float | None) -> float | None:
+    """A trial's latency (ms) at the study's `percentile` (p90 for a p90 bound), as LoadGen
+    logged it for the trial's answer."""
+    if percentile is None:
+        return None
+    latency = (record.latency_ms or {}).get(f"p{percentile:g}")
+    if latency is None and percentile == 99.0:  # studies older than the stored percentiles
+        latency = record.p99_ms
+    return float(latency) if isinstance(latency, (int, float)) else None
+
+
 def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], float] | None:
     """The Server run of lowest latency at the study's percentile (its trial, its compact run,
     the latency in ms) among measured trials that keep every constraint but validity (such as
@@ -148,11 +168,9 @@ def lowest_latency(study: optuna.Study) -> tuple[FrozenTrial, dict[str, Any], fl
         for run in TrialRecord.from_trial(trial).loadgen_runs or []:
             if run.get("scenario") != "Server":
                 continue
-            ms = run.get("percentile_ms")
-            if ms is None and percentile == 99.0:  # runs stored before `percentile_ms`
-                ms = run.get("p99_ms")
-            if isinstance(ms, (int, float)) and ms > 0:
-                found.append((broken, float(ms), trial.number, trial, run))
+            ms = run_latency(run, percentile)
+            if ms is not None:
+                found.append((broken, ms, trial.number, trial, run))
     if not found:
         return None
     _, ms, _, trial, run = min(found, key=lambda f: f[:3])
