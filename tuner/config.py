@@ -234,14 +234,15 @@ class StudyConfig:
             section="study", flag="--accuracy-output", group=INPUTS_GROUP, shared=True
         ),
     )
-    #: Extra measurements of each of the `confirm_top` best configurations once the budget is
-    #: spent; the best median wins (0: the best single run wins).
+    #: Extra measurements of each of the `confirm_top` best configurations (and the baseline)
+    #: once the budget is spent; the best median wins (0: the best single run wins).
     confirm_runs: int = field(
         default=2,
         metadata=_study(
             "--confirm-runs",
-            "once the budget is spent, measure each top configuration this many more times; "
-            "the best median wins (default {default}; 0: the best single run wins)",
+            "once the budget is spent, measure each top configuration and the baseline this "
+            "many more times; the best median wins, the speed-up is median over median "
+            "(default {default}; 0: the best single run wins)",
             int,
         ),
     )
