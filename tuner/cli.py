@@ -420,31 +420,36 @@ def _report(args: argparse.Namespace) -> int:
 def _studies(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.results import best_trial, robust_value, study_setting
+    from tuner.results import best_trial, robust_value, speed_up, study_setting
     from tuner.storage import open_storage
 
     storage = open_storage(_storage(args), create=False)
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         # The summary's best_trial ignores constraints and Pareto fronts; export does not.
-        best = best_trial(optuna.load_study(study_name=s.study_name, storage=storage))
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        best, ratio = best_trial(study), speed_up(study)
         attrs = s.user_attrs
+        scenario = study_setting(attrs, "scenario")
         rows.append(
             [
                 s.study_name,
                 attrs.get("model"),
-                study_setting(attrs, "scenario"),
+                scenario,
                 study_setting(attrs, "backend"),
                 attrs.get("device"),
                 s.n_trials,
                 robust_value(best, attrs) if best is not None and best.values else None,
+                "QPS" if scenario == "server" else "samples/s",
+                f"{ratio:.2f}x" if ratio is not None else None,
                 _params_text(best.params) if best is not None else None,
             ]
         )
     if not rows:
         print("no studies")
         return 0
-    header = ["study", "model", "scenario", "backend", "device", "trials", "best", "best config"]
+    header = ["study", "model", "scenario", "backend", "device", "trials", "best", "unit"]
+    header += ["speed-up", "best config"]
     print(format_table(rows, header))
     return 0
 

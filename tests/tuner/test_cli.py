@@ -32,7 +32,7 @@ from tests.tuner.cli_checks import NULL_SERVER, one_error_line, run, sha256
 from tuner import config
 from tuner.cli import main
 from tuner.export import FORMATS
-from tuner.results import best_trial, robust_value, study_setting
+from tuner.results import best_trial, robust_value, speed_up, study_setting
 from tuner.storage import open_storage
 
 if TYPE_CHECKING:
@@ -173,7 +173,9 @@ def test_studies_lists_the_study_and_its_best_value(
     assert cells[:5] == [offline_study.name, "tiny", "offline", "null", "simulated (cpu)"]
     assert cells[5] == str(offline_study.trials)
     assert cells[6] == f"{robust_value(best, study.user_attrs):,.2f}"
-    assert f"batch_size={best.params['batch_size']}" in cells[7]
+    ratio = speed_up(study)
+    assert ratio is not None and cells[7:9] == ["samples/s", f"{ratio:.2f}x"]
+    assert f"batch_size={best.params['batch_size']}" in cells[9]
 
 
 def test_studies_shows_the_best_feasible_trial(
