@@ -420,7 +420,7 @@ def _report(args: argparse.Namespace) -> int:
 def _studies(args: argparse.Namespace) -> int:
     import optuna
 
-    from tuner.results import best_trial, robust_value, speed_up, study_setting
+    from tuner.results import best_trial, rate_unit, robust_value, speed_up, study_setting
     from tuner.storage import open_storage
 
     storage = open_storage(_storage(args), create=False)
@@ -440,7 +440,7 @@ def _studies(args: argparse.Namespace) -> int:
                 attrs.get("device"),
                 s.n_trials,
                 robust_value(best, attrs) if best is not None and best.values else None,
-                "QPS" if scenario == "server" else "samples/s",
+                rate_unit(scenario),
                 f"{ratio:.2f}x" if ratio is not None else None,
                 _params_text(best.params) if best is not None else None,
             ]

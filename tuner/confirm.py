@@ -39,6 +39,7 @@ from tuner.results import (
     is_copy,
     is_feasible,
     ranked,
+    rate_unit,
     robust_value,
 )
 from tuner.space import Params
@@ -144,7 +145,7 @@ def _measure_again(
     run, spec = trial_configs(cfg, Params.from_mapping(trial.params), name, trial.number)
     spec = replace(spec, out_dir=cfg.runs_dir / name / f"confirm-{trial.number:04d}-{index}")
     measure = prepared.measure or measure_in_child
-    unit = "samples/s" if cfg.scenario == "offline" else "QPS"
+    unit = rate_unit(cfg.scenario)
     what = f"confirm trial {trial.number} run {index}/{cfg.confirm_runs}"
     for _ in range(RETRIES[KILLED]):  # a child killed from outside: said nothing sure
         outcome = measure(run, spec, cfg.trial_timeout_s)

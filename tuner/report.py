@@ -26,6 +26,7 @@ from tuner.results import (
     is_copy,
     is_feasible,
     measured_throughput,
+    rate_unit,
     robust_value,
     speed_up,
     study_setting,
@@ -78,7 +79,7 @@ def throughput_key(study: optuna.Study) -> str:
 
 
 def unit(study: optuna.Study) -> str:
-    return "QPS" if is_server(study) else "samples/s"
+    return rate_unit(study_setting(study.user_attrs, "scenario"))
 
 
 def percentile(study: optuna.Study) -> float | None:
@@ -235,10 +236,6 @@ def _best_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [best] if best is not None else []
 
 
-def _baseline(study: optuna.Study) -> FrozenTrial | None:
-    return baseline_trial(study)
-
-
 def context(study: optuna.Study) -> str:
     """`resnet50 · Offline · onnxruntime on <device> (simulated)`."""
     attrs = study.user_attrs
@@ -276,7 +273,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
         f"{context(study)}: {n['total']} trials "
         f"({n['complete']} complete, {n['infeasible']} infeasible, {n['failed']} failed)"
     ]
-    best, base = best_trial(study), _baseline(study)
+    best, base = best_trial(study), baseline_trial(study)
     if best is None:
         lines.append("best: no feasible trial yet")
         lines.extend(out_of_reach_lines(study))
@@ -588,7 +585,7 @@ def plot_best_vs_baseline(
     figure_cls: type[Figure], study: optuna.Study, path: Path
 ) -> Path | None:
     """Two bars, baseline and best, with the speed-up written over the best."""
-    best, base = best_trial(study), _baseline(study)
+    best, base = best_trial(study), baseline_trial(study)
     if best is None or base is None:
         return None
     fig, ax = _new_axes(figure_cls, study, "Best configuration vs baseline")
@@ -693,7 +690,7 @@ def report_json(study: optuna.Study) -> dict[str, Any]:
         "unit": unit(study),
         "trials": trial_counts(study),
         "best": described(best_trial(study)),
-        "baseline": described(_baseline(study)),
+        "baseline": described(baseline_trial(study)),
         "speed_up": speed_up(study),
         "engine_builds": engine_builds(study),
         "measuring_share": measuring_share(attrs),

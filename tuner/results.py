@@ -368,6 +368,11 @@ def measured_throughput(trial: FrozenTrial) -> float:
     return float(score if score is not None else trial.values[0])
 
 
+def rate_unit(scenario: object) -> str:
+    """What a study's scores count: `QPS` (Server), `samples/s` (Offline)."""
+    return "QPS" if scenario == "server" else "samples/s"
+
+
 def rate(trial: FrozenTrial, scenario: object, attrs: Mapping[str, Any]) -> float:
     """Measured samples/s (Offline) or largest VALID QPS (Server) of the trial, as deployed:
     the median of its confirmation runs where it was confirmed; a TunerError when it has no

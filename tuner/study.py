@@ -24,7 +24,14 @@ from harness.models import resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import OWNER, budget_used, committed, exclusive, recover, run_trials
-from tuner.results import TrialRecord, best_trial, is_copy, robust_value, study_setting
+from tuner.results import (
+    TrialRecord,
+    best_trial,
+    is_copy,
+    rate_unit,
+    robust_value,
+    study_setting,
+)
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
@@ -395,7 +402,7 @@ class _Progress:
         done = budget_used(study)
         elapsed = time.monotonic() - self.started
         left = time_left(self.cfg, done, self.done_here, elapsed)
-        unit = "samples/s" if self.cfg.scenario == "offline" else "QPS"
+        unit = rate_unit(self.cfg.scenario)
         record = TrialRecord.from_trial(trial)
         if record.failure == INFEASIBLE:
             what = f"infeasible: {record.fail_reason or ''}"

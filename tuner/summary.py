@@ -23,6 +23,7 @@ from tuner.results import (
     confirmed_value,
     engine_builds,
     is_copy,
+    rate_unit,
     robust_value,
     speed_up,
     study_setting,
@@ -44,7 +45,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         f"model {attrs.get('model')} on {study_setting(attrs, 'backend')} "
         f"({attrs.get('device')}), {study_setting(attrs, 'scenario')}",
     ]
-    unit = "samples/s" if cfg.scenario == "offline" else "QPS"
+    unit = rate_unit(cfg.scenario)
     best = best_trial(study)
     base = baseline_trial(study)
     # Server: the latency at the bound's percentile (p90 for a p90 bound), as LoadGen logged it.
@@ -96,12 +97,12 @@ def confirmed_lines(study: optuna.Study, unit: str) -> list[str]:
     the speed-up divides."""
     attrs = study.user_attrs
     best, base = confirmed_trial(study), baseline_trial(study)
+    if best is not None and base is not None and base.number == best.number:
+        base = None  # the baseline won: said once
     lines = []
     for label, trial in (("confirmed", best), ("baseline confirmed", base)):
         if trial is None or confirmed_value(trial, attrs) is None:
             continue
-        if label != "confirmed" and best is not None and trial.number == best.number:
-            continue  # the baseline won: said once
         scores = confirm_scores(trial, attrs)
         runs = ", ".join(f"{s:,.1f}" for s in scores)
         lines.append(f"{label}: median of {len(scores)} runs ({runs} {unit})")

@@ -472,18 +472,16 @@ def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
     cfg = config.build(
         model="tiny", backend="null", trials=4, confirm_top=2, runs_dir=tmp_path / "runs"
     )
-    value = {t.params["batch_size"]: t.values[0] for t in study.trials}
-    calls: list[int] = []
+    measure, folders = fake_measure(study, lambda trial, i: 0.9 * trial.values[0])
 
-    def measure(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
-        calls.append(int(spec.out_dir.name.split("-")[1]))  # confirm-<trial>-<i>
-        return ChildOutcome({"score": 0.9 * value[run.batch_size], "valid": True}, seconds=0.1)
+    def calls() -> list[int]:
+        return [int(folder.split("-")[1]) for folder in folders]  # confirm-<trial>-<i>
 
     space = SearchSpace((1, 2, 4, 8), (1, 2), ("fp32",), ())
     said: list[str] = []
     winner = confirm(Prepared(cfg, study, space, {}, measure), said.append)
     assert winner is not None and winner.number == 1  # batch 2: median of 500, 450, 450
-    assert calls == [n for n in measured for _ in (1, 2)]
+    assert calls() == [n for n in measured for _ in (1, 2)]
     attrs = study.user_attrs
     assert attrs["confirmed_top"] == top
     assert sorted(int(k.split(":")[1]) for k in attrs if k.startswith("confirm:")) == sorted(
@@ -496,14 +494,14 @@ def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
         assert confirmed_value(base, attrs) is None and robust_value(base, attrs) == 100.0
     assert ("trial 0 (the baseline)" in said[0]) == (0 not in top and 0 in measured)
 
-    calls.clear()  # and again: nothing is left to measure
+    folders.clear()  # and again: nothing is left to measure
     assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
-    assert calls == []
+    assert calls() == []
     # A study confirmed before the baseline was, or one whose baseline was a candidate: only
     # what is missing is measured.
     study.set_user_attr("confirm:0", None)
     assert confirm(Prepared(cfg, study, space, {}, measure), said.append) == winner
-    assert calls == ([0, 0] if 0 in measured else [])
+    assert calls() == ([0, 0] if 0 in measured else [])
     what = "the baseline" if 0 not in top else "the top 2"
     assert (f"confirming {what}: 2 more run(s) of trial 0" in "\n".join(said)) == (0 in measured)
 
