@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.backends import get_backend
 from harness.cli_common import add_input_flags, default_cache_dir
 from harness.device import cpu_info, cpu_name
 from tuner import config
@@ -116,7 +115,7 @@ def main() -> int:
         cache_dir=default_cache_dir(),
         runs_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "landscape-runs",
     )
-    space = resolve_space(cfg, get_backend(cfg.backend))
+    space = resolve_space(cfg)
     points = space.points()
     data: dict[str, Any]
     if args.out.exists():

@@ -211,7 +211,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         parents=[common_flags()],
         help="write the best configuration for deployment",
         description="Write the best feasible trial of a study as json, a LoadGen user.conf, a "
-        "Triton config.pbtxt, a trtexec command or NVIDIA MLPerf harness config.json keys.",
+        "Triton config.pbtxt (onnxruntime, openvino or tensorrt), a trtexec or OpenVINO "
+        "benchmark_app command or NVIDIA MLPerf harness config.json keys.",
     )
     _storage_flag(p)
     p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")

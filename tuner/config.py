@@ -13,11 +13,12 @@ Layout of a study file (every key optional):
                  dims = {sequence = 128} (symbolic dims by name),
                  shapes = {input_ids = [128]} (an input's non-batch sizes),
                  input_ranges = {token_type_ids = [0, 1]} (synthetic values, inclusive)
-    [backend]    name, device, threads, options = {...}
+    [backend]    name (one runtime, or "auto"), device, threads, options = {...}
     [scenario]   name, latency_ms, percentile, duration_s, min_queries, answer_runs
-    [space]      batch_sizes (list) or max_batch, streams (list) or max_streams,
-                 precisions (list), deque_timeout_us (list, Server)
-    [[enqueue]]  batch_size, streams, precision, deque_timeout_us: configurations to try first
+    [space]      backends (list of runtimes searched), batch_sizes (list) or max_batch,
+                 streams (list) or max_streams, precisions (list), deque_timeout_us (list, Server)
+    [[enqueue]]  backend, batch_size, streams, precision, deque_timeout_us: configurations to
+                 try first
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replac
 from pathlib import Path
 from typing import Any
 
+from harness.backends import default_runtimes, get_backend
 from harness.cli_common import parse_option
 from harness.config import (
     ACCURACY_METRICS,
@@ -47,6 +49,8 @@ from harness.config import (
 from harness.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid")
+#: `--backend auto`: the runtimes harness.backends.default_runtimes names for the device.
+AUTO = "auto"
 OBJECTIVES = ("throughput", "p99")
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 
@@ -102,6 +106,17 @@ def _space_setting(flag: str, help: str, type: Callable[[str], Any]) -> dict[str
 class Space:
     """The search space; None means 'derive from the backend's capabilities'."""
 
+    #: The runtimes searched, as one more parameter of each trial; None: the study's one
+    #: backend. StudyConfig resolves `--backend auto` into this (never a list of one).
+    backends: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_space_setting(
+            "--backends",
+            "runtimes searched beside batch, streams and precision, e.g. onnxruntime,openvino; "
+            "the first runs the baseline (default: see --backend)",
+            str_list,
+        ),
+    )
     batch_sizes: tuple[int, ...] | None = field(
         default=None,
         metadata=_space_setting(
@@ -264,14 +279,19 @@ class StudyConfig:
             group=MODEL_GROUP,
         ),
     )
+    #: One runtime, or "auto"; after validation the study's first runtime (the baseline's),
+    #: `space.backends` holding all of them where it searches several.
     backend: str = field(
-        default="onnxruntime",
+        default=AUTO,
         metadata=setting(
             section="backend",
             key="name",
             flag="--backend",
-            help="onnxruntime (default, CPU or CUDA), tensorrt (NVIDIA GPU, the gpu extra), torch "
-            "(CUDA or CPU, the torch extra), null or replay (simulated, for tests and benchmarks)",
+            help="auto (default: on a CPU, every CPU runtime installed, onnxruntime and "
+            "openvino, searched as one more parameter; onnxruntime on CUDA), or one runtime: "
+            "onnxruntime (CPU or CUDA), openvino (CPU), tensorrt (NVIDIA GPU, the gpu extra), "
+            "torch (CUDA or CPU, the torch extra), null or replay (simulated, for tests and "
+            "benchmarks)",
             group=MODEL_GROUP,
         ),
     )
@@ -469,8 +489,52 @@ class StudyConfig:
         if self.samples is not None:
             check_int(_key("samples"), self.samples, 1)
         _check_space(self.space)
+        self._resolve_runtimes()
         for i, point in enumerate(self.enqueue):
             _check_point(f"enqueue[{i}]", point)
+
+    def _resolve_runtimes(self) -> None:
+        """`backend` becomes the first runtime searched, `space.backends` every one of them
+        where there are several (None for one), so a stored study names its runtimes."""
+        listed = self.space.backends
+        if listed is not None:
+            if self.backend != AUTO and self.backend not in listed:
+                raise ConfigError(
+                    f"{_key('backend')}: {self.backend} is not among space.backends "
+                    f"{list(listed)}; give one of them, or auto"
+                )
+            runtimes = listed
+        elif self.backend == AUTO:
+            runtimes = default_runtimes(self.device)
+        else:
+            runtimes = (self.backend,)
+        for name in runtimes:
+            try:
+                get_backend(name)
+            except ConfigError as exc:
+                where = "space.backends" if listed is not None else _key("backend")
+                raise ConfigError(f"{where}: {exc}".replace("backend: ", "", 1)) from None
+        known = {o for name in runtimes for o in get_backend(name).option_names}
+        unknown = sorted(set(self.backend_options) - known)
+        if unknown and len(runtimes) > 1:  # one runtime's constructor says so itself
+            raise ConfigError(
+                f"{_key('backend_options')}: unknown option(s) {unknown} for "
+                f"{', '.join(runtimes)} (valid: {', '.join(sorted(known)) or 'none'})"
+            )
+        object.__setattr__(self, "backend", runtimes[0])
+        several = runtimes if len(runtimes) > 1 else None
+        if several != listed:
+            object.__setattr__(self, "space", replace(self.space, backends=several))
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes the study searches, the baseline's first."""
+        return self.space.backends or (self.backend,)
+
+    def backend_options_for(self, runtime: str) -> dict[str, Any]:
+        """The study's backend options that `runtime` takes (each option is some runtime's)."""
+        names = get_backend(runtime).option_names
+        return {k: v for k, v in self.backend_options.items() if k in names}
 
     @property
     def multi_objective(self) -> bool:
@@ -520,7 +584,7 @@ _SECTION_NAMES = tuple(dict.fromkeys(s.section for s in _DECLARED.values() if s.
 _SPACE_KEYS = {s.key or name for name, s in declared(Space).items()}
 #: Tables whose flags (--dim, --shape, --input-range) add entries to the study file's.
 _MERGED = tuple(name for name, s in _DECLARED.items() if s.merge)
-_POINT_KEYS = ("batch_size", "streams", "precision", "deque_timeout_us")
+_POINT_KEYS = ("backend", "batch_size", "streams", "precision", "deque_timeout_us")
 #: Fields that describe this host, not the study: never stored with it (the storage URL may
 #: hold a password).
 _LOCAL_FIELDS = tuple(name for name, s in _DECLARED.items() if s.local)
@@ -642,6 +706,10 @@ def _check_space(space: Space) -> None:
             )
         for p in space.precisions:
             check_choice("space.precisions", p, PRECISIONS)
+    if space.backends is not None:
+        names = space.backends
+        if not isinstance(names, tuple) or not names or len(set(names)) != len(names):
+            raise ConfigError(f"space.backends: must be a list of distinct names, got {names!r}")
 
 
 def _check_point(where: str, point: Mapping[str, Any]) -> None:
@@ -658,6 +726,8 @@ def _check_point(where: str, point: Mapping[str, Any]) -> None:
         check_choice(f"{where}.precision", point["precision"], PRECISIONS)
     if "deque_timeout_us" in point:
         check_int(f"{where}.deque_timeout_us", point["deque_timeout_us"], 0)
+    if "backend" in point and not isinstance(point["backend"], str):
+        raise ConfigError(f"{where}.backend: must be a runtime's name, got {point['backend']!r}")
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -264,19 +264,29 @@ def render_user_conf(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
 def render_triton(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     """A Triton `config.pbtxt` serving the trial's batch size, instances and batching delay."""
     p = _params(trial)
-    backend = str(_need(attrs, "backend"))
+    backend = runtime(attrs, trial)
     model_file = "model.plan" if backend == "tensorrt" else "model.onnx"
     platform = "tensorrt_plan" if backend == "tensorrt" else "onnxruntime_onnx"
     lines = _header(attrs, trial, "Triton config.pbtxt")
-    if backend not in ("onnxruntime", "tensorrt"):
+    if backend not in ("onnxruntime", "tensorrt", "openvino"):
         lines.append(
             f"# backend {backend!r} has no Triton platform; serving the ONNX model with "
             "onnxruntime_onnx"
         )
     lines.append(f"# put the {p['precision']} model at <repository>/<name>/1/{model_file}")
+    # Triton's openvino backend reads ONNX when told the file's name; its parameters are the
+    # compiled model's properties the trial set (harness.backends.openvino).
+    runtime_lines = (
+        [
+            'backend: "openvino"',
+            'default_model_filename: "model.onnx"',
+        ]
+        if backend == "openvino"
+        else [f"platform: {_pb_string(platform)}"]
+    )
     lines += [
         f"name: {_pb_string(str(_need(attrs, 'model')))}",
-        f"platform: {_pb_string(platform)}",
+        *runtime_lines,
         f"max_batch_size: {p['batch_size']}",
         *_pb_tensors("input", _need(attrs, "inputs")),
         *_pb_tensors("output", _need(attrs, "outputs")),
@@ -292,7 +302,99 @@ def render_triton(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     if p.get("deque_timeout_us") is not None:
         lines.append(f"  max_queue_delay_microseconds: {int(p['deque_timeout_us'])}")
     lines.append("}")
+    if backend == "openvino":
+        lines += _openvino_parameters(attrs, trial)
     return "\n".join(lines) + "\n"
+
+
+def _openvino_parameters(attrs: Mapping[str, Any], trial: FrozenTrial) -> list[str]:
+    """Triton openvino backend parameters for the trial: one OpenVINO stream per instance's
+    request, the threads the trial's streams had, bf16 where it ran bf16, padding where the
+    model was compiled for its full batch (a static batch shape)."""
+    p = _params(trial)
+    details = TrialRecord.from_trial(trial).backend_details or {}
+    params = {"NUM_STREAMS": str(p["streams"])}
+    threads = details.get("inference_num_threads")
+    if isinstance(threads, int):
+        params["INFERENCE_NUM_THREADS"] = str(threads)
+    if p["precision"] == "bf16":
+        params["HINT_BF16"] = "YES"
+    if details.get("batch_shape", "static") == "static":
+        params["ENABLE_BATCH_PADDING"] = "YES"
+    out = []
+    for key, value in params.items():
+        out += [
+            "parameters {",
+            f"  key: {_pb_string(key)}",
+            f"  value: {{ string_value: {_pb_string(value)} }}",
+            "}",
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------- benchmark_app
+
+
+def render_benchmark_app(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
+    """OpenVINO's benchmark_app command that times the trial's settings without LoadGen (as
+    `trtexec` is exported for TensorRT): the precision's ONNX variant, reshaped to the batch,
+    the trial's streams with two requests each (benchmark_app's own default), its threads."""
+    p = _params(trial)
+    batch, streams, precision = p["batch_size"], p["streams"], p["precision"]
+    if runtime(attrs, trial) != "openvino":
+        raise TunerError(
+            f"trial {trial.number} ran on {runtime(attrs, trial)}, not openvino: export "
+            "benchmark_app for an openvino trial (--trial N), or trtexec/triton for this one"
+        )
+    record = TrialRecord.from_trial(trial)
+    onnx = record.variant_path or str(_need(attrs, "model_path"))
+    inputs = _need(attrs, "inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise TunerError(f"study inputs {inputs!r} is not a non-empty list of tensors")
+    shape = ",".join(
+        f"{t['name']}[{','.join(str(d) for d in [batch, *t.get('sample_shape', [])])}]"
+        for t in inputs
+    )
+    details = record.backend_details or {}
+    args = [
+        "benchmark_app",
+        "-m",
+        str(onnx),
+        "-d",
+        "CPU",
+        "-hint",
+        "none",
+        "-nstreams",
+        str(streams),
+        "-nireq",
+        str(2 * streams),
+        "-shape",
+        shape,
+        "-infer_precision",
+        "bf16" if precision == "bf16" else "f32",
+    ]
+    threads = details.get("inference_num_threads")
+    if isinstance(threads, int):
+        args += ["-nthreads", str(threads)]
+    lines = _header(attrs, trial, "OpenVINO benchmark_app command")
+    lines.append(
+        f"# precision {precision} comes from the model file (int8: the Q/DQ variant the "
+        "harness built); FPS counts samples: iterations x batch"
+    )
+    _refuse_control_characters("benchmark_app", lines)
+    lines.append(shlex.join(args))
+    return "\n".join(lines) + "\n"
+
+
+def _refuse_control_characters(what: str, lines: list[str]) -> None:
+    """A name or path from the study with a line break would leave its comment line and run
+    as a shell command."""
+    for line in lines:
+        if any(ord(c) < 32 for c in line):
+            raise TunerError(
+                f"{what} export: a name or path in the study has a control character, "
+                f"which a shell would run as a command: {line!r}"
+            )
 
 
 def _pb_tensors(field: str, tensors: Any) -> list[str]:
@@ -371,12 +473,7 @@ def render_trtexec(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     lines.append(
         "# --stronglyTyped makes TensorRT 10 keep the ONNX types; TensorRT 11 always does"
     )
-    for line in lines:  # names and paths from the study: a line break would leave the comment
-        if any(ord(c) < 32 for c in line):
-            raise TunerError(
-                f"trtexec export: a name or path in the study has a control character, "
-                f"which a shell would run as a command: {line!r}"
-            )
+    _refuse_control_characters("trtexec", lines)
     lines.append(shlex.join(args))  # every argument quoted for the shell
     return "\n".join(lines) + "\n"
 
@@ -449,8 +546,15 @@ FORMATS: dict[str, Renderer] = {
     "user.conf": render_user_conf,
     "triton": render_triton,
     "trtexec": render_trtexec,
+    "benchmark_app": render_benchmark_app,
     "nvidia": render_nvidia,
 }
+
+
+def runtime(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
+    """The runtime that measured the trial: its `backend` parameter in a study of several,
+    else the study's backend."""
+    return str(trial.params.get("backend") or _need(attrs, "backend"))
 
 
 def _need(attrs: Mapping[str, Any], key: str) -> Any:
@@ -496,6 +600,8 @@ def _throughput(attrs: Mapping[str, Any], trial: FrozenTrial) -> float:
 def _is_gpu(attrs: Mapping[str, Any]) -> bool:
     if attrs.get("backend") == "tensorrt":
         return True
+    if attrs.get("backend") == "openvino":
+        return False
     device = str(attrs.get("device") or "").lower()
     if "cpu" in device or re.search(r"\(\d+ cores?\)", device):
         return False
@@ -507,7 +613,7 @@ def _header(attrs: Mapping[str, Any], trial: FrozenTrial, what: str) -> list[str
     knobs = f"batch {p.get('batch_size')}, {p.get('streams')} streams, {p.get('precision')}"
     if p.get("deque_timeout_us") is not None:
         knobs += f", deque_timeout_us {p['deque_timeout_us']}"
-    where = f"{attrs.get('backend')} on {attrs.get('device')}"
+    where = f"{trial.params.get('backend') or attrs.get('backend')} on {attrs.get('device')}"
     if attrs.get("simulated") or TrialRecord.from_trial(trial).simulated:
         where += " (SIMULATED measurements)"
     lines = [

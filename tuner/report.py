@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PARAMS = ("batch_size", "streams", "precision", "deque_timeout_us")
+PARAMS = ("backend", "batch_size", "streams", "precision", "deque_timeout_us")
 _TAIL = (
     "confirmed_score",
     "p50_ms",
@@ -154,6 +154,7 @@ def _table_spec(study: optuna.Study, frame: pd.DataFrame) -> list[tuple[str, str
     spec: list[tuple[str, str, Any]] = [
         ("number", "#", _num(0)),
         ("state", "state", str),
+        ("backend", "runtime", str),  # studies of several runtimes
         ("batch_size", "batch", _num(0)),
         ("streams", "streams", _num(0)),
         ("precision", "prec", str),
@@ -202,7 +203,9 @@ def trials_table(study: optuna.Study) -> str:
         mark = "*" if record["number"] in best else ""
         rows.append([mark] + [_cell(record[c], f) for c, _, f in spec])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    text_cols = {i + 1 for i, (c, _, _) in enumerate(spec) if c in ("state", "precision")}
+    text_cols = {
+        i + 1 for i, (c, _, _) in enumerate(spec) if c in ("state", "backend", "precision")
+    }
     text_cols.add(len(spec))  # the last column (fail reason) reads better left-aligned
 
     def line(cells: list[str]) -> str:
@@ -220,9 +223,11 @@ def trials_table(study: optuna.Study) -> str:
 
 
 def config_label(params: dict[str, Any]) -> str:
-    """`batch 32, 2 streams, fp16` (plus the batching timeout in Server studies)."""
+    """`batch 32, 2 streams, fp16` (plus the batching timeout in Server studies; the runtime
+    first in a study of several)."""
     streams = params.get("streams")
-    text = f"batch {params.get('batch_size')}, {streams} stream{'' if streams == 1 else 's'}, "
+    text = f"{params['backend']}, " if params.get("backend") is not None else ""
+    text += f"batch {params.get('batch_size')}, {streams} stream{'' if streams == 1 else 's'}, "
     text += str(params.get("precision"))
     if params.get("deque_timeout_us") is not None:
         text += f", deque {params['deque_timeout_us']:,} us"
@@ -343,21 +348,26 @@ def _group_style(index: int) -> tuple[str, str]:
 
 
 def plot_throughput(figure_cls: type[Figure], study: optuna.Study, path: Path) -> Path | None:
-    """Throughput vs batch size, one line per (precision, streams); infeasible points hollow."""
+    """Throughput vs batch size, one line per (runtime, precision, streams); infeasible points
+    hollow. One color per precision, or per runtime and precision in a study of several."""
     trials = _measured(study)
     if not trials:
         return None
     fig, ax = _new_axes(figure_cls, study, "Throughput vs batch size")
     streams = sorted({t.params.get("streams", 1) for t in trials})
-    groups: dict[tuple[str, int], list[FrozenTrial]] = {}
+    groups: dict[tuple[str, str, int], list[FrozenTrial]] = {}
     for t in trials:
-        groups.setdefault((t.params.get("precision", "?"), t.params.get("streams", 1)), []).append(
-            t
-        )
-    for (precision, stream), members in sorted(groups.items()):
+        key = (t.params.get("backend", ""), t.params.get("precision", "?"))
+        groups.setdefault((*key, t.params.get("streams", 1)), []).append(t)
+    pairs = sorted({(runtime, precision) for runtime, precision, _ in groups})
+    several = len({runtime for runtime, _ in pairs}) > 1
+    for (runtime, precision, stream), members in sorted(groups.items()):
         color = PRECISION_COLORS.get(precision, "tab:purple")
+        if several:
+            color = f"C{pairs.index((runtime, precision)) % 10}"
         marker, style = _group_style(streams.index(stream))
-        label = f"{precision}, {stream} stream{'' if stream == 1 else 's'}"
+        label = f"{runtime + ' ' if runtime else ''}{precision}, {stream} stream"
+        label += "" if stream == 1 else "s"
         _plot_group(ax, members, color, marker, style, label)
     _mark_best(ax, best_trial(study), lambda t: (t.params["batch_size"], measured_throughput(t)))
     if any(not is_feasible(t) for t in trials):

@@ -98,6 +98,8 @@ class TrialRecord:
     device: str | None = None
     backend: str | None = None
     versions: dict[str, Any] | None = None
+    #: What the runtime chose or was told (OpenVINO's streams, threads, batch shape ...).
+    backend_details: dict[str, Any] | None = None
     simulated: bool | None = None
     variant_sha256: str | None = None
     variant_path: str | None = None
@@ -152,6 +154,7 @@ class TrialRecord:
             device=result["device"],
             backend=result["backend"],
             versions=result["versions"],
+            backend_details=result.get("backend_details") or None,
             simulated=result["simulated"],
             variant_sha256=result["variant_sha256"],
             variant_path=result["variant_path"],
@@ -290,6 +293,9 @@ def study_setting(attrs: Mapping[str, Any], key: str, default: Any = None) -> An
     if field_name is not None and isinstance(config, Mapping) and field_name in config:
         if key in _SERVER_ONLY and config.get("scenario") != "server":
             return None
+        if key == "backend":  # a study of several runtimes: all of them, the baseline's first
+            several = (config.get("space") or {}).get("backends")
+            return ",".join(several) if several else config[field_name]
         return config[field_name]
     return attrs.get(key, default)
 

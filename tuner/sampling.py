@@ -12,9 +12,10 @@ taken it lets repeats through; the study answers those from the earlier trial.
 The last trials of a study climb (`climb_from`: how many trials of the budget come before the
 climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
 batch size, streams or deque timeout one listed step up or down, precision kept, the seeded
-generator picking among them. A better neighbour becomes the one to climb from; where all the
-best's neighbours are taken the climb goes on from the next best, and only where no feasible
-configuration has an untaken neighbour does the inner sampler propose again. It is the hill
+generator picking among them (the runtime kept too, where the study searches several). A
+better neighbour becomes the one to climb from; where all the best's neighbours are taken the
+climb goes on from the next best, and only where no feasible configuration has an untaken
+neighbour does the inner sampler propose again. It is the hill
 climbing Triton Model Analyzer's quick search does from the smallest configuration, started
 where TPE has got to: TPE treats batch sizes as unordered categories, and with a dozen trials
 it often measures the best configuration's neighbours but not the best (the VNNI ResNet-50
@@ -75,11 +76,13 @@ class NoRepeatSampler(BaseSampler):
                 else self.inner.sample_independent(study, trial, name, dist)
                 for name, dist in search_space.items()
             }
-        if _key(proposed) not in taken:
+        if _key(proposed) not in taken and self.space.allows(proposed):
             return proposed
         fresh = [p for p in self.space.points() if _key(p) not in taken]
-        if not fresh:
-            return proposed
+        if not fresh:  # every configuration taken: a repeat, which the study answers
+            return (
+                proposed if self.space.allows(proposed) else self._rng.choice(self.space.points())
+            )
         distance = {_key(p): self._distance(proposed, p) for p in fresh}
         nearest = min(distance.values())
         return self._rng.choice([p for p in fresh if distance[_key(p)] == nearest])
@@ -129,10 +132,11 @@ class NoRepeatSampler(BaseSampler):
         return None
 
     def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
-        """`point` with one ordinal parameter one listed step up or down (precision kept)."""
+        """`point` with one ordinal parameter one listed step up or down (runtime and
+        precision kept)."""
         out = []
         for name, choices in self._grid.items():
-            if name == "precision" or point[name] not in choices:
+            if name in _CATEGORICAL or point[name] not in choices:
                 continue
             at = choices.index(point[name])
             out += [{**point, name: choices[i]} for i in (at - 1, at + 1) if 0 <= i < len(choices)]
@@ -143,9 +147,14 @@ class NoRepeatSampler(BaseSampler):
         ordinal = sum(
             abs(choices.index(a[name]) - choices.index(b[name]))
             for name, choices in self._grid.items()
-            if name != "precision"
+            if name not in _CATEGORICAL
         )
         return differing, ordinal
+
+
+#: Parameters without an order: a climb keeps them, the nearest-point distance only counts
+#: whether they differ.
+_CATEGORICAL = ("backend", "precision")
 
 
 def _taken(others: list[FrozenTrial]) -> set[str]:

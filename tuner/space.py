@@ -1,4 +1,8 @@
-"""The search space of a study, resolved against what the backend can run on the device."""
+"""The search space of a study, resolved against what each runtime can run on the device.
+
+A study of several runtimes (`space.backends`) searches the runtime as one more categorical
+parameter, `backend`; a (runtime, precision) pair the runtime cannot run is `excluded`: never
+proposed, never enqueued. A study of one runtime has no `backend` parameter, as before."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from harness.backends import Backend
+from harness.backends import get_backend
 from harness.config import PRECISIONS
 from harness.errors import ConfigError
 from tuner.config import StudyConfig
@@ -29,18 +33,23 @@ class Params:
     streams: int
     precision: str
     deque_timeout_us: int = DEFAULT_DEQUE_TIMEOUT_US
+    #: The runtime, where the study searches several; None: the study's one backend.
+    backend: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Params:
+        backend = values.get("backend")
         return cls(
             batch_size=int(values["batch_size"]),
             streams=int(values["streams"]),
             precision=str(values["precision"]),
             deque_timeout_us=int(values.get("deque_timeout_us", DEFAULT_DEQUE_TIMEOUT_US)),
+            backend=str(backend) if backend is not None else None,
         )
 
     def label(self) -> str:
-        return f"batch {self.batch_size}, {self.streams} stream(s), {self.precision}"
+        runtime = f"{self.backend}, " if self.backend is not None else ""
+        return f"{runtime}batch {self.batch_size}, {self.streams} stream(s), {self.precision}"
 
 
 @dataclass(frozen=True)
@@ -49,26 +58,36 @@ class SearchSpace:
     streams: tuple[int, ...]
     precisions: tuple[str, ...]
     deque_timeout_us: tuple[int, ...] | None
+    #: The runtimes searched (several), or None: the study's one backend, no `backend` param.
+    backends: tuple[str, ...] | None = None
+    #: (runtime, precision) pairs of the grid that the runtime cannot run.
+    excluded: tuple[tuple[str, str], ...] = ()
 
     @property
     def size(self) -> int:
-        n = len(self.batch_sizes) * len(self.streams) * len(self.precisions)
-        return n * len(self.deque_timeout_us or (1,))
+        return len(self.points())
 
     def grid(self) -> dict[str, list[Any]]:
-        grid: dict[str, list[Any]] = {
-            "batch_size": list(self.batch_sizes),
-            "streams": list(self.streams),
-            "precision": list(self.precisions),
-        }
+        grid: dict[str, list[Any]] = {}
+        if self.backends:
+            grid["backend"] = list(self.backends)
+        grid["batch_size"] = list(self.batch_sizes)
+        grid["streams"] = list(self.streams)
+        grid["precision"] = list(self.precisions)
         if self.deque_timeout_us:
             grid["deque_timeout_us"] = list(self.deque_timeout_us)
         return grid
 
+    def allows(self, point: Mapping[str, Any]) -> bool:
+        """Whether the point's runtime runs its precision."""
+        return (point.get("backend"), point.get("precision")) not in self.excluded
+
     def points(self) -> list[dict[str, Any]]:
-        """Every point of the grid, in a fixed order."""
+        """Every point of the grid that a runtime can run, in a fixed order."""
         grid = self.grid()
-        return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+        combos = itertools.product(*grid.values())
+        points = [dict(zip(grid, combo, strict=True)) for combo in combos]
+        return [p for p in points if self.allows(p)]
 
     def suggest(self, trial: optuna.Trial) -> Params:
         values = {name: trial.suggest_categorical(name, c) for name, c in self.grid().items()}
@@ -76,59 +95,104 @@ class SearchSpace:
 
     def baseline(self) -> dict[str, Any]:
         point = dict(BASELINE)
+        if self.backends:
+            point = {"backend": self.backends[0], **point}
         if self.deque_timeout_us:
             point["deque_timeout_us"] = _closest(self.deque_timeout_us, DEFAULT_DEQUE_TIMEOUT_US)
         return point
+
+    def screening(self) -> list[dict[str, Any]]:
+        """Where the study searches several runtimes: one point per (runtime, precision) pair
+        it runs, at the middle batch size and the most streams, lower precisions first, so
+        that TPE and the climb start from a measured figure of every runtime and precision
+        instead of drawing a few of them at random (a 60-point CPU space, 16 trials); none
+        for one runtime."""
+        if not self.backends:
+            return []
+        middle = {"batch_size": self.batch_sizes[len(self.batch_sizes) // 2]}
+        middle["streams"] = self.streams[-1]
+        points = [
+            self.complete({"backend": backend, "precision": precision, **middle})
+            for precision in reversed(self.precisions)
+            for backend in self.backends
+            if (backend, precision) not in self.excluded
+        ]
+        return [p for p in points if p != self.baseline()]
 
     def complete(self, point: Mapping[str, Any]) -> dict[str, Any]:
         """An enqueued point with the unset parameters filled from the baseline."""
         full = {**self.baseline(), **point}
         if not self.deque_timeout_us:
             full.pop("deque_timeout_us", None)
+        if not self.backends:
+            full.pop("backend", None)
         for name, choices in self.grid().items():
             if full[name] not in choices:
                 raise ConfigError(
                     f"enqueue: {name}={full[name]!r} is outside the search space {choices}"
                 )
+        if not self.allows(full):
+            raise ConfigError(
+                f"enqueue: backend {full['backend']} does not run precision {full['precision']}"
+            )
         return full
 
     def to_dict(self) -> dict[str, Any]:
-        return self.grid()
+        """The grid, and the excluded (runtime, precision) pairs where there are some."""
+        data = self.grid()
+        if self.excluded:
+            data["excluded"] = [list(pair) for pair in self.excluded]
+        return data
 
     @classmethod
     def from_dict(cls, grid: Mapping[str, Any]) -> SearchSpace:
         """The space `to_dict` wrote."""
         deque = grid.get("deque_timeout_us")
+        backends = grid.get("backend")
         return cls(
             batch_sizes=tuple(int(b) for b in grid["batch_size"]),
             streams=tuple(int(s) for s in grid["streams"]),
             precisions=tuple(str(p) for p in grid["precision"]),
             deque_timeout_us=tuple(int(d) for d in deque) if deque else None,
+            backends=tuple(str(b) for b in backends) if backends else None,
+            excluded=tuple((str(b), str(p)) for b, p in grid.get("excluded", ())),
         )
 
 
-def resolve_space(cfg: StudyConfig, backend: type[Backend]) -> SearchSpace:
+def resolve_space(cfg: StudyConfig) -> SearchSpace:
     """The study's space; lists default to powers of two, 1..max streams, and every
-    precision the backend runs on the device. The baseline point is always included."""
+    precision a runtime of the study runs on the device (each runtime proposed only with its
+    own). The baseline point is always included."""
     space = cfg.space
     batch_sizes = space.batch_sizes or _powers_of_two(space.max_batch)
     streams = space.streams or tuple(range(1, space.max_streams + 1))
-    supported = backend.precisions(cfg.device)
-    precisions = space.precisions or supported
+    runs = {name: get_backend(name).precisions(cfg.device) for name in cfg.runtimes}
+    offered = tuple(sorted({p for ps in runs.values() for p in ps}, key=PRECISIONS.index))
+    precisions = space.precisions or offered
     for p in precisions:
-        if p not in supported:
+        if p not in offered:
+            names = " or ".join(runs)
+            notes = [get_backend(name).precision_note(p, cfg.device) for name in runs]
+            note = next((f": {n}" for n in notes if n), "")
             raise ConfigError(
-                f"space.precisions: {p} is not supported by backend {backend.name} on "
-                f"{cfg.device} (supported: {', '.join(supported)})"
+                f"space.precisions: {p} is not supported by backend {names} on "
+                f"{cfg.device} (supported: {', '.join(offered)}){note}"
             )
+    precisions = tuple(sorted({*precisions, "fp32"}, key=PRECISIONS.index))
     deque: tuple[int, ...] | None = None
     if cfg.scenario == "server":
         deque = space.deque_timeout_us or SERVER_DEQUE_TIMEOUTS_US
+    several = cfg.space.backends
+    excluded = tuple(
+        (name, p) for name in several or () for p in precisions if p not in runs[name]
+    )
     return SearchSpace(
         batch_sizes=_with(batch_sizes, 1),
         streams=_with(streams, 1),
-        precisions=tuple(sorted({*precisions, "fp32"}, key=PRECISIONS.index)),
+        precisions=precisions,
         deque_timeout_us=deque,
+        backends=several,
+        excluded=excluded,
     )
 
 

@@ -11,13 +11,14 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.backends import BackendOptions, get_backend
+from harness.backends import BackendInfo, BackendOptions, get_backend
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, TunerError
 from harness.models import resolve_model
@@ -53,10 +54,34 @@ class TrialFailed(Exception):
 
 
 def study_name(model: str, scenario: str, backend: str, device: str) -> str:
-    """`resnet50-offline-onnxruntime-amd-epyc-2-cores`: one study per model, scenario,
-    backend and device model."""
+    """`resnet50-offline-onnxruntime+openvino-amd-epyc-2-cores`: one study per model,
+    scenario, runtimes searched and device model."""
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    return f"{model}-{scenario}-{backend}-{slug}"
+    return f"{model}-{scenario}-{backend.replace(',', '+')}-{slug}"
+
+
+def runtime_label(cfg: StudyConfig) -> str:
+    """The study's runtimes as its `backend` setting reads: `onnxruntime`, or
+    `onnxruntime,openvino` where it searches several (tuner.results.study_setting)."""
+    return ",".join(cfg.runtimes)
+
+
+def probe_device(cfg: StudyConfig, model_path: Path) -> BackendInfo:
+    """Who would measure, before anything is loaded: each runtime's info (cheap); every
+    runtime of one study must name the same device, which the study belongs to."""
+    infos = [
+        get_backend(name)(
+            model_path, BackendOptions(device=cfg.device, extra=cfg.backend_options_for(name))
+        ).info()
+        for name in cfg.runtimes
+    ]
+    devices = {info.device for info in infos}
+    if len(devices) > 1:
+        raise ConfigError(
+            f"space.backends: {', '.join(cfg.runtimes)} name different devices "
+            f"({', '.join(sorted(devices))}); a study belongs to one device"
+        )
+    return infos[0]
 
 
 #: How a trial is measured: (run, spec, timeout_s) -> outcome. None on a `Prepared` means
@@ -78,12 +103,10 @@ def prepare(
     cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S, measure: Measure | None = None
 ) -> Prepared:
     """Validate everything, then create or load the study and enqueue its starting points."""
-    backend_cls = get_backend(cfg.backend)
-    space = resolve_space(cfg, backend_cls)
+    space = resolve_space(cfg)
     model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
-    probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
-    info = probe.info()
-    name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, info.device)
+    info = probe_device(cfg, model.path)
+    name = cfg.name or study_name(model.name, cfg.scenario, runtime_label(cfg), info.device)
     attrs: dict[str, Any] = {
         "model": model.name,
         "model_path": str(model.path),
@@ -107,7 +130,7 @@ def prepare(
         "config": to_stored(cfg),
     }
     settings: dict[str, Any] = {
-        "backend": cfg.backend,
+        "backend": runtime_label(cfg),
         "scenario": cfg.scenario,
         "latency_ms": cfg.latency_ms if cfg.scenario == "server" else None,
         "percentile": cfg.percentile if cfg.scenario == "server" else None,
@@ -152,7 +175,7 @@ def prepare(
     with warnings.catch_warnings():  # 'experimental' since Optuna 3.2; not the user's concern
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
-    points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue)]
+    points = [space.baseline(), *space.screening(), *(space.complete(p) for p in cfg.enqueue)]
     with exclusive(study):  # several `optimize` processes may start the same study at once
         for point in points:
             study.enqueue_trial(point, skip_if_exists=True)
@@ -191,10 +214,11 @@ def _enqueue_grid(study: optuna.Study, space: SearchSpace, cfg: StudyConfig) -> 
 def grid_order(
     space: SearchSpace, seed: int, first: Sequence[Mapping[str, Any] | None] = ()
 ) -> list[dict[str, Any]]:
-    """Every grid point in a seeded order, points sharing an engine (precision and batch size)
-    next to each other, as NVIDIA's autotuner does: streams and deque timeouts vary within a
-    group. Groups holding a point of `first` (already in the study, like the baseline) lead."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    """Every grid point in a seeded order, points sharing an engine (runtime, precision and
+    batch size) next to each other, as NVIDIA's autotuner does: streams and deque timeouts vary
+    within a group. Groups holding a point of `first` (already in the study, like the baseline)
+    lead."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for point in random.Random(seed).sample(space.points(), k=space.size):
         groups.setdefault(_engine_key(point), []).append(point)
     started = {_engine_key(p) for p in first if p}
@@ -202,8 +226,8 @@ def grid_order(
     return [point for _, points in ordered for point in points]
 
 
-def _engine_key(point: Mapping[str, Any]) -> tuple[str, int]:
-    return str(point.get("precision")), int(point.get("batch_size", 0))
+def _engine_key(point: Mapping[str, Any]) -> tuple[str, str, int]:
+    return str(point.get("backend")), str(point.get("precision")), int(point.get("batch_size", 0))
 
 
 def make_sampler(cfg: StudyConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -289,9 +313,10 @@ def trial_configs(
     cfg: StudyConfig, params: Params, name: str, number: int
 ) -> tuple[RunConfig, ScenarioSpec]:
     """The harness inputs for one trial."""
+    runtime = params.backend or cfg.backend
     run = RunConfig(
         model=cfg.model,
-        backend=cfg.backend,
+        backend=runtime,
         precision=params.precision,
         batch_size=params.batch_size,
         streams=params.streams,
@@ -302,7 +327,7 @@ def trial_configs(
         data_dir=cfg.data_dir,
         seed=cfg.seed,
         cache_dir=cfg.cache_dir,
-        backend_options=dict(cfg.backend_options),
+        backend_options=cfg.backend_options_for(runtime),
         dims=dict(cfg.dims),
         shapes=dict(cfg.shapes),
         input_ranges=dict(cfg.input_ranges),
@@ -442,11 +467,9 @@ def join(storage: str, name: str, heartbeat_s: int = HEARTBEAT_S, **local: Any) 
     if not isinstance(stored, dict):
         raise TunerError(f"study {name!r} was not made by `python -m tuner optimize`")
     cfg = from_stored(stored, storage=storage, name=name, **local)
-    backend_cls = get_backend(cfg.backend)
-    space = resolve_space(cfg, backend_cls)
+    space = resolve_space(cfg)
     model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
-    probe = backend_cls(model.path, BackendOptions(device=cfg.device, extra=cfg.backend_options))
-    device = probe.info().device
+    device = probe_device(cfg, model.path).device
     if model.sha256 != study.user_attrs.get("model_sha256"):
         raise ConfigError(
             f"study {name!r}: this host's {cfg.model} differs from the study's model"

@@ -67,6 +67,11 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         header.remove(f"{pct} ms")
         for row in rows:
             del row[6]
+    shown = [t for t in (best, base) if t is not None]
+    if any("backend" in t.params for t in shown):  # a study of several runtimes
+        header.insert(2, "runtime")
+        for row, trial in zip(rows, shown, strict=True):
+            row.insert(2, trial.params.get("backend"))
     lines.append(format_table(rows, header))
     ratio = speed_up(study)
     if ratio is not None:
@@ -231,9 +236,11 @@ def _fastest_warmup(study: optuna.Study, bound_text: str) -> list[str]:
 
 
 def config_label(params: dict[str, Any]) -> str:
-    """`int8, batch 1, 1 stream` (and the batching timeout where the trial has one)."""
+    """`int8, batch 1, 1 stream` (and the batching timeout where the trial has one; the
+    runtime first in a study of several)."""
     streams = params.get("streams")
-    text = f"{params.get('precision')}, batch {params.get('batch_size')}, "
+    text = f"{params['backend']} " if params.get("backend") is not None else ""
+    text += f"{params.get('precision')}, batch {params.get('batch_size')}, "
     text += f"{streams} stream{'' if streams == 1 else 's'}"
     if params.get("deque_timeout_us") is not None:
         text += f", deque {params['deque_timeout_us']:,} us"

@@ -9,6 +9,8 @@ from __future__ import annotations
 from harness.backends.base import Backend, BackendInfo, BackendOptions, check_precision
 from harness.backends.null import NullBackend
 from harness.backends.onnxruntime import OnnxRuntimeBackend
+from harness.backends.openvino import OpenVinoBackend
+from harness.backends.openvino import installed as openvino_installed
 from harness.backends.pytorch import TorchBackend
 from harness.backends.replay import ReplayBackend
 from harness.backends.tensorrt import TensorRTBackend
@@ -17,10 +19,23 @@ from harness.errors import ConfigError
 BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
     NullBackend.name: NullBackend,
+    OpenVinoBackend.name: OpenVinoBackend,
     ReplayBackend.name: ReplayBackend,
     TensorRTBackend.name: TensorRTBackend,
     TorchBackend.name: TorchBackend,
 }
+
+
+#: The runtimes a CPU study searches by default, where installed; the first runs the baseline.
+CPU_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def default_runtimes(device: str) -> tuple[str, ...]:
+    """What `--backend auto` searches: every CPU runtime installed on a CPU (onnxruntime is a
+    dependency of the package, OpenVINO too unless removed); ONNX Runtime on a GPU."""
+    if device != "cpu":
+        return ("onnxruntime",)
+    return tuple(name for name in CPU_RUNTIMES if name != "openvino" or openvino_installed())
 
 
 def get_backend(name: str) -> type[Backend]:
@@ -35,9 +50,11 @@ def get_backend(name: str) -> type[Backend]:
 
 __all__ = [
     "BACKENDS",
+    "CPU_RUNTIMES",
     "Backend",
     "BackendInfo",
     "BackendOptions",
     "check_precision",
+    "default_runtimes",
     "get_backend",
 ]

@@ -25,7 +25,7 @@ from harness.errors import BackendError, ConfigError, OutOfMemory, TunerError
 
 _OOM = re.compile(
     r"out of memory|out_of_memory|outofmemory|memoryallocation|could not be allocated"
-    r"|not (be )?enough (free )?memory|insufficient (device )?memory",
+    r"|not (be )?enough (free )?memory|insufficient (device )?memory|bad_alloc",
     re.IGNORECASE,
 )
 
@@ -93,6 +93,12 @@ class Backend(abc.ABC):
     def precisions(cls, device: str) -> tuple[str, ...]:
         """The precisions this backend runs on `device` (ConfigError for a bad device)."""
 
+    @classmethod
+    def precision_note(cls, precision: str, device: str) -> str:
+        """Why `precision` is not among `precisions(device)` where the reason is this machine
+        (a CPU flag it lacks), for the message that refuses it; "" otherwise."""
+        return ""
+
     @abc.abstractmethod
     def load(self) -> None:
         """Build or load the engine and allocate per-stream resources."""
@@ -158,9 +164,10 @@ def check_precision(backend: type[Backend], precision: str, device: str) -> None
     """ConfigError unless `backend` can run `precision` on `device`."""
     supported = backend.precisions(device)
     if precision not in supported:
+        note = backend.precision_note(precision, device)
         raise ConfigError(
             f"precision: {precision} is not supported by backend {backend.name} on {device} "
-            f"(supported: {', '.join(supported)})"
+            f"(supported: {', '.join(supported)}){': ' + note if note else ''}"
         )
 
 

@@ -39,6 +39,7 @@ class Case(NamedTuple):
 
 CASES: dict[str, Case] = {
     "onnxruntime": Case(True, False, {"graph_optimization": "basic"}),
+    "openvino": Case(True, False, {"batch_shape": "dynamic"}),
     "null": Case(False, True, {"latency_ms": 0.2, "per_sample_ms": 0.0}),
     "replay": Case(False, True, {"seed": 3}),
     "torch": Case(True, False, {"cuda_graphs": False}),

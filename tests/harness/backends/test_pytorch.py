@@ -110,14 +110,14 @@ def test_the_tuner_space_offers_fp32_fp16_bf16_on_cuda() -> None:
     from tuner.space import resolve_space
 
     cfg = StudyConfig(backend="torch", device="cuda", space=Space(max_batch=2, max_streams=1))
-    assert resolve_space(cfg, TorchBackend).precisions == ("fp32", "fp16", "bf16")
+    assert resolve_space(cfg).precisions == ("fp32", "fp16", "bf16")
     picked = StudyConfig(
         backend="torch", device="cuda", space=Space(precisions=("bf16",), max_batch=2)
     )
-    assert resolve_space(picked, TorchBackend).precisions == ("fp32", "bf16")
+    assert resolve_space(picked).precisions == ("fp32", "bf16")
     cpu = StudyConfig(backend="torch", device="cpu", space=Space(precisions=("bf16",)))
     with pytest.raises(ConfigError, match="bf16 is not supported by backend torch on cpu"):
-        resolve_space(cpu, TorchBackend)
+        resolve_space(cpu)
 
 
 # --- torch missing ------------------------------------------------------------------------
