@@ -113,7 +113,7 @@ class Space:
         metadata=_space_setting(
             "--backends",
             "runtimes searched beside batch, streams and precision, e.g. onnxruntime,openvino; "
-            "the first runs the baseline (default: see --backend)",
+            "the first (or --backend, where given) runs the baseline (default: see --backend)",
             str_list,
         ),
     )
@@ -497,13 +497,8 @@ class StudyConfig:
         """`backend` becomes the first runtime searched, `space.backends` every one of them
         where there are several (None for one), so a stored study names its runtimes."""
         listed = self.space.backends
-        if listed is not None:
-            if self.backend != AUTO and self.backend not in listed:
-                raise ConfigError(
-                    f"{_key('backend')}: {self.backend} is not among space.backends "
-                    f"{list(listed)}; give one of them, or auto"
-                )
-            runtimes = listed
+        if listed is not None:  # a named backend joins them, first: it runs the baseline
+            runtimes = tuple(dict.fromkeys((*named_or_auto(self.backend), *listed)))
         elif self.backend == AUTO:
             runtimes = default_runtimes(self.device)
         else:
@@ -512,15 +507,10 @@ class StudyConfig:
             try:
                 get_backend(name)
             except ConfigError as exc:
-                where = "space.backends" if listed is not None else _key("backend")
-                raise ConfigError(f"{where}: {exc}".replace("backend: ", "", 1)) from None
-        known = {o for name in runtimes for o in get_backend(name).option_names}
-        unknown = sorted(set(self.backend_options) - known)
-        if unknown and len(runtimes) > 1:  # one runtime's constructor says so itself
-            raise ConfigError(
-                f"{_key('backend_options')}: unknown option(s) {unknown} for "
-                f"{', '.join(runtimes)} (valid: {', '.join(sorted(known)) or 'none'})"
-            )
+                where = "space.backends" if name not in named_or_auto(self.backend) else None
+                raise ConfigError(
+                    f"{where or _key('backend')}: {exc}".replace("backend: ", "", 1)
+                ) from None
         object.__setattr__(self, "backend", runtimes[0])
         several = runtimes if len(runtimes) > 1 else None
         if several != listed:
@@ -539,6 +529,11 @@ class StudyConfig:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+
+def named_or_auto(backend: str) -> tuple[str, ...]:
+    """The runtime `--backend` names itself (none for auto)."""
+    return () if backend == AUTO else (backend,)
 
 
 def declared(cls: type) -> dict[str, Setting]:

@@ -68,7 +68,16 @@ def runtime_label(cfg: StudyConfig) -> str:
 
 def probe_device(cfg: StudyConfig, model_path: Path) -> BackendInfo:
     """Who would measure, before anything is loaded: each runtime's info (cheap); every
-    runtime of one study must name the same device, which the study belongs to."""
+    runtime of one study must name the same device, which the study belongs to. An option
+    no runtime of several takes is refused here (one runtime's constructor refuses its own)."""
+    if len(cfg.runtimes) > 1:
+        known = {o for name in cfg.runtimes for o in get_backend(name).option_names}
+        unknown = sorted(set(cfg.backend_options) - known)
+        if unknown:
+            raise ConfigError(
+                f"backend.options: unknown option(s) {unknown} for {', '.join(cfg.runtimes)} "
+                f"(valid: {', '.join(sorted(known)) or 'none'})"
+            )
     infos = [
         get_backend(name)(
             model_path, BackendOptions(device=cfg.device, extra=cfg.backend_options_for(name))
@@ -175,7 +184,11 @@ def prepare(
     with warnings.catch_warnings():  # 'experimental' since Optuna 3.2; not the user's concern
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
-    points = [space.baseline(), *space.screening(), *(space.complete(p) for p in cfg.enqueue)]
+    # Screening points where the study searches several runtimes (not on a grid, which has
+    # its own order), no more than the budget leaves after the baseline and the user's points.
+    screening = space.screening() if cfg.sampler != "grid" else []
+    screening = screening[: max(0, cfg.trials - 1 - len(cfg.enqueue))]
+    points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue), *screening]
     with exclusive(study):  # several `optimize` processes may start the same study at once
         for point in points:
             study.enqueue_trial(point, skip_if_exists=True)

@@ -90,6 +90,13 @@ def test_export_every_format_of_an_optimized_study(
         assert args[0] == "trtexec"
         assert f"--infStreams={p['streams']}" in args
         assert f"--shapes=input:{p['batch_size']}x16" in args
+    elif fmt == "benchmark_app":
+        (command,) = [line for line in text.splitlines() if not line.startswith("#")]
+        args = shlex.split(command)
+        assert args[0] == "benchmark_app"
+        assert args[args.index("-nstreams") + 1] == str(p["streams"])
+        assert args[args.index("-shape") + 1] == f"input[{p['batch_size']},16]"
+        assert "# trial" in text and "ran on null" in text  # not an OpenVINO trial: said so
     elif fmt == "nvidia":
         doc = json.loads(text)
         assert doc["benchmark"] == "tiny" and doc["scenario"] == "Offline"

@@ -584,6 +584,8 @@ def test_engine_builds_onnxruntime_int8_builds_once(
         "optimize",
         "--model",
         "tiny",
+        "--backend",
+        "onnxruntime",
         "--batch-sizes",
         "1",
         "--streams",

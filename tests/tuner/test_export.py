@@ -459,10 +459,10 @@ def test_unknown_format_lists_formats(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
         match=r"unknown export format 'yaml' \(valid: json, "
-        r"user.conf, triton, trtexec, nvidia\)",
+        r"user.conf, triton, trtexec, benchmark_app, nvidia\)",
     ):
         export(study, "yaml", tmp_path / "x.yaml")
-    assert set(FORMATS) == {"json", "user.conf", "triton", "trtexec", "nvidia"}
+    assert set(FORMATS) == {"json", "user.conf", "triton", "trtexec", "benchmark_app", "nvidia"}
 
 
 def test_export_replaces_atomically_and_leaves_no_temp_files(tmp_path: Path) -> None:

@@ -189,6 +189,8 @@ def test_onnxruntime_on_a_tiny_model_measures_int8_agreement(
         "optimize",
         "--model",
         str(mlp_model),
+        "--backend",
+        "onnxruntime",
         "--batch-sizes",
         "1,8",
         "--streams",

@@ -68,6 +68,8 @@ SAMPLES: dict[str, tuple[Any, Any, str, Any]] = {
     "streams": ([1], (1,), "1,2", (1, 2)),
     "max_streams": (3, 3, "4", 4),
     "precisions": (["fp32"], ("fp32",), "fp32,fp16", ("fp32", "fp16")),
+    # the file's backend ("null") runs the baseline, so it leads both lists
+    "backends": (["null", "replay"], ("null", "replay"), "null,tensorrt", ("null", "tensorrt")),
     "deque_timeout_us": ([100], (100,), "200,300", (200, 300)),
     "cache_dir": (None, None, "flag-cache", Path("flag-cache")),
     "runs_dir": (None, None, "flag-runs", Path("flag-runs")),
