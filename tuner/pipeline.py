@@ -20,7 +20,7 @@ from tuner.config import StudyConfig
 from tuner.confirm import confirm
 from tuner.sessions import session_of, share_line, store
 from tuner.storage import HEARTBEAT_S
-from tuner.study import Measure, Prepared, prepare, study_name, work
+from tuner.study import Measure, Prepared, prepare, runtime_label, study_name, work
 from tuner.summary import render_summary
 from tuner.workers import GpuGroup, check_gpu_backend, visible_devices
 
@@ -188,7 +188,7 @@ def _gpu_plans(cfg: StudyConfig, trials: Trials, say: Callable[[str], None]) -> 
         options = dict(cfg.backend_options)
         if cfg.backend in SIMULATED_GPU_BACKENDS:  # the simulation stands in for this model
             options["device_name"] = group.model
-        name = cfg.name or study_name(model.name, cfg.scenario, cfg.backend, group.model)
+        name = cfg.name or study_name(model.name, cfg.scenario, runtime_label(cfg), group.model)
         group_cfg = replace(cfg, name=name, device="cuda:0", backend_options=options)
         with visible_devices(group.visible):  # the study's device is a GPU of this model
             prepared = prepare_elsewhere(group_cfg, trials.heartbeat_s)
