@@ -5,7 +5,8 @@ on the same model file, interleaved A B C D, then D C B A ..., so the machine's 
 every contender alike.
 
 For each case the default study tunes the model first (`python -m tuner optimize`, every CPU
-runtime installed; `resnet50-fp32` restricted to fp32), then its confirmed best is measured
+runtime installed; `resnet50-fp32` restricted to the unquantized file: fp32, and bf16 where
+OpenVINO's own default runs it in bf16), then its confirmed best is measured
 again through the harness (LoadGen Offline) in the interleaved rounds. The peers run on the
 precision file of the case: the int8 Q/DQ variant the study built, or the fp32 model.
 benchmark_app's FPS counts samples (its shapes have batch 1); it runs without LoadGen, so the
@@ -39,6 +40,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.backends.openvino import has_bf16  # noqa: E402
 from harness.device import cpu_info  # noqa: E402
 from tuner.results import best_trial, robust_value  # noqa: E402
 
@@ -55,9 +57,13 @@ class Case:
     dims: tuple[str, ...] = ()  # flags binding the model's dims, for the study and the harness
 
 
+#: The fp32 file's precisions: OpenVINO's CPU plugin runs an fp32 model in bf16 by default
+#: where the CPU has bf16 instructions (benchmark_app prints INFERENCE_PRECISION_HINT: bf16),
+#: so there the tuned side may use bf16 too, on the same unquantized file; fp32 alone elsewhere.
+FP32_FILE = "fp32,bf16" if has_bf16() else "fp32"
 CASES = {
     "resnet50-int8": Case("resnet50", "int8"),
-    "resnet50-fp32": Case("resnet50", "fp32", ("--precisions", "fp32")),
+    "resnet50-fp32": Case("resnet50", "fp32", ("--precisions", FP32_FILE)),
     "mobilenet": Case("mobilenet", "int8"),
     "bert": Case(
         str(ROOT / "benchmarks" / "models" / "bert-small.onnx"),
@@ -140,12 +146,17 @@ def run_case(
         ],
     }
     figures: dict[str, list[float]] = {who: [] for who in contenders}
+    precision: dict[str, str] = {"tuned": params["precision"]}
     order = list(contenders)
     for r in range(rounds):
         for who in order if r % 2 == 0 else reversed(order):
-            value = measure(contenders[who], work / "result.json")
+            value, ran = measure(contenders[who], work / "result.json")
             figures[who].append(value)
-            print(f"{name} round {r + 1}: {who}: {value:,.1f} samples/s", flush=True)
+            precision[who] = ran or precision.get(who, case.precision)
+            print(
+                f"{name} round {r + 1}: {who}: {value:,.1f} samples/s ({precision[who]})",
+                flush=True,
+            )
     medians = {who: statistics.median(values) for who, values in figures.items()}
     best_peer = max(PEERS, key=lambda who: medians[who])
     ratio = medians["tuned"] / medians[best_peer]
@@ -163,6 +174,7 @@ def run_case(
             "median": medians["tuned"],
         },
         "figures": figures,
+        "inference_precision": precision,
         "medians": medians,
         "best_peer": best_peer,
         "peer_median": medians[best_peer],
@@ -203,20 +215,21 @@ def benchmark_app(
     ]
 
 
-def measure(command: list[str], result: Path) -> float:
+def measure(command: list[str], result: Path) -> tuple[float, str | None]:
     """samples/s of one contender's run: the harness's LoadGen figure, or benchmark_app's FPS
-    (batch 1, so FPS are samples)."""
+    (batch 1, so FPS are samples) with the inference precision OpenVINO chose."""
     if "harness" in command:
         result.unlink(missing_ok=True)
         subprocess.run(
             [*command, "--json", str(result)], check=True, capture_output=True, cwd=ROOT
         )
-        return float(json.loads(result.read_text())["samples_per_second"])
+        return float(json.loads(result.read_text())["samples_per_second"]), None
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     found = re.search(r"Throughput:\s+([\d.]+) FPS", out)
     if found is None:
         raise SystemExit(f"no throughput in benchmark_app's output:\n{out[-2000:]}")
-    return float(found.group(1))
+    hint = re.search(r"INFERENCE_PRECISION_HINT: (?:<Type: ')?(\w+)", out)
+    return float(found.group(1)), hint.group(1) if hint else None
 
 
 if __name__ == "__main__":

@@ -32,7 +32,13 @@ from tuner.results import (
     study_setting,
 )
 from tuner.sessions import measuring_line, measuring_share, sessions
-from tuner.summary import confirmed_lines, latency_at, out_of_reach_lines, run_latency
+from tuner.summary import (
+    confirmed_lines,
+    latency_at,
+    out_of_reach_lines,
+    run_latency,
+    runtime_lines,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -295,6 +301,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
     ratio = speed_up(study)
     lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
     lines.extend(confirmed_lines(study, unit(study)))
+    lines.extend(runtime_lines(study, unit(study)))
     builds = engine_builds(study)
     if builds is not None:
         lines.append(f"engine builds: {builds}")

@@ -226,6 +226,7 @@ def test_a_study_of_both_cpu_runtimes_end_to_end(
     assert all(t.user_attrs["backend_details"]["num_streams"] == 1 for t in ov)
     assert "runtime" in out.split("speed-up")[0]  # the summary table has the column
     assert "on onnxruntime,openvino" in out
+    assert "best on onnxruntime: trial" in out and "best on openvino: trial" in out
 
     assert main(["studies", "--storage", db]) == 0
     assert "onnxruntime,openvino" in capsys.readouterr().out
