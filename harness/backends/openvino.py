@@ -73,7 +73,6 @@ class OpenVinoBackend(Backend):
             )
         self._compiled: Any = None
         self._requests: list[Any] = []
-        self._inputs: list[str] = []
         self._padded: list[dict[str, np.ndarray]] = []
         self._details: dict[str, Any] = {}
 
@@ -130,7 +129,6 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # OpenVINO raises RuntimeError with the plugin's message
             self._release()
             raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
-        self._inputs = [t.name for t in model_info.inputs]
         if self.batch_shape == "static":  # one padded batch per stream, for short batches
             self._padded = [
                 {t.name: np.zeros((batch, *t.sample_shape), t.np_dtype) for t in model_info.inputs}
