@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from harness.backends import default_runtimes
 from harness.errors import ConfigError
 from tests.tuner.test_export import _triton_pb2
+from tests.tuner.test_optimize import common
 from tuner.cli import main
 from tuner.config import Space, StudyConfig, build, from_stored, to_stored
 from tuner.sampling import NoRepeatSampler
@@ -176,7 +177,7 @@ def test_a_study_of_both_cpu_runtimes_end_to_end(
     """Real ONNX Runtime and OpenVINO under real LoadGen: the baseline and the four screening
     points (each runtime at int8 and fp32) are the five trials; every view names each trial's
     runtime, and the exports follow the runtime of the trial they export."""
-    db = f"sqlite:///{tmp_path / 'study.db'}"
+    db = f"sqlite:///{tmp_path / 'study.db'}"  # common()'s
     args = [
         "optimize",
         "--model",
@@ -191,16 +192,7 @@ def test_a_study_of_both_cpu_runtimes_end_to_end(
         "fp32,int8",
         "--trials",
         "5",
-        "--storage",
-        db,
-        "--cache-dir",
-        str(cache_dir),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--duration-s",
-        "0.3",
-        "--confirm-runs",
-        "0",
+        *common(tmp_path, cache_dir),
     ]
     assert main(args) == 0
     out = capsys.readouterr().out

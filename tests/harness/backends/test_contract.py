@@ -193,26 +193,29 @@ def test_unknown_option_is_a_config_error_listing_valid_ones(
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_infer_on_every_stream_concurrently(backend_name: str, make: Factory, n: int) -> None:
+    """Each stream runs its own batch at once with the others: its outputs are those its batch
+    gives alone on stream 0, every time (outputs swapped or mixed between streams differ)."""
     streams = 3
     backend = make(streams=streams, max_batch=3)
     backend.load()
-    inputs = batch(n)
+    inputs = [batch(n, seed=stream) for stream in range(streams)]
+    alone = [backend.infer(inputs[stream], 0) for stream in range(streams)]
     start = threading.Barrier(streams)
 
     def work(stream: int) -> list[list[np.ndarray]]:
         start.wait(timeout=30)
-        return [backend.infer(inputs, stream) for _ in range(5)]
+        return [backend.infer(inputs[stream], stream) for _ in range(5)]
 
     with ThreadPoolExecutor(streams) as pool:
         per_stream = list(pool.map(work, range(streams)))
-    first = per_stream[0][0]
-    assert first and all(isinstance(o, np.ndarray) for o in first)
-    for results in per_stream:
+    assert alone[0] and all(isinstance(o, np.ndarray) for o in alone[0])
+    for stream, results in enumerate(per_stream):
         for outputs in results:
-            assert [o.shape[0] for o in outputs] == [n] * len(first)
-            # The same batch gives the same outputs on every stream, every time.
-            for got, want in zip(outputs, first, strict=True):
+            assert [o.shape[0] for o in outputs] == [n] * len(alone[0])
+            for got, want in zip(outputs, alone[stream], strict=True):
                 np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    if not CASES[backend_name].simulated:  # a real model tells the batches apart
+        assert not np.allclose(alone[0][0], alone[1][0])
 
 
 def test_close_is_safe_before_load_and_twice(make: Factory) -> None:
