@@ -124,6 +124,38 @@ class LoadgenRun:
         """The p-th percentile latency in ms (p in percent, e.g. 99 or 99.9), if logged."""
         return self.latency_ms.get(f"p{round(p, 4):g}")
 
+    def why_invalid(self, percentile: float) -> str:
+        """Why LoadGen judged this run INVALID, by the checks it failed: the percentile over
+        the bound, early stopping (with how many queries were late and LoadGen's own words on
+        what it would have needed), the minimum duration, the minimum query count. Never a
+        percentile under the bound as the cause; "" for a VALID run."""
+        if self.valid:
+            return ""
+        pct, measured = f"p{percentile:g}", self.percentile_ms(percentile)
+        bound = self.target_latency_ms
+        parts = []
+        if self.perf_constraints_met is False:
+            if measured is not None and bound is not None:
+                parts.append(f"{pct} {measured:.2f} ms over the {bound:g} ms bound")
+            else:
+                parts.append("latency bound missed")
+        if self.early_stopping_met is False:
+            late = self.overlatency_query_count
+            count = f"{late} of {self.query_count} queries" if late is not None else "queries"
+            said = next((r for r in self.invalid_reasons if r.startswith("Early stopping:")), "")
+            under = ""
+            if self.perf_constraints_met is not False and measured is not None and bound:
+                under = f" ({pct} {measured:.2f} ms is under the {bound:g} ms bound)"
+            text = f"early stopping failed{under}: {count} over the bound"
+            parts.append(
+                f"{text}; LoadGen: {said.removeprefix('Early stopping: ')}" if said else text
+            )
+        if self.min_duration_met is False:
+            parts.append("minimum duration not reached")
+        if self.min_queries_met is False:
+            parts.append(f"minimum query count not reached ({self.query_count} queries)")
+        return "; ".join(parts) or "; ".join(self.invalid_reasons) or "INVALID"
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe copy: tuples become lists and non-finite floats become None."""
         out: dict[str, Any] = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self)}

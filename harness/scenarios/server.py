@@ -84,11 +84,12 @@ def run_at(sut: LoadgenSut, spec: ScenarioSpec, qps: float, out_dir: Path) -> Lo
     result = run_test(sut, settings, out_dir)
     p = result.percentile_ms(spec.percentile)
     log.info(
-        "server %10.1f QPS: %-7s p%g %s ms",
+        "server %10.1f QPS: %-7s p%g %s ms%s",
         qps,
         "VALID" if result.valid else "INVALID",
         spec.percentile,
         f"{p:.2f}" if p is not None else "?",
+        f" ({result.why_invalid(spec.percentile)})" if not result.valid else "",
     )
     return result
 
@@ -422,14 +423,18 @@ class _LateAim:
 
 
 def out_of_reach(spec: ScenarioSpec, qps: float, run: LoadgenRun) -> str:
-    """The note of a search whose lowest-load run missed the bound: what it measured there."""
+    """The note of a search whose lowest-load run was INVALID: what it measured there, and
+    why LoadGen judged it so where the percentile itself met the bound (early stopping, too
+    few queries, too short)."""
     pct = f"p{spec.percentile:g}"
     measured = run.percentile_ms(spec.percentile)
-    figure = f"{pct} {measured:.2f} ms" if measured is not None else f"{pct} not logged"
-    return (
-        f"bound out of reach: no VALID target QPS; even at the search's lowest load, "
-        f"{qps:.1f} QPS, {figure} misses the {spec.latency_ms:g} ms bound"
+    start = (
+        f"bound out of reach: no VALID target QPS; even at the search's lowest load, {qps:.1f} QPS"
     )
+    if measured is not None and measured <= spec.latency_ms:
+        return f"{start}, the run was INVALID: {run.why_invalid(spec.percentile)}"
+    figure = f"{pct} {measured:.2f} ms" if measured is not None else f"{pct} not logged"
+    return f"{start}, {figure} misses the {spec.latency_ms:g} ms bound"
 
 
 class _Bracket:

@@ -227,3 +227,20 @@ def test_unreadable_log_raises(tmp_path: Path) -> None:
     (tmp_path / DETAIL_FILE).mkdir()
     with pytest.raises(ScenarioError, match=str(tmp_path / DETAIL_FILE)):
         read_run(tmp_path)
+
+
+def test_why_invalid_names_the_checks_loadgen_failed_never_a_met_bound() -> None:
+    """A percentile under the bound is never given as the cause: the early-stopping run says
+    it was under, how many queries were late and what LoadGen would have needed."""
+    early = read_run(DATA / "server_invalid_early_stopping")
+    assert early.why_invalid(99.0) == (
+        "early stopping failed (p99 1.58 ms is under the 50 ms bound): 0 of 190 queries over "
+        "the bound; LoadGen: " + EARLY_STOP_190.removeprefix("Early stopping: ")
+    )
+    late = read_run(DATA / "server_invalid_latency")
+    assert late.why_invalid(99.0) == (
+        "p99 20.61 ms over the 10 ms bound; early stopping failed: 600 of 600 queries over "
+        "the bound; LoadGen: " + EARLY_STOP_600.removeprefix("Early stopping: ")
+    )
+    assert read_run(DATA / "offline_invalid").why_invalid(99.0) == "minimum duration not reached"
+    assert read_run(DATA / "server_valid").why_invalid(99.0) == ""

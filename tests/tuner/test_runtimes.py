@@ -23,8 +23,6 @@ from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.study import prepare, probe_device, runtime_label, study_name, trial_configs
 
-pytest.importorskip("openvino")
-
 BOTH = ("onnxruntime", "openvino")
 
 

@@ -18,8 +18,6 @@ from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.backends.openvino import OpenVinoBackend, has_bf16
 from harness.errors import ConfigError, OutOfMemory
 
-pytest.importorskip("openvino")
-
 FEATURES = 16
 
 

@@ -18,7 +18,7 @@ from harness.backends import BackendOptions
 from harness.backends.null import NullBackend
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet
-from harness.loadgen_log import LoadgenRun
+from harness.loadgen_log import LoadgenRun, read_run
 from harness.queueing import allowed_late
 from harness.scenarios import Outcome, server
 from harness.sut import BatchingSUT
@@ -762,3 +762,19 @@ def test_the_late_count_search_never_probes_a_failed_target_again() -> None:
     # Out of runs here, the answer would be the safest VALID one: under every failed target.
     best = aim.best()
     assert best is not None and best.target_qps == 100.0
+
+
+def test_out_of_reach_with_the_percentile_under_the_bound_says_why_loadgen_refused() -> None:
+    """A lowest-load run INVALID only by early stopping (its p99 under the bound) is not
+    reported as missing the bound."""
+    run = read_run(
+        Path(__file__).parents[1] / "data" / "loadgen" / "server_invalid_early_stopping"
+    )
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, latency_ms=50.0)
+    note = server.out_of_reach(spec, 10.0, run)
+    assert note.startswith(
+        "bound out of reach: no VALID target QPS; even at the search's lowest load, 10.0 QPS, "
+        "the run was INVALID: early stopping failed (p99 1.58 ms is under the 50 ms bound): "
+        "0 of 190 queries over the bound; LoadGen: Run unsuccessful."
+    )
+    assert "misses" not in note
