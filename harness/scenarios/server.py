@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness.config import ScenarioSpec
@@ -173,7 +173,7 @@ def find_max_qps(
     low_run = search.low_run
     if low_run is None:
         note = (
-            out_of_reach(spec, qps, runs[-1])
+            out_of_reach(spec, qps, runs[-1], runs)
             if missed_lowest
             else f"no VALID target QPS found down to {search.high:.1f}"
         )
@@ -422,19 +422,30 @@ class _LateAim:
         return max(safest, key=lambda p: p[0])[2] if safest else None
 
 
-def out_of_reach(spec: ScenarioSpec, qps: float, run: LoadgenRun) -> str:
+def out_of_reach(
+    spec: ScenarioSpec, qps: float, run: LoadgenRun, runs: Sequence[LoadgenRun] = ()
+) -> str:
     """The note of a search whose lowest-load run was INVALID: what it measured there, and
     why LoadGen judged it so where the percentile itself met the bound (early stopping, too
-    few queries, too short)."""
+    few queries, too short); and, where the search had VALID runs (`runs`), why none of them
+    is the answer."""
     pct = f"p{spec.percentile:g}"
     measured = run.percentile_ms(spec.percentile)
     start = (
         f"bound out of reach: no VALID target QPS; even at the search's lowest load, {qps:.1f} QPS"
     )
     if measured is not None and measured <= spec.latency_ms:
-        return f"{start}, the run was INVALID: {run.why_invalid(spec.percentile)}"
-    figure = f"{pct} {measured:.2f} ms" if measured is not None else f"{pct} not logged"
-    return f"{start}, {figure} misses the {spec.latency_ms:g} ms bound"
+        note = f"{start}, the run was INVALID: {run.why_invalid(spec.percentile)}"
+    else:
+        figure = f"{pct} {measured:.2f} ms" if measured is not None else f"{pct} not logged"
+        note = f"{start}, {figure} misses the {spec.latency_ms:g} ms bound"
+    passed = sorted({round(r.target_qps or 0.0, 1) for r in runs if r.valid})
+    if passed:
+        note += (
+            f"; its VALID runs (at {', '.join(f'{q:g}' for q in passed)} QPS) were not taken: "
+            "the answer must lie under every target that failed, and the lowest load failed"
+        )
+    return note
 
 
 class _Bracket:

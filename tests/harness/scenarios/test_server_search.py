@@ -778,3 +778,42 @@ def test_out_of_reach_with_the_percentile_under_the_bound_says_why_loadgen_refus
         "0 of 190 queries over the bound; LoadGen: Run unsuccessful."
     )
     assert "misses" not in note
+
+
+def test_a_search_that_ends_out_of_reach_says_why_its_valid_runs_were_not_taken(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first two runs pass, then every run fails by early stopping with its p99 under the
+    bound (a stalling VM): the trial scores 0, and its note names the VALID runs it had and why
+    none is the answer, and the true reason the lowest-load run failed."""
+    targets: list[float] = []
+
+    def run_at(sut: object, spec: ScenarioSpec, qps: float, out_dir: Path) -> LoadgenRun:
+        targets.append(qps)
+        valid = len(targets) <= 2
+        return LoadgenRun(
+            scenario="Server",
+            valid=valid,
+            log_dir=str(out_dir),
+            target_qps=qps,
+            scheduled_qps=qps,
+            latency_ms={"p99": 27.27},
+            target_latency_ms=30.0,
+            query_count=600,
+            overlatency_query_count=0 if valid else 1,
+            perf_constraints_met=True,
+            early_stopping_met=valid,
+        )
+
+    monkeypatch.setattr(server, "run_at", run_at)
+    spec = ScenarioSpec(scenario="server", find_max_qps=True, latency_ms=30.0)
+    outcome = server.find_max_qps(None, spec, 200.0, tmp_path, first_guess=30.0)  # type: ignore[arg-type]
+    assert not outcome.valid and outcome.score == 0.0
+    passed = sorted({round(t, 1) for t in targets[:2]})
+    assert f"its VALID runs (at {', '.join(f'{q:g}' for q in passed)} QPS) were not taken" in (
+        outcome.note
+    )
+    assert "early stopping failed (p99 27.27 ms is under the 30 ms bound): 1 of 600" in (
+        outcome.note
+    )
+    assert "misses" not in outcome.note
