@@ -504,13 +504,8 @@ class StudyConfig:
         else:
             runtimes = (self.backend,)
         for name in runtimes:
-            try:
-                get_backend(name)
-            except ConfigError as exc:
-                where = "space.backends" if name not in named_or_auto(self.backend) else None
-                raise ConfigError(
-                    f"{where or _key('backend')}: {exc}".replace("backend: ", "", 1)
-                ) from None
+            named = name in named_or_auto(self.backend)
+            get_backend(name, _key("backend") if named else "space.backends")
         object.__setattr__(self, "backend", runtimes[0])
         several = runtimes if len(runtimes) > 1 else None
         if several != listed:

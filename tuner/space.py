@@ -115,7 +115,7 @@ class SearchSpace:
             self.complete({"backend": backend, "precision": precision, **middle})
             for precision in reversed(self.precisions)
             for backend in self.backends
-            if (backend, precision) not in self.excluded
+            if self.allows({"backend": backend, "precision": precision})
         ]
         return [p for p in points if p != self.baseline()]
 

@@ -232,7 +232,8 @@ def grid_order(
     within a group. Groups holding a point of `first` (already in the study, like the baseline)
     lead."""
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for point in random.Random(seed).sample(space.points(), k=space.size):
+    points = space.points()
+    for point in random.Random(seed).sample(points, k=len(points)):
         groups.setdefault(_engine_key(point), []).append(point)
     started = {_engine_key(p) for p in first if p}
     ordered = sorted(groups.items(), key=lambda item: item[0] not in started)

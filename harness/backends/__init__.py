@@ -38,13 +38,14 @@ def default_runtimes(device: str) -> tuple[str, ...]:
     return tuple(name for name in CPU_RUNTIMES if name != "openvino" or openvino_installed())
 
 
-def get_backend(name: str) -> type[Backend]:
-    """The backend class called `name`, or a ConfigError listing the valid names."""
+def get_backend(name: str, key: str = "backend") -> type[Backend]:
+    """The backend class called `name`, or a ConfigError naming `key` (the setting that gave
+    the name) and listing the valid names."""
     try:
         return BACKENDS[name]
     except KeyError:
         raise ConfigError(
-            f"backend: unknown backend {name!r} (valid: {', '.join(sorted(BACKENDS))})"
+            f"{key}: unknown backend {name!r} (valid: {', '.join(sorted(BACKENDS))})"
         ) from None
 
 

@@ -44,17 +44,13 @@ _INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 def has_bf16(flags: list[str] | None = None) -> bool:
     """Whether the CPU (these /proc/cpuinfo flags, this machine's when None) runs bf16."""
-    found = cpu_flags() if flags is None else flags
-    return bool(found) and any(f in found for f in BF16_FLAGS)  # type: ignore[operator]
+    found = (cpu_flags() if flags is None else flags) or []
+    return any(f in found for f in BF16_FLAGS)
 
 
 def installed() -> bool:
     """Whether the `openvino` package is installed (without importing it)."""
-    try:
-        importlib.metadata.version("openvino")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    return _version() is not None
 
 
 class OpenVinoBackend(Backend):
@@ -73,6 +69,7 @@ class OpenVinoBackend(Backend):
             )
         self._compiled: Any = None
         self._requests: list[Any] = []
+        self._outputs = 0
         self._padded: list[dict[str, np.ndarray]] = []
         self._details: dict[str, Any] = {}
 
@@ -126,6 +123,7 @@ class OpenVinoBackend(Backend):
             self._requests = [
                 self._compiled.create_infer_request() for _ in range(self.options.streams)
             ]
+            self._outputs = len(self._compiled.outputs)
         except Exception as exc:  # OpenVINO raises RuntimeError with the plugin's message
             self._release()
             raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
@@ -153,7 +151,7 @@ class OpenVinoBackend(Backend):
                 padded[name][:n] = value
             feed = padded
         result = self._requests[stream].infer(dict(feed), share_inputs=True)
-        outputs = [np.asarray(result[i]) for i in range(len(self._compiled.outputs))]
+        outputs = [np.asarray(result[i]) for i in range(self._outputs)]
         if feed is not inputs:  # drop the padding's rows
             full = self.options.max_batch
             outputs = [o[:n] if o.ndim and len(o) == full else o for o in outputs]
@@ -171,7 +169,7 @@ class OpenVinoBackend(Backend):
         return BackendInfo(
             backend=self.name,
             device=cpu_name(),
-            versions={"openvino": _version()},
+            versions={"openvino": _version() or "not installed"},
             details={
                 "batch_shape": self.batch_shape,
                 "requests": self.options.streams,
@@ -185,8 +183,9 @@ def _check_cpu(device: str) -> None:
         raise ConfigError(f"device: backend openvino runs on the CPU only, not {device}")
 
 
-def _version() -> str:
+def _version() -> str | None:
+    """The installed openvino's version, None where it is not installed."""
     try:
         return importlib.metadata.version("openvino")
     except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+        return None
