@@ -11,6 +11,12 @@ time), the declared best and its confirmed median, and the speed-up over the bas
     python benchmarks/study_walltime.py --pairs 3                 # model cached (built once first)
     python benchmarks/study_walltime.py --pairs 1 --empty-cache   # each run on a new cache folder
     python benchmarks/study_walltime.py --pairs 2 -- --config studies/mobilenet-server-cpu.toml
+
+With `--modes pruned,unpruned` the pair is a study that prunes (the default) against the same
+study with `--prune off`; `--trials` prints each run's trials with their LoadGen runs:
+
+    python benchmarks/study_walltime.py --pairs 1 --modes pruned,unpruned --trials \
+        -- --config studies/mobilenet-server-cpu.toml
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ from typing import Any
 
 from harness.device import cpu_flags, cpu_name
 
-MODES = {"warm": [], "isolated": ["--isolate-trials"]}
+#: Mode -> its optimize flags: the warm worker (the default) against a child per trial, and
+#: pruning (the default) against none.
+MODES = {
+    "warm": [],
+    "isolated": ["--isolate-trials"],
+    "pruned": [],
+    "unpruned": ["--prune", "off"],
+}
 
 
 def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dict[str, Any]:
@@ -68,7 +81,9 @@ def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dic
     )
     doc = json.loads(report.read_text())
     best = doc["best"] or {}
+    trials = trial_runs(storage)
     shutil.rmtree(folder, ignore_errors=True)
+    measured = [t for t in trials if t["state"] == "COMPLETE" and t["runs"]]
     return {
         "mode": mode,
         "wall_s": round(wall, 1),
@@ -77,17 +92,77 @@ def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dic
         "confirmed": best.get("value"),
         "confirm_scores": best.get("confirm_scores"),
         "speed_up": doc["speed_up"],
+        "speed_up_at_least": doc.get("speed_up_at_least"),
+        "trials": trials,
+        "pruned": sum(t["state"] == "PRUNED" for t in trials),
+        # LoadGen runs per trial measured in full (not pruned, not a copy): all, and Server.
+        "runs_per_trial": statistics.median([len(t["runs"]) for t in measured] or [0]),
+        "server_runs_per_trial": statistics.median(
+            [sum(k == "S" for k in t["runs"]) for t in measured] or [0]
+        ),
     }
+
+
+def trial_runs(storage: str) -> list[dict[str, Any]]:
+    """Each trial of the study: state, parameters, value and its LoadGen runs in order (`O` an
+    Offline run, `S` a Server run)."""
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        runs = t.user_attrs.get("loadgen_runs") or []
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": dict(t.params),
+                "value": t.value if t.values and len(t.values) == 1 else None,
+                "runs": "".join(str(r.get("scenario", "?"))[:1] for r in runs),
+                "copy": "duplicate_of" in t.user_attrs,
+            }
+        )
+    return out
 
 
 def row(r: dict[str, Any]) -> str:
     p = r["best"] or {}
     best = f"{p.get('precision')} b{p.get('batch_size')} x{p.get('streams')}"
     share = r["measuring_share"]
-    return (
+    if r["speed_up"] is not None:
+        speed = f"{r['speed_up']:5.2f}x"
+    elif r.get("speed_up_at_least") is not None:
+        speed = f">= {r['speed_up_at_least']:.2f}x"
+    else:
+        speed = "n/a"
+    text = (
         f"  {r['mode']:<8} {r['wall_s']:7.1f} s  measuring {share:5.0%}  best {best:<14} "
-        f"confirmed {r['confirmed'] or 0:9,.1f}  speed-up {r['speed_up'] or 0:5.2f}x"
+        f"confirmed {r['confirmed'] or 0:9,.1f}  speed-up {speed}"
     )
+    if r["pruned"] or r["mode"] in ("pruned", "unpruned"):
+        text += (
+            f"  pruned {r['pruned']}/{len(r['trials'])}, LoadGen runs per trial measured in full "
+            f"{r['runs_per_trial']:g} ({r['server_runs_per_trial']:g} Server)"
+        )
+    return text
+
+
+def trial_lines(r: dict[str, Any]) -> list[str]:
+    """One line per trial: its state, configuration, value and LoadGen runs."""
+    lines = []
+    for t in r["trials"]:
+        p = t["params"]
+        config = (
+            f"{p.get('precision')} b{p.get('batch_size')} x{p.get('streams')}"
+            f" d{p.get('deque_timeout_us', '-')}"
+        )
+        value = f"{t['value']:,.1f}" if isinstance(t["value"], (int, float)) else "-"
+        copy = " (copy)" if t["copy"] else ""
+        lines.append(
+            f"      trial {t['number']:>2} {t['state']:<8} {config:<20} {value:>9}  "
+            f"runs {t['runs'] or '-'}{copy}"
+        )
+    return lines
 
 
 def main() -> int:
@@ -95,6 +170,13 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--empty-cache", action="store_true", help="a new cache folder per run")
     parser.add_argument("--modes", default="warm,isolated", help="which, in this order")
+    parser.add_argument(
+        "--cached",
+        action="store_true",
+        help="the model and its variants are cached already: no untimed first run",
+    )
+    parser.add_argument("--trials", action="store_true", help="print each run's trials")
+    parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("extra", nargs="*", help="more optimize flags, after --")
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -107,7 +189,7 @@ def main() -> int:
     )
     work = Path(tempfile.mkdtemp(prefix="walltime-"))
     try:
-        if not args.empty_cache:  # build the model and its variants once, untimed
+        if not args.empty_cache and not args.cached:  # build the model's variants, untimed
             run_once(modes[0], args.extra, work, None)
         results: list[list[dict[str, Any]]] = []
         for pair in range(args.pairs):
@@ -118,6 +200,8 @@ def main() -> int:
                 )
                 runs.append(run_once(mode, args.extra, work, cache))
                 print(f"pair {pair + 1}:" if mode == modes[0] else "", row(runs[-1]), flush=True)
+                if args.trials:
+                    print("\n".join(trial_lines(runs[-1])), flush=True)
                 if cache is not None:
                     shutil.rmtree(cache, ignore_errors=True)
             results.append(runs)
@@ -130,6 +214,8 @@ def main() -> int:
                 f"(min {min(walls):.1f}, max {max(walls):.1f}), measuring share "
                 f"{statistics.median(shares):.0%}"
             )
+        if args.json is not None:
+            args.json.write_text(json.dumps({"cpu": cpu_name(), "flags": flags, "runs": results}))
         if len(modes) == 2:
             ratios = [pair[0]["wall_s"] / pair[1]["wall_s"] for pair in results]
             print(

@@ -199,6 +199,9 @@ class ScenarioSpec:
     #: take longer than this (not applied with compliance).
     max_run_s: float = 60.0
     out_dir: Path = Path("runs")
+    #: The score this measurement must be able to reach (a study's best so far); a bound under
+    #: it, after its noise margin, stops the measurement there (harness.scenarios.prune).
+    prune_below: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("scenario", self.scenario, SCENARIO_NAMES)
@@ -215,6 +218,8 @@ class ScenarioSpec:
             check_float("expected_qps", self.expected_qps, 0.0)
         if self.min_queries is not None:
             check_int("min_queries", self.min_queries, 1)
+        if self.prune_below is not None:
+            check_float("prune_below", self.prune_below, 0.0)
         if self.scenario == "offline" and (self.target_qps is not None or self.find_max_qps):
             raise ConfigError("target_qps / find_max_qps: only apply to the server scenario")
         if self.scenario == "server" and self.target_qps is None and not self.find_max_qps:

@@ -47,6 +47,9 @@ class Result:
     #: The backend was kept loaded from an earlier measurement in the same process (a warm
     #: trial worker, harness.warm): `engine_build_s` is then ~0.
     backend_reused: bool = False
+    #: Why the measurement stopped at a bound instead of measuring in full
+    #: (harness.scenarios.prune.Pruned.to_dict()); None where it was measured in full.
+    pruned: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -454,6 +454,7 @@ def _result(run: RunConfig, spec: ScenarioSpec, measured: Measurement) -> Result
         latency_bound_ms=None if offline_mode else spec.latency_ms,
         percentile=None if offline_mode else spec.percentile,
         note=outcome.note,
+        pruned=outcome.pruned.to_dict() if outcome.pruned is not None else None,
         backend_details=dict(info.details),
         gpu=measured.gpu,
         inputs=describe_inputs(model, run, measured.ranges),

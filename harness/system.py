@@ -41,6 +41,8 @@ class SystemResult:
     simulated: bool
     seconds: float
     note: str = ""
+    #: Why the measurement stopped at a bound (harness.scenarios.prune); None: in full.
+    pruned: dict[str, Any] | None = None
     latency_bound_ms: float | None = None
     percentile: float | None = None
     log_dir: str = ""
@@ -98,6 +100,7 @@ def measure_system(run: RunConfig, spec: ScenarioSpec, devices: Sequence[str]) -
         simulated=measured.simulated,
         seconds=round(time.perf_counter() - started, 2),
         note=outcome.note,
+        pruned=outcome.pruned.to_dict() if outcome.pruned is not None else None,
         latency_bound_ms=None if offline_mode else spec.latency_ms,
         percentile=None if offline_mode else spec.percentile,
         log_dir=str(spec.out_dir),

@@ -420,8 +420,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def _studies(args: argparse.Namespace) -> int:
     import optuna
+    from optuna.trial import TrialState
 
-    from tuner.results import best_trial, rate_unit, robust_value, speed_up, study_setting
+    from tuner.results import (
+        best_trial,
+        rate_unit,
+        robust_value,
+        speed_up,
+        speed_up_floor,
+        study_setting,
+    )
     from tuner.storage import open_storage
 
     storage = open_storage(_storage(args), create=False)
@@ -429,9 +437,14 @@ def _studies(args: argparse.Namespace) -> int:
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         # The summary's best_trial ignores constraints and Pareto fronts; export does not.
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        best, ratio = best_trial(study), speed_up(study)
+        best, ratio, floor = best_trial(study), speed_up(study), speed_up_floor(study)
         attrs = s.user_attrs
         scenario = study_setting(attrs, "scenario")
+        pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        if ratio is not None:
+            ratio_text: str | None = f"{ratio:.2f}x"
+        else:
+            ratio_text = f">= {floor[0]:.2f}x" if floor is not None else None
         rows.append(
             [
                 s.study_name,
@@ -440,16 +453,18 @@ def _studies(args: argparse.Namespace) -> int:
                 study_setting(attrs, "backend"),
                 attrs.get("device"),
                 s.n_trials,
+                pruned,
                 robust_value(best, attrs) if best is not None and best.values else None,
                 rate_unit(scenario),
-                f"{ratio:.2f}x" if ratio is not None else None,
+                ratio_text,
                 _params_text(best.params) if best is not None else None,
             ]
         )
     if not rows:
         print("no studies")
         return 0
-    header = ["study", "model", "scenario", "backend", "device", "trials", "best", "unit"]
+    header = ["study", "model", "scenario", "backend", "device", "trials", "pruned", "best"]
+    header += ["unit"]
     header += ["speed-up", "best config"]
     print(format_table(rows, header))
     return 0

@@ -8,13 +8,15 @@ Layout of a study file (every key optional):
     [study]      name, storage, trials, climb, timeout_s, trial_timeout_s, sampler, seed,
                  objectives ("throughput" or ["throughput", "p99"] for Server), accuracy_floor,
                  accuracy_metric (auto, top1, cosine, relative), accuracy_output,
-                 confirm_runs, confirm_top
+                 confirm_runs, confirm_top, prune (true: stop a trial at a bound under the
+                 best)
     [model]      name (built-in or ONNX path), data_dir, samples,
                  dims = {sequence = 128} (symbolic dims by name),
                  shapes = {input_ids = [128]} (an input's non-batch sizes),
                  input_ranges = {token_type_ids = [0, 1]} (synthetic values, inclusive)
     [backend]    name (one runtime, or "auto"), device, threads, options = {...}
-    [scenario]   name, latency_ms, percentile, duration_s, min_queries, answer_runs
+    [scenario]   name, latency_ms, percentile, duration_s, min_queries, answer_runs,
+                 qps_tolerance
     [space]      backends (list of runtimes searched), batch_sizes (list) or max_batch,
                  streams (list) or max_streams, precisions (list), deque_timeout_us (list, Server)
     [[enqueue]]  backend, batch_size, streams, precision, deque_timeout_us: configurations to
@@ -94,6 +96,16 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 1,2,4, got {text!r}") from None
 
 
+def on_off(text: str) -> bool:
+    """`on` / `off` (also true/false, yes/no, 1/0) as a bool."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
 def str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -154,8 +166,10 @@ class Space:
     )
 
 
-def _study(flag: str, help: str, type: Callable[[str], Any] | None = None) -> dict[str, Setting]:
-    return setting(section="study", flag=flag, help=help, type=type, group=SEARCH_GROUP)
+def _study(
+    flag: str, help: str, type: Callable[[str], Any] | None = None, **more: Any
+) -> dict[str, Setting]:
+    return setting(section="study", flag=flag, help=help, type=type, group=SEARCH_GROUP, **more)
 
 
 def _scenario(flag: str, help: str, type: Callable[[str], Any], **more: Any) -> dict[str, Setting]:
@@ -267,6 +281,22 @@ class StudyConfig:
             "--confirm-top",
             "how many of the best configurations to confirm (default {default})",
             int,
+        ),
+    )
+    #: Stop a trial at a bound that shows it cannot beat the study's best (a Server trial's
+    #: Offline throughput, its queueing model's guess, a warm-up's estimate): stored PRUNED.
+    prune: bool = field(
+        default=True,
+        metadata=_study(
+            "--prune",
+            "on (default) or off: stop a trial as soon as a bound shows it cannot reach the "
+            "study's best (an Offline trial's warm-up estimate; a Server trial's Offline "
+            "throughput and queueing-model guess, before any Server run), each with a noise "
+            "margin; a pruned "
+            "trial is stored PRUNED with its bound, is never the best, and counts against "
+            "--trials (single-objective studies only)",
+            on_off,
+            metavar="on|off",
         ),
     )
     model: str = field(
@@ -420,6 +450,19 @@ class StudyConfig:
             metavar="N",
         ),
     )
+    #: Server: the bracketing search's stopping width (harness ScenarioSpec.qps_tolerance).
+    qps_tolerance: float = field(
+        default=ScenarioSpec.qps_tolerance,
+        metadata=_scenario(
+            "--qps-tolerance",
+            "Server: each trial's max-QPS search by bracketing stops once its largest VALID "
+            "target lies within this share of the smallest INVALID one (default {default}; "
+            "0.05 costs about one LoadGen run fewer per trial, the answer up to 5%% under the "
+            "edge)",
+            float,
+            metavar="SHARE",
+        ),
+    )
     space: Space = field(default=Space(), metadata=setting(section="space", table=True))
     enqueue: tuple[Mapping[str, Any], ...] = field(
         default=(), metadata=setting(section="enqueue", table=True)
@@ -449,6 +492,8 @@ class StudyConfig:
         check_choice(_key("sampler"), self.sampler, SAMPLERS)
         check_int(_key("seed"), self.seed, 0)
         check_int(_key("climb"), self.climb, 0)
+        if not isinstance(self.prune, bool):
+            raise ConfigError(f"{_key('prune')}: must be true or false, got {self.prune!r}")
         if not self.objectives or len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(
                 f"{_key('objectives')}: give distinct names, got {self.objectives!r}"
@@ -484,6 +529,7 @@ class StudyConfig:
         if self.min_queries is not None:
             check_int(_key("min_queries"), self.min_queries, 1)
         check_int(_key("answer_runs"), self.answer_runs, 1)
+        check_float(_key("qps_tolerance"), self.qps_tolerance, 0.0, 1.0)
         if self.threads is not None:
             check_int(_key("threads"), self.threads, 1)
         if self.samples is not None:

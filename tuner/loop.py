@@ -238,7 +238,8 @@ def run_trials(
 
     Each trial is owned by this process, named `owner`. Once the budget is committed, wait
     while trials RUNNING elsewhere may still fail (and be retried here), saying which.
-    `failed` exceptions end a trial as FAIL and the loop goes on; KeyboardInterrupt ends it as
+    `failed` exceptions end a trial as FAIL and the loop goes on, optuna.TrialPruned as PRUNED
+    (it counts against the budget as a COMPLETE trial does); KeyboardInterrupt ends it as
     FAIL and propagates; the study database lost is one TunerError line; anything else is a
     bug and propagates too.
     """
@@ -264,6 +265,8 @@ def run_trials(
             with heartbeat(study, trial, interval or 0):
                 values = objective(trial)
             state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED  # its bound, reported, is its value
         except failed:
             pass
         except BaseException as exc:

@@ -23,6 +23,8 @@ from typing import Any
 from harness.backends.replay import read_landscape, session_of
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
+from harness.scenarios import prune
+from harness.scenarios.prune import Pruned
 from tuner.child import ChildOutcome
 
 #: A configuration as a landscape point names it: (precision, batch_size, streams, deque_us);
@@ -61,8 +63,13 @@ class LandscapeReplay:
         #: number of measurements answered.
         self.engines: set[tuple[str, int]] = set()
         self.calls = 0
-        #: The recorded seconds of every repeat drawn: what the measurements would have taken.
+        #: The recorded seconds of every repeat drawn: what the measurements would have taken
+        #: (less the LoadGen runs a pruned one skipped).
         self.seconds = 0.0
+        #: The LoadGen seconds of the runs those measurements made (`run_seconds`), and the
+        #: measurements pruned.
+        self.loadgen_s = 0.0
+        self.pruned = 0
 
     def key(self, params: Mapping[str, Any]) -> Key:
         deque = params.get("deque_timeout_us") if self.deque else None
@@ -121,7 +128,53 @@ class LandscapeReplay:
         engine = (run.precision, run.batch_size)
         cached = engine in self.engines
         self.engines.add(engine)
-        return ChildOutcome(self._result(repeat, run, cached), seconds=seconds)
+        runs = list(repeat.get("loadgen_runs") or ())
+        pruned, kept = self._pruned(repeat, runs, spec.prune_below)
+        skipped = sum(self.run_seconds(r) for r in runs[kept:])
+        self.loadgen_s += sum(self.run_seconds(r) for r in runs[:kept])
+        result = self._result(repeat, run, cached)
+        if pruned is not None:
+            self.pruned += 1
+            self.seconds -= min(skipped, seconds)
+            seconds -= min(skipped, seconds)
+            result.update(score=0.0, valid=False, note=pruned.reason, pruned=pruned.to_dict())
+        return ChildOutcome(result, seconds=seconds)
+
+    def _pruned(
+        self, repeat: Mapping[str, Any], runs: list[Mapping[str, Any]], best: float | None
+    ) -> tuple[Pruned | None, int]:
+        """Whether the harness would have pruned this recorded measurement below `best`, and
+        how many of its LoadGen runs it would have made: the bounds in the harness's order
+        (harness.scenarios.measure), an Offline measurement's warm-up estimate, a Server
+        search's first Offline run and queueing-model guess, which the first Server probe
+        stands for (it is that guess, within the search's range)."""
+        if self.offline:
+            warm = _rate(repeat, "warmup_samples_per_second")
+            found = prune.check("warm-up estimate", warm, best)
+            return found, 0 if found is not None else len(runs)
+        offline = [i for i, r in enumerate(runs) if r.get("scenario") == "Offline"]
+        if offline and runs[offline[0]].get("valid"):
+            upper = _rate(runs[offline[0]], "samples_per_second")
+            found = prune.check("Offline throughput", upper, best)
+            if found is not None:
+                return found, offline[0] + 1
+            first = next((r for r in runs if r.get("scenario") == "Server"), None)
+            if first is not None:
+                found = prune.check("queueing model", _rate(first, "target_qps"), best)
+                if found is not None:
+                    return found, offline[0] + 1
+        return None, len(runs)
+
+    def run_seconds(self, run: Mapping[str, Any]) -> float:
+        """A recorded run's LoadGen seconds, as the landscape's settings make them (its logs
+        are not kept): a Server run lasts its minimum duration or its minimum query count at
+        its target, an Offline run its minimum duration."""
+        duration = float(self.data.get("duration_s") or 0.0)
+        if run.get("scenario") != "Server":
+            return duration
+        queries = float(self.data.get("min_queries") or 0)
+        target = _rate(run, "target_qps")
+        return max(duration, queries / target) if target > 0 else duration
 
     def _result(self, repeat: Mapping[str, Any], run: RunConfig, cached: bool) -> dict[str, Any]:
         """A `harness.result.Result.to_dict()`-shaped record of one recorded repeat."""
@@ -150,6 +203,11 @@ class LandscapeReplay:
             "batch_size": run.batch_size,
             "streams": run.streams,
         }
+
+
+def _rate(record: Mapping[str, Any], key: str) -> float:
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def objective(repeat: Mapping[str, Any], accuracy_floor: float) -> float:

@@ -26,9 +26,11 @@ from tuner.results import (
     is_copy,
     is_feasible,
     measured_throughput,
+    pruned_baseline,
     rate_unit,
     robust_value,
     speed_up,
+    speed_up_floor,
     study_setting,
 )
 from tuner.sessions import measuring_line, measuring_share, sessions
@@ -36,6 +38,7 @@ from tuner.summary import (
     confirmed_lines,
     latency_at,
     out_of_reach_lines,
+    pruned_lines,
     run_latency,
     runtime_lines,
 )
@@ -108,7 +111,8 @@ def value_columns(study: optuna.Study) -> list[str]:
 
 def _columns(study: optuna.Study, params: Sequence[str]) -> list[str]:
     head = ["number", "state", *params, *value_columns(study), "score", "valid", "feasible"]
-    return [*head, throughput_key(study), *_TAIL, "percentile_ms", "duplicate_of", "fail_reason"]
+    tail = ["percentile_ms", "duplicate_of", "pruned", "fail_reason"]
+    return [*head, throughput_key(study), *_TAIL, *tail]
 
 
 def _row(
@@ -124,6 +128,7 @@ def _row(
         row[key] = getattr(record, key)
     row["confirmed_score"] = confirmed_value(trial, attrs)  # derived from the study's repeats
     row["percentile_ms"] = latency_at(record, percentile(study))  # what the bound judges
+    row["pruned"] = record.note if trial.state == TrialState.PRUNED else None
     return row
 
 
@@ -266,13 +271,15 @@ def _measure(trial: FrozenTrial, study: optuna.Study) -> str:
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """How many trials the study holds: in all, COMPLETE, infeasible (of those), FAIL."""
+    """How many trials the study holds: in all, COMPLETE, infeasible (of those), PRUNED,
+    FAIL."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return {
         "total": len(trials),
         "complete": len(complete),
         "infeasible": sum(not is_feasible(t) for t in complete),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
     }
 
@@ -282,7 +289,8 @@ def summary_lines(study: optuna.Study) -> list[str]:
     n = trial_counts(study)
     lines = [
         f"{context(study)}: {n['total']} trials "
-        f"({n['complete']} complete, {n['infeasible']} infeasible, {n['failed']} failed)"
+        f"({n['complete']} complete, {n['infeasible']} infeasible, {n['pruned']} pruned, "
+        f"{n['failed']} failed)"
     ]
     best, base = best_trial(study), baseline_trial(study)
     if best is None:
@@ -292,14 +300,23 @@ def summary_lines(study: optuna.Study) -> list[str]:
         lines.append(
             f"best: trial {best.number}, {config_label(best.params)}: {_measure(best, study)}"
         )
-    if base is None:
+    pruned_base = pruned_baseline(study) if base is None else None
+    if pruned_base is not None:
+        lines.append(f"baseline: trial {pruned_base.number}, pruned")
+    elif base is None:
         lines.append("baseline (batch 1, 1 stream, fp32): not measured")
     else:
         lines.append(
             f"baseline: trial {base.number}, {config_label(base.params)}: {_measure(base, study)}"
         )
-    ratio = speed_up(study)
-    lines.append(f"speed-up: {ratio:.2f}x over the baseline" if ratio else "speed-up: n/a")
+    ratio, floor = speed_up(study), speed_up_floor(study)
+    if ratio:
+        lines.append(f"speed-up: {ratio:.2f}x over the baseline")
+    elif floor is not None:
+        lines.append(f"speed-up: at least {floor[0]:.2f}x over the baseline (pruned)")
+    else:
+        lines.append("speed-up: n/a")
+    lines.extend(pruned_lines(study, unit(study)))
     lines.extend(confirmed_lines(study, unit(study)))
     lines.extend(runtime_lines(study, unit(study)))
     builds = engine_builds(study)
@@ -561,6 +578,15 @@ def plot_history(figure_cls: type[Figure], study: optuna.Study, path: Path) -> P
             markersize=8,
             label="infeasible",
         )
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.values]
+    if pruned:
+        ax.plot(
+            [t.number for t in pruned],
+            [t.values[0] for t in pruned],
+            "v",
+            color="tab:gray",
+            label="pruned (at its bound)",
+        )
     failed = [t.number for t in trials if t.state == TrialState.FAIL]
     if failed:
         ax.plot(
@@ -709,6 +735,8 @@ def report_json(study: optuna.Study) -> dict[str, Any]:
         "best": described(best_trial(study)),
         "baseline": described(baseline_trial(study)),
         "speed_up": speed_up(study),
+        # Where the baseline was pruned on its Offline throughput: what the speed-up is at least.
+        "speed_up_at_least": floor[0] if (floor := speed_up_floor(study)) is not None else None,
         "engine_builds": engine_builds(study),
         "measuring_share": measuring_share(attrs),
         "sessions": [session.to_dict() for session in sessions(attrs)],

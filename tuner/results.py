@@ -116,6 +116,9 @@ class TrialRecord:
     inputs: Any = None
     gpu: Any = None
     duplicate_of: int | None = None
+    #: Why the trial stopped at a bound (harness.scenarios.prune.Pruned.to_dict()): a PRUNED
+    #: trial's bound, margin and the best it could not reach.
+    pruned: dict[str, Any] | None = None
     confirm_scores: list[float] | None = None
     confirmed_score: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -164,6 +167,7 @@ class TrialRecord:
             log_dir=str(Path(runs[-1]["log_dir"]).parent) if runs else "",
             inputs=result.get("inputs") or None,  # bound dims, shapes and the inputs' ranges
             gpu=result.get("gpu"),  # GPU telemetry (harness.gpus); absent on CPU
+            pruned=result.get("pruned") or None,
             **agreed,
         )
 
@@ -447,6 +451,39 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
         if p.get("batch_size") == 1 and p.get("streams") == 1 and p.get("precision") == "fp32":
             return trial
     return None
+
+
+def pruned_baseline(study: optuna.Study) -> FrozenTrial | None:
+    """The baseline configuration's PRUNED trial, where it has no COMPLETE one."""
+    if baseline_trial(study) is not None:
+        return None
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        p = trial.params
+        if p.get("batch_size") == 1 and p.get("streams") == 1 and p.get("precision") == "fp32":
+            return trial
+    return None
+
+
+def speed_up_floor(study: optuna.Study) -> tuple[float, float] | None:
+    """Where the baseline of a Server study was pruned, (the best's value over the baseline's
+    Offline throughput, that throughput): a floor of the speed-up, since a Server search never
+    answers over the Offline throughput it measured first. None otherwise (an Offline trial
+    pruned on its warm-up's estimate has no such bound)."""
+    base, best = pruned_baseline(study), best_trial(study)
+    if base is None or best is None:
+        return None
+    runs = TrialRecord.from_trial(base).loadgen_runs or []
+    rates = [
+        float(rate)
+        for r in runs
+        if r.get("scenario") == "Offline"
+        and isinstance(rate := r.get("samples_per_second"), (int, float))
+        and rate > 0
+    ]
+    if study_setting(study.user_attrs, "scenario") != "server" or not rates:
+        return None
+    bound = rates[-1]
+    return robust_value(best, study.user_attrs) / bound, bound
 
 
 def speed_up(study: optuna.Study) -> float | None:

@@ -65,7 +65,9 @@ def trials_since(study: optuna.Study, started: datetime) -> list[FrozenTrial]:
     """The trials measured (not copied) that finished at or after `started`."""
     return [
         t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        for t in study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        )
         if t.datetime_complete is not None and t.datetime_complete >= started and not is_copy(t)
     ]
 

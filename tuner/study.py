@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 from optuna.study import StudyDirection
@@ -184,17 +184,35 @@ def prepare(
     with warnings.catch_warnings():  # 'experimental' since Optuna 3.2; not the user's concern
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(metric_names)
-    # Screening points where the study searches several runtimes (not on a grid, which has
-    # its own order), no more than the budget leaves after the baseline and the user's points.
-    screening = space.screening() if cfg.sampler != "grid" else []
-    screening = screening[: max(0, cfg.trials - 1 - len(cfg.enqueue))]
-    points = [space.baseline(), *(space.complete(p) for p in cfg.enqueue), *screening]
+    points = opening_points(cfg, space)
     with exclusive(study):  # several `optimize` processes may start the same study at once
         for point in points:
             study.enqueue_trial(point, skip_if_exists=True)
         if cfg.sampler == "grid":
             _enqueue_grid(study, space, cfg)
     return Prepared(cfg, study, space, attrs, measure)
+
+
+def opening_points(cfg: StudyConfig, space: SearchSpace) -> list[dict[str, Any]]:
+    """The points a study enqueues before its sampler proposes any (none twice), as many as
+    the budget takes. Usually the baseline, the user's points (`[[enqueue]]`), then where the
+    study searches several runtimes one screening point per runtime and precision. A Server
+    study that prunes opens with the user's points and `SearchSpace.server_openers` instead,
+    its baseline after them: pruning bites once a high best is in, and the baseline (batch 1,
+    fp32) is then often pruned on its Offline throughput too. A grid has its own order."""
+    user = [space.complete(p) for p in cfg.enqueue]
+    if cfg.sampler == "grid":
+        return [space.baseline(), *user]
+    if cfg.scenario == "server" and cfg.prune and not cfg.multi_objective:
+        openers = [p for p in space.server_openers() if p not in user]
+        points = [*user, *openers, space.baseline()]
+    else:
+        points = [space.baseline(), *user, *space.screening()]
+    unique = [p for i, p in enumerate(points) if p not in points[:i]]
+    baseline = unique.index(space.baseline())
+    # The baseline stays whatever the budget: it is what the speed-up divides by.
+    kept = unique[: max(cfg.trials, 1)]
+    return kept if baseline < len(kept) else [*kept[: cfg.trials - 1], space.baseline()]
 
 
 def _said(key: str, value: Any) -> str:
@@ -304,11 +322,14 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg, space = self.prepared.cfg, self.prepared.space
         params = space.suggest(trial)
-        self.say(f"trial {trial.number}: {params.label()} ...")
+        label = params.label(deque="deque_timeout_us" in trial.params)
+        self.say(f"trial {trial.number}: {label} ...")
         duplicate = _measured_before(trial, self.prepared.study)
         if duplicate is not None:
             return _reuse(trial, duplicate)
-        run, spec = trial_configs(cfg, params, self.prepared.study.study_name, trial.number)
+        study = self.prepared.study
+        run, spec = trial_configs(cfg, params, study.study_name, trial.number)
+        spec = replace(spec, prune_below=prune_below(study, cfg))
         measure = self.prepared.measure or measure_in_child
         outcome = measure(run, spec, cfg.trial_timeout_s)
         if outcome.failure == INFEASIBLE:
@@ -320,7 +341,33 @@ class _Objective:
             if outcome.failure == "interrupted":
                 raise KeyboardInterrupt
             raise TrialFailed(outcome.reason)
+        if outcome.result.get("pruned"):
+            record_pruned(trial, outcome)
         return record(trial, outcome, cfg)
+
+
+def prune_below(study: optuna.Study, cfg: StudyConfig) -> float | None:
+    """The score a trial must be able to reach not to be pruned: the study's best so far (every
+    worker's, read from the study now), by its confirmed median where it has one; None where
+    pruning is off, the study has several objectives (Optuna prunes single-objective trials
+    only) or nothing feasible is measured yet."""
+    if not cfg.prune or cfg.multi_objective:
+        return None
+    best = best_trial(study)
+    if best is None:
+        return None
+    value = robust_value(best, study.user_attrs)
+    return value if value > 0 else None
+
+
+def record_pruned(trial: optuna.Trial, outcome: ChildOutcome) -> NoReturn:
+    """Store a pruned measurement (what it measured up to its bound, and why it stopped) and
+    end the trial as Optuna's PRUNED, the bound as its one intermediate value."""
+    result = outcome.result
+    assert result is not None and result.get("pruned")
+    TrialRecord.from_result(result, outcome.seconds).store(trial)
+    trial.report(float(result["pruned"]["value"]), step=0)
+    raise optuna.TrialPruned(result["note"])
 
 
 def trial_configs(
@@ -356,6 +403,7 @@ def trial_configs(
         percentile=cfg.percentile,
         min_queries=cfg.min_queries,
         answer_runs=cfg.answer_runs,
+        qps_tolerance=cfg.qps_tolerance,
         out_dir=cfg.runs_dir / name / f"trial-{number:04d}",
     )
     return run, spec
@@ -445,6 +493,8 @@ class _Progress:
         record = TrialRecord.from_trial(trial)
         if record.failure == INFEASIBLE:
             what = f"infeasible: {record.fail_reason or ''}"
+        elif trial.state == TrialState.PRUNED:
+            what = record.note or "pruned"
         elif trial.state == TrialState.COMPLETE:
             what = f"{trial.values[0]:,.1f} {unit}"
             if record.duplicate_of is not None:

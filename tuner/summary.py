@@ -23,10 +23,12 @@ from tuner.results import (
     confirmed_value,
     engine_builds,
     is_copy,
+    pruned_baseline,
     ranked,
     rate_unit,
     robust_value,
     speed_up,
+    speed_up_floor,
     study_setting,
 )
 from tuner.storage import redact
@@ -38,11 +40,13 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     trials = study.get_trials(deepcopy=False)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     failed = sum(t.state == TrialState.FAIL for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
     attrs = study.user_attrs
     simulated = " (simulated: null backend)" if attrs.get("simulated") else ""
+    pruned_text = f", {pruned} pruned" if pruned else ""
     lines = [
-        f"study {study.study_name}{simulated}: {len(trials)} trials, {complete} complete, "
-        f"{failed} failed",
+        f"study {study.study_name}{simulated}: {len(trials)} trials, {complete} complete"
+        f"{pruned_text}, {failed} failed",
         f"model {attrs.get('model')} on {study_setting(attrs, 'backend')} "
         f"({attrs.get('device')}), {study_setting(attrs, 'scenario')}",
     ]
@@ -77,6 +81,7 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
     ratio = speed_up(study)
     if ratio is not None:
         lines.append(f"speed-up over the baseline: {ratio:.2f}x")
+    lines.extend(pruned_lines(study, unit))
     lines.extend(confirmed_lines(study, unit))
     lines.extend(runtime_lines(study, unit))
     if best is not None and not cfg.multi_objective and confirmed_trial(study) is None:
@@ -96,6 +101,32 @@ def render_summary(study: optuna.Study, cfg: StudyConfig) -> str:
         "--format json --out best.json"
     )
     return "\n".join(lines)
+
+
+def pruned_lines(study: optuna.Study, unit: str) -> list[str]:
+    """The pruned trials, and where the baseline is one of them, what the speed-up is at least:
+    `pruned: trials 2, 3, 5 (each stopped at a bound under the best: 9 LoadGen runs in all)`."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    if not trials:
+        return []
+    runs = sum(len(TrialRecord.from_trial(t).loadgen_runs or ()) for t in trials)
+    numbers = ", ".join(str(t.number) for t in trials)
+    lines = [
+        f"pruned: trial{'s' if len(trials) > 1 else ''} {numbers} (each stopped at a bound "
+        f"under the best so far: {runs} LoadGen run{'s' if runs != 1 else ''} in all)"
+    ]
+    base = pruned_baseline(study)
+    if base is not None:
+        floor = speed_up_floor(study)
+        if floor is not None:
+            lines.append(
+                f"speed-up over the baseline: at least {floor[0]:.2f}x (the baseline, trial "
+                f"{base.number}, was pruned: its Offline throughput, {floor[1]:,.1f}, bounds its "
+                f"{unit})"
+            )
+        else:
+            lines.append(f"speed-up over the baseline: not measured (trial {base.number} pruned)")
+    return lines
 
 
 def runtime_lines(study: optuna.Study, unit: str) -> list[str]:

@@ -22,7 +22,7 @@ from harness.queueing import (
     predict_max_qps,
     scaled,
 )
-from harness.scenarios import offline, server
+from harness.scenarios import offline, prune, server
 from harness.scenarios.outcome import Outcome
 from harness.sut import LoadgenSut
 
@@ -84,7 +84,23 @@ class Context:
 
 
 def _offline(ctx: Context) -> Outcome:
+    pruned = _pruned(ctx, "warm-up estimate", ctx.warmup.samples_per_second)
+    if pruned is not None:
+        return pruned
     return offline.run(ctx.sut, ctx.spec, ctx.warmup.samples_per_second, ctx.out_dir)
+
+
+def _pruned(
+    ctx: Context, bound: str, value: float, runs: tuple[LoadgenRun, ...] = ()
+) -> Outcome | None:
+    """The pruned outcome where `value`, the bound named `bound`, cannot reach the spec's
+    `prune_below` (harness.scenarios.prune); None where it may."""
+    found = prune.check(bound, value, ctx.spec.prune_below)
+    if found is None:
+        return None
+    log.info("%s", found.reason)
+    primary = runs[-1] if runs else None
+    return Outcome(False, 0.0, primary, runs, note=found.reason, pruned=found)
 
 
 def _server(ctx: Context) -> Outcome:
@@ -98,13 +114,22 @@ def _server(ctx: Context) -> Outcome:
         )
         log.info(note)
         return Outcome(valid=False, score=0.0, primary=None, runs=(), note=note)
+    # Each bound met on the way may end the trial: the Offline throughput (no Server run goes
+    # over it, so a pruned baseline still bounds the speed-up), then the queueing model's
+    # guess. The warm-up's estimate prunes Offline trials only: it bounds nothing for sure.
     bound = offline.run(ctx.sut, spec, ctx.warmup.samples_per_second, ctx.out_dir)
     upper = bound.score
     log.info("upper bound from Offline: %.1f samples/s", upper)
+    pruned = _pruned(ctx, "Offline throughput", upper, bound.runs) if bound.valid else None
+    if pruned is not None:
+        return pruned
     model = _queue_model(ctx) if upper > 0 else None
     # A model that finds no QPS gives no first guess (the search starts blind), but its refit
     # to the first run may: to the answer, or to the lowest load when none meets the bound.
     guess = _predicted_max_qps(ctx, model, upper) if model is not None else 0.0
+    pruned = _pruned(ctx, "queueing model", guess, bound.runs) if guess > 0 else None
+    if pruned is not None:
+        return pruned
     refine = _refitter(ctx, model, upper) if model is not None and ctx.refit else None
     found = server.find_max_qps(
         ctx.sut,

@@ -175,7 +175,7 @@ def find_max_qps(
         note = (
             out_of_reach(spec, qps, runs[-1], runs)
             if missed_lowest
-            else f"no VALID target QPS found down to {search.high:.1f}"
+            else f"no VALID target QPS found down to {search.high:.1f}" + _rejected(runs)
         )
         primary = runs[-1] if runs else None
         return Outcome(valid=False, score=0.0, primary=primary, runs=tuple(runs), note=note)
@@ -267,7 +267,8 @@ def late_count_search(
                     return Outcome(True, answer.scheduled_qps or qps, answer, tuple(runs))
     best = aim.best()
     if best is None:
-        note = f"no VALID target QPS found down to {min(r.target_qps or qps for r in runs):.1f}"
+        lowest_run = min(r.target_qps or qps for r in runs)
+        note = f"no VALID target QPS found down to {lowest_run:.1f}" + _rejected(runs)
         return Outcome(False, 0.0, runs[-1], tuple(runs), note=note)
     note = "search stopped at the run limit"
     return Outcome(True, best.scheduled_qps or best.target_qps or 0.0, best, tuple(runs), note)
@@ -439,13 +440,20 @@ def out_of_reach(
     else:
         figure = f"{pct} {measured:.2f} ms" if measured is not None else f"{pct} not logged"
         note = f"{start}, {figure} misses the {spec.latency_ms:g} ms bound"
+    return note + _rejected(runs, "and the lowest load failed")
+
+
+def _rejected(runs: Sequence[LoadgenRun], why: str = "") -> str:
+    """Where a search that answers nothing had VALID runs: which, and why none is the answer
+    (`; its VALID runs (at 32.6, 33.2 QPS) were not taken: ...`); "" where it had none."""
     passed = sorted({round(r.target_qps or 0.0, 1) for r in runs if r.valid})
-    if passed:
-        note += (
-            f"; its VALID runs (at {', '.join(f'{q:g}' for q in passed)} QPS) were not taken: "
-            "the answer must lie under every target that failed, and the lowest load failed"
-        )
-    return note
+    if not passed:
+        return ""
+    because = "the answer must lie under every target that failed"
+    return (
+        f"; its VALID runs (at {', '.join(f'{q:g}' for q in passed)} QPS) were not taken: "
+        f"{because}{', ' + why if why else ''}"
+    )
 
 
 class _Bracket:
