@@ -10,25 +10,19 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.nvidia import gpu_missing
 from tests.pg import PostgresServer, find_bin_dir
 
 
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _has_cuda():
+    """`gpu` tests skip where the driver (NVML, else nvidia-smi) lists no GPU; where one is
+    there, each skips on its own for what else it needs (TensorRT, torch with CUDA, NVML)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked or (reason := gpu_missing()) is None:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is present here")
-    for item in items:
-        if item.get_closest_marker("gpu") is not None:
-            item.add_marker(skip)
+    for item in marked:
+        # First of the item's skipif marks, so the missing GPU is the reason it gives.
+        item.add_marker(pytest.mark.skipif(True, reason=reason), append=False)
 
 
 @pytest.fixture(scope="session")

@@ -457,8 +457,8 @@ class StudyConfig:
             "--qps-tolerance",
             "Server: each trial's max-QPS search by bracketing stops once its largest VALID "
             "target lies within this share of the smallest INVALID one (default {default}; "
-            "0.05 costs about one LoadGen run fewer per trial, the answer up to 5%% under the "
-            "edge)",
+            "0.05 costs about one LoadGen run fewer per trial, its answer then up to that share "
+            "under the edge)",
             float,
             metavar="SHARE",
         ),

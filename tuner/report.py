@@ -289,8 +289,8 @@ def summary_lines(study: optuna.Study) -> list[str]:
     n = trial_counts(study)
     lines = [
         f"{context(study)}: {n['total']} trials "
-        f"({n['complete']} complete, {n['infeasible']} infeasible, {n['pruned']} pruned, "
-        f"{n['failed']} failed)"
+        f"({n['complete']} complete, {n['infeasible']} infeasible, "
+        f"{f'{pruned} pruned, ' if (pruned := n['pruned']) else ''}{n['failed']} failed)"
     ]
     best, base = best_trial(study), baseline_trial(study)
     if best is None:

@@ -68,8 +68,9 @@ class Pruned:
 
 def check(bound: str, value: float, best: float | None) -> Pruned | None:
     """A `Pruned` when `value` (the bound named `bound`, a key of MARGINS) raised by its margin
-    is under `best`; None when there is no best to beat, or the bound may still reach it."""
+    is under `best`; None when there is no best to beat, no bound (`value` not positive: not
+    measured) or the bound may still reach it."""
     margin = MARGINS[bound]
-    if best is None or not best > 0 or not value >= 0 or value * (1 + margin) >= best:
+    if best is None or not best > 0 or not value > 0 or value * (1 + margin) >= best:
         return None
     return Pruned(bound, value, margin, best)

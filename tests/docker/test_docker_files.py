@@ -179,9 +179,14 @@ def test_workers_wait_for_postgres_to_be_healthy(services: dict[str, Any]) -> No
 
 def test_every_tuner_command_parses(services: dict[str, Any]) -> None:
     parser = build_parser()
-    for svc in services.values():
+    parsed = {}
+    for name, svc in services.items():
         if svc.get("build", {}).get("dockerfile", "").startswith("docker/Dockerfile"):
-            parser.parse_args(command(svc))  # SystemExit on an unknown flag or command
+            argv = command(svc)
+            args = parser.parse_args(argv)  # SystemExit on an unknown flag or command
+            assert args.command == argv[0], (name, argv)
+            parsed[name] = args.command
+    assert parsed.items() >= {("worker", "optimize"), ("dashboard", "dashboard")}, parsed
 
 
 def test_study_files_mentioned_exist() -> None:

@@ -60,14 +60,17 @@ def test_run_config_rejects(key: str, value: object) -> None:
 def test_run_config_takes_the_lowest_allowed_value_and_refuses_one_below(
     key: str, lowest: int
 ) -> None:
-    RunConfig(**{key: lowest})  # type: ignore[arg-type]
+    assert getattr(RunConfig(**{key: lowest}), key) == lowest  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=rf"^{key}: must be an integer >= {lowest}, got"):
         RunConfig(**{key: lowest - 1})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_run_config_takes_every_precision_name(precision: str) -> None:
-    RunConfig(precision=precision)  # fp16 on a CPU is refused later, by the backend
+    # fp16 on a CPU is refused later, by the backend
+    assert RunConfig(precision=precision).precision == precision
+    with pytest.raises(ConfigError, match="precision"):
+        RunConfig(precision=precision.upper())
 
 
 def test_run_config_normalises_its_tables() -> None:

@@ -121,33 +121,47 @@ _BUILD = textwrap.dedent(
     from harness.models.inspect import inspect_model
     from harness.precision import make_variant
 
-    model_path, cache, precision, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    real_replace, calls = os.replace, []
+    model_path, cache, precision = sys.argv[1], sys.argv[2], sys.argv[3]
+    kill_at, kill_call = int(sys.argv[4]), int(sys.argv[5])
+    real_replace, moves, calls = os.replace, [], [0]
 
     def replace(src, dst):  # a real SIGKILL of this process just before the kill_at-th move
-        calls.append(dst)
-        if len(calls) == kill_at:
+        moves.append(dst)
+        if len(moves) == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         real_replace(src, dst)
+
+    def profile(frame, event, arg):  # ... or at the kill_call-th Python call of the build
+        if event == "call":
+            calls[0] += 1
+            if calls[0] == kill_call:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     os.replace = replace
     rng = __import__("numpy").random.default_rng(0)
     calibration = {"input": rng.standard_normal((32, 16)).astype("float32")}
-    make_variant(inspect_model(Path(model_path)), precision, calibration, Path(cache))
-    print("built")
+    model = inspect_model(Path(model_path))
+    sys.setprofile(profile)
+    make_variant(model, precision, calibration, Path(cache))
+    sys.setprofile(None)
+    print("built after", calls[0], "calls")
     """
 )
 
 
-def _build_in_child(model: ModelInfo, cache: Path, precision: str, kill_at: int) -> int:
-    proc = subprocess.run(
-        [sys.executable, "-c", _BUILD, str(model.path), str(cache), precision, str(kill_at)],
+def _build_in_child(
+    model: ModelInfo, cache: Path, precision: str, kill_at: int = 0, kill_call: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """A real build in a process of its own, killed (SIGKILL, by itself) just before its
+    kill_at-th move or at its kill_call-th Python function call (0: never)."""
+    argv = [str(model.path), str(cache), precision, str(kill_at), str(kill_call)]
+    return subprocess.run(
+        [sys.executable, "-c", _BUILD, *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    return proc.returncode
 
 
 @pytest.mark.parametrize(
@@ -170,7 +184,7 @@ def test_a_builder_killed_at_each_move_leaves_nothing_used_wrongly(
     """A variant is put in place by three atomic moves (hash, weights, .onnx); a SIGKILL
     before any of them leaves files that the next build replaces, never uses."""
     cache = tmp_path / "cache"
-    assert _build_in_child(mlp, cache, precision, kill_at) == -signal.SIGKILL, left
+    assert _build_in_child(mlp, cache, precision, kill_at).returncode == -signal.SIGKILL, left
     folder = cache / "variants"
     assert not list(folder.glob(f"{precision}-*.onnx")), left  # the .onnx is moved last
     assert list(folder.glob(".build-*")), "the killed builder's folder is still there"
@@ -187,26 +201,61 @@ def test_a_builder_killed_at_each_move_leaves_nothing_used_wrongly(
     assert not list(folder.glob(".build-*")), "the dead builder's folder was not removed"
 
 
-def test_a_builder_killed_whenever_leaves_nothing_used_wrongly(tmp_path: Path) -> None:
-    """SIGKILL of a real int8 build as soon as its build folder appears, wherever it is."""
-    model = inspect_model(make_mlp(tmp_path / "mlp.onnx", features=FEATURES))
-    cache = tmp_path / "cache"
-    folder = cache / "variants"
+@pytest.fixture(scope="module")
+def int8_build_calls(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """Python function calls a whole int8 build of make_mlp's model makes (it varies by a few
+    hundredths of a percent from one process to the next)."""
+    folder = tmp_path_factory.mktemp("count")
+    model = inspect_model(make_mlp(folder / "mlp.onnx", features=FEATURES))
+    built = _build_in_child(model, folder / "cache", "int8")
+    assert built.returncode == 0, built.stderr
+    calls = int(built.stdout.split()[-2])
+    assert calls > 10_000, built.stdout  # quantization is Python: plenty of moments
+    return calls
+
+
+def _kill_when_the_build_folder_appears(model: ModelInfo, cache: Path) -> int:
+    """SIGKILL from outside as soon as the build's temporary folder appears; the exit code."""
+    argv = [str(model.path), str(cache), "int8", "0", "0"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BUILD, str(model.path), str(cache), "int8", "0"],
+        [sys.executable, "-c", _BUILD, *argv],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        while proc.poll() is None and not list(folder.glob(".build-*")):
+        while proc.poll() is None and not list((cache / "variants").glob(".build-*")):
             time.sleep(0.002)
-        proc.kill()  # SIGKILL, unless it already finished
+        proc.kill()  # SIGKILL, unless it already finished (then its code says so)
     finally:
         proc.wait(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("moment", ["folder", 0.02, 0.2, 0.4, 0.6, 0.8, 0.95])
+def test_a_builder_killed_whenever_leaves_nothing_used_wrongly(
+    tmp_path: Path, int8_build_calls: int, moment: str | float
+) -> None:
+    """SIGKILL of a real int8 build at moments spread over it: from outside as soon as its
+    build folder appears, and at a share of the way through its Python calls (the moves into
+    place, its last steps, have a test of their own above). The builder died of the SIGKILL
+    each time; the next build replaces what it left, and uses none of it wrongly."""
+    model = inspect_model(make_mlp(tmp_path / "mlp.onnx", features=FEATURES))
+    cache = tmp_path / "cache"
+    if moment == "folder":
+        code = _kill_when_the_build_folder_appears(model, cache)
+    else:
+        assert isinstance(moment, float)
+        code = _build_in_child(model, cache, "int8", kill_call=int(moment * int8_build_calls))
+        code = code.returncode
+    assert code == -signal.SIGKILL, f"the builder was not killed at {moment} (exit {code})"
+    assert not list((cache / "variants").glob("int8-*.onnx"))  # nothing in place yet
     calibration = {"input": np.random.default_rng(0).standard_normal((32, 16)).astype("float32")}
     variant = make_variant(model, "int8", calibration, cache)
+    assert not variant.cached
     assert model_sha256(variant.path)[0] == variant.sha256
+    clean = make_variant(model, "int8", calibration, tmp_path / "clean")
+    assert variant.sha256 == clean.sha256  # the same files an uninterrupted build writes
     _assert_works(model, variant.path)
     assert make_variant(model, "int8", calibration, cache).cached
 

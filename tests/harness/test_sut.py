@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,8 +55,13 @@ def test_offline_completes_every_sample_in_batches_of_at_most_batch_size(tmp_pat
     run = outcome.primary
     assert run is not None and run.sample_count is not None
     assert sut.samples_done == sum(r.sample_count or 0 for r in outcome.runs)
-    assert max(backend.sizes) == 8
     assert all(1 <= s <= 8 for s in backend.sizes)
+    # Offline issues each run's samples at once: the batches fill, but for the one remainder
+    # of each run (which waits out the deque timeout: nothing more comes).
+    assert sum(backend.sizes) == sut.samples_done
+    runs = len(outcome.runs)
+    assert len([s for s in backend.sizes if s < 8]) <= runs, backend.sizes
+    assert backend.sizes.count(8) >= sut.samples_done // 8 - runs
     assert outcome.score == run.samples_per_second and outcome.score > 0
     assert (tmp_path / "offline-1" / "mlperf_log_detail.txt").exists()
 
@@ -70,18 +77,50 @@ def test_offline_too_small_expected_qps_is_rerun_with_a_measured_size(tmp_path: 
     assert outcome.primary is outcome.runs[-1]
 
 
+class WaitRecordingSUT(BatchingSUT):
+    """A BatchingSUT that notes, on the clock its batcher reads (time.monotonic), when LoadGen
+    issued each sample (before the batcher can see it) and when each batch was taken (after
+    the batcher let it go): per batch, (size, its first sample issued, taken)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.issued: dict[int, float] = {}
+        self.taken: list[tuple[int, float, float]] = []
+
+    def issue(self, ids: list[int], indices: list[int]) -> None:
+        now = time.monotonic()
+        self.issued.update(dict.fromkeys(ids, now))
+        super().issue(ids, indices)
+
+    def _take(self) -> tuple[list[int], list[int]] | None:
+        batch = super()._take()
+        if batch and batch[0]:
+            self.taken.append((len(batch[0]), self.issued[batch[0][0]], time.monotonic()))
+        return batch
+
+
 def test_server_run_at_low_qps_is_valid_and_batches_wait_for_the_timeout(tmp_path: Path) -> None:
-    backend = null_backend(4, 2, latency_ms=0.5, per_sample_ms=0.0)
+    """At 500 QPS queries arrive ~2 ms apart, so batches of 4 rarely fill within a 5 ms deque
+    timeout: such a batch goes out only once the timeout has run since its first sample came
+    (one stream: that sample started the batcher's wait). Order on one clock, not a speed."""
+    timeout_us, batch = 5000, 4
+    backend = null_backend(batch, 1, latency_ms=0.5, per_sample_ms=0.0)
     spec = ScenarioSpec(
         scenario="server", target_qps=500.0, duration_s=0.5, latency_ms=50.0, min_queries=600
     )
-    with BatchingSUT(backend, samples(), 4, 2, 500) as sut:
+    with WaitRecordingSUT(backend, samples(), batch, 1, timeout_us) as sut:
         outcome = server.run(sut, spec, tmp_path)
     run = outcome.primary
     assert run is not None and outcome.valid
     assert run.query_count is not None and run.query_count >= 600
-    p99 = run.percentile_ms(99)
-    assert p99 is not None and p99 < 50.0  # generous: validity at low load, not the tail
+    sizes = [size for size, _, _ in sut.taken]
+    assert sum(sizes) == sut.samples_done == run.sample_count  # every sample in one batch
+    assert len(sizes) == sut.batches and all(1 <= size <= batch for size in sizes)
+    partial = [(issued, taken) for size, issued, taken in sut.taken if size < batch]
+    assert partial, sizes
+    late = [(issued, taken) for issued, taken in partial if taken < issued + timeout_us / 1e6]
+    assert not late, late[:5]  # no partial batch left before its first sample's deadline
+    assert any(size > 1 for size in sizes), sizes  # waiting gathered later samples in
 
 
 def test_engine_error_mid_run_fails_the_measurement_without_hanging(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ backend on virtual devices and the real LoadGen."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +66,23 @@ def test_a_device_without_a_warmup_rate_still_gets_work() -> None:
     assert min(len(s.ids) for s in suts) > 0
 
 
+def check_spread(result: dict[str, Any]) -> None:
+    """An Offline system result's samples went to its devices in proportion to the warm-up
+    rates it measured (its routing weights): the least-loaded routing of batch-size chunks
+    leaves a device off its proportion by at most a chunk per device in each run, and as much
+    again for batches whose completion was not yet counted when a run began. Counts against
+    the measured weights: true however fast this machine is."""
+    devices, runs = result["devices"], result["loadgen_runs"]
+    issued = sum(r["sample_count"] for r in runs)
+    rates = [d["warmup_samples_per_second"] for d in devices]
+    assert all(rate > 0 for rate in rates), rates
+    slack = 2 * result["batch_size"] * len(devices) * len(runs)
+    for device, rate in zip(devices, rates, strict=True):
+        assert device["samples"] > 0, device
+        assert abs(device["samples"] - issued * rate / sum(rates)) <= slack, (device, rates)
+        assert device["share"] == device["samples"] / issued
+
+
 def run_config(cache_dir: Path, **extra: object) -> RunConfig:
     return RunConfig(
         model="tiny",
@@ -86,11 +104,9 @@ def test_offline_on_three_devices_completes_every_sample_once_and_spreads_the_wo
     assert sum(d["samples"] for d in result.devices) == issued  # every sample exactly once
     assert [d["device"] for d in result.devices] == DEVICES
     assert [d["name"] for d in result.devices] == [f"simulated Tesla T4 ({d})" for d in DEVICES]
-    assert all(0.2 < d["share"] < 0.47 for d in result.devices)
-    assert sum(d["batches"] for d in result.devices) >= issued / 4
-    # A loose sanity bound, not a timing assertion: three devices beat one.
-    one = max(d["warmup_samples_per_second"] for d in result.devices)
-    assert result.samples_per_second is not None and result.samples_per_second > 1.5 * one
+    check_spread(result.to_dict())
+    assert sum(d["batches"] for d in result.devices) >= issued / 4  # batches of 4 at most
+    assert result.samples_per_second is not None and result.samples_per_second > 0
     assert result.gpu is None  # simulated: no NVML
     assert (tmp_path / "offline-1" / "mlperf_log_summary.txt").exists()
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness import runner
-from harness.backends.base import BackendOptions, threads_per_stream
+from harness.backends.base import BackendOptions
 from harness.backends.null import NullBackend
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.config import RunConfig, ScenarioSpec
@@ -48,9 +48,9 @@ def test_streams_that_change_the_thread_count_load_another_session(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     one, two = ort_run(cache_dir, streams=1), ort_run(cache_dir, streams=2)
-    same = threads_per_stream(runner.backend_options(one, "cpu"), True) == threads_per_stream(
-        runner.backend_options(two, "cpu"), True
-    )
+    # The cores split among the streams: 1 stream runs them all, 2 streams half each; the
+    # same thread count only where there is one core.
+    same = cpu_count() == 1
     warm = Warm()
     runner.measure(one, spec(tmp_path, "a"), warm)
     second = runner.measure(two, spec(tmp_path, "b"), warm)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tuner.cli import main
 
-#: `optimize` on the simulated null backend (tiny model): 4 batch sizes x 2 streams.
+#: `optimize` on the simulated null backend (tiny model): 4 batch sizes x 2 streams. Pruning
+#: is off in these shared arguments: the tests that use them count trials measured in full;
+#: tests/tuner/test_prune.py tests pruning.
 NULL_OPTIMIZE = [
     "optimize",
     "--model",
@@ -21,10 +23,12 @@ NULL_OPTIMIZE = [
     "1,2",
     "--backend-option",
     "latency_ms=1",
+    "--prune",
+    "off",
 ]
 
 #: `optimize` on the null backend, Server: a 20 ms bound at 600 queries over batch sizes 1 and 4,
-#: one stream, fp32, one deque timeout.
+#: one stream, fp32, one deque timeout; pruning off, as above.
 NULL_SERVER = [
     "optimize",
     "--model",
@@ -45,6 +49,8 @@ NULL_SERVER = [
     "fp32",
     "--deque-timeouts-us",
     "2000",
+    "--prune",
+    "off",
 ]
 
 ERROR_LINE = re.compile(r"^(?:tuner|python -m tuner \w+): error: \S")

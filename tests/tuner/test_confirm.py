@@ -3,17 +3,21 @@ best median wins; grid search keeps points sharing an engine together; the summa
 engines built. Null backend (jittered) or ONNX Runtime on a tiny model, through `main([...])`.
 
 Where a test needs a lucky run or a failing repeat it replaces the confirmation's
-`measure_in_child` (the trials themselves are measured for real)."""
+`measure_in_child` (the trials themselves are measured for real). Ctrl-C is a real SIGINT to a
+`python -m tuner optimize` process group, as in tests/tuner/test_distributed.py."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import sqlite3
 import statistics
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError
 from tests.tuner.cli_checks import NULL_OPTIMIZE
+from tests.tuner.test_distributed import finish, processes, start, wait_for
 from tuner import config
 from tuner.child import ChildOutcome, WarmWorker
 from tuner.cli import main
@@ -41,6 +46,7 @@ from tuner.space import SearchSpace
 from tuner.study import Prepared, grid_order, prepare, time_left
 
 TRIALS = 5
+__all__ = ["processes"]  # the fixture, imported for the Ctrl-C test
 
 
 def optimize_args(db: Path, cache_dir: Path, runs: Path, *extra: str) -> list[str]:
@@ -346,42 +352,59 @@ def test_a_lucky_run_loses_and_a_failed_or_invalid_repeat_scores_0(
     assert load(study_db).user_attrs["confirmed_best"] is not None
 
 
+def confirm_lists(db: Path) -> dict[int, list[float]]:
+    """Every `confirm:<trial>` list the study holds, by trial number."""
+    attrs = load(db).user_attrs
+    return {int(k.split(":")[1]): list(v) for k, v in attrs.items() if k.startswith("confirm:")}
+
+
 def test_ctrl_c_while_confirming_exits_130_and_the_rerun_finishes(
     study_db: Path,
     cache_dir: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    processes: list[subprocess.Popen[str]],
 ) -> None:
+    """A real SIGINT to `optimize`'s process group, as Ctrl-C in a terminal sends it, once the
+    best configuration's second repeat is measuring: exit 130 with the summary, the repeats
+    stored so far kept, no winner yet; the same command again measures only what is missing
+    (the kept scores stay as they were) and names the winner."""
     study = load(study_db)
     (first,) = checked_candidates(study, 1)
+    runs = tmp_path / "runs"
+    argv = optimize_args(study_db, cache_dir, runs)  # the defaults: 2 more runs of the top 3
+    proc = start(argv, tmp_path)  # SIGINT at its default, in a process group of its own
+    processes.append(proc)
+    measuring = runs / study.study_name / f"confirm-{first.number:04d}-2"
+    wait_for(measuring.exists, f"{measuring.name} measuring", [proc], timeout=120)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out, err = finish(proc, timeout=120)
+    assert code == 130, err
+    assert out.startswith("study tiny-offline-null-simulated-cpu"), out  # the summary
+    assert "interrupted while confirming" in err and "Traceback" not in err, err
 
-    def scores(trial: FrozenTrial, i: int) -> ChildOutcome | float:
-        if i == 2:
-            return ChildOutcome(None, "interrupted", "interrupted", 0.1)
-        return trial.values[0]
+    assert load(study_db).user_attrs.get("confirmed_best") is None
+    kept = confirm_lists(study_db)
+    assert len(kept[first.number]) >= 2 and kept[first.number][0] == first.values[0]
 
-    fake, calls = fake_measure(study, scores)
-    patch_confirmation(monkeypatch, fake)
-    argv = optimize_args(study_db, cache_dir, tmp_path / "runs")
-    assert main(argv) == 130
-    captured = capsys.readouterr()
-    assert captured.out.startswith("study tiny-offline-null-simulated-cpu")  # the summary
-    assert "interrupted while confirming" in captured.err
-    assert calls == [f"confirm-{first.number:04d}-1", f"confirm-{first.number:04d}-2"]
-    study = load(study_db)
-    assert study.user_attrs.get("confirmed_best") is None
-    (trial,) = [t for t in study.get_trials() if t.number == first.number]
-    assert repeats(study, trial) == [first.values[0]] * 2  # kept
-    assert confirmed_value(trial, study.user_attrs) is None  # a repeat is missing
-
-    fake, calls = fake_measure(study, lambda t, i: t.values[0])
-    patch_confirmation(monkeypatch, fake)
-    assert main(argv) == 0
-    base = baseline_trial(study)
-    assert base is not None and base.number not in load(study_db).user_attrs["confirmed_top"]
-    assert len(calls) == 4 * 2 - 1  # the repeat that was interrupted, the rest, the baseline
-    assert load(study_db).user_attrs["confirmed_best"] == first.number
+    argv.remove("--quiet")  # the rerun says each run it measures
+    again = start(argv, tmp_path)
+    processes.append(again)
+    code, out, err = finish(again)
+    assert code == 0, err
+    assert "confirmed: median of 3 runs" in out and "not confirmed" not in out
+    done = load(study_db)
+    final = confirm_lists(study_db)
+    assert done.user_attrs["confirmed_best"] is not None
+    assert set(final) >= set(kept) and all(len(scores) == 3 for scores in final.values())
+    for number, scores in kept.items():
+        assert final[number][: len(scores)] == scores  # kept, not measured again
+    # Exactly the missing repeats were measured: 3 scores each, less what was kept (a trial
+    # with nothing kept had its own value only).
+    missing = sum(3 - len(kept.get(number, [0.0])) for number in final)
+    assert missing >= 1  # the run measuring when Ctrl-C came, at least
+    said = re.findall(r"confirm trial (\d+) run (\d)/2: ", err)
+    assert len(said) == missing, (said, kept, final)
+    assert {int(number) for number, _ in said} <= set(final)
 
 
 def test_with_workers_the_parent_confirms_after_they_finish(

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import mlperf_loadgen as lg
 import optuna
 import pytest
 from google.protobuf import text_format
@@ -20,8 +21,6 @@ from optuna.trial import TrialState, create_trial
 from harness.errors import ConfigError, TunerError
 from tuner.export import FORMATS, choose_trial, export
 from tuner.results import study_setting
-
-lg = pytest.importorskip("mlperf_loadgen")
 
 INPUTS = [{"name": "input", "dtype": "float32", "sample_shape": [3, 224, 224]}]
 OUTPUTS = [{"name": "logits", "dtype": "float32", "sample_shape": [1000]}]

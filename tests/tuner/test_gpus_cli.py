@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from harness import gpus
 from harness.errors import ConfigError, TunerError
 from harness.gpus import Discovery, GpuInfo
+from tests.harness.test_system import check_spread
 from tests.tuner.cli_checks import one_error_line, run, sha256
 from tuner import config
 from tuner.system import SYSTEM_RESULT
@@ -340,7 +341,7 @@ def test_optimize_on_three_gpus_of_two_models_then_a_system_run(
     assert [g["uuid"] for g in result["gpus"]] == [FAKE[0].uuid, FAKE[1].uuid]
     issued = sum(r["sample_count"] for r in result["loadgen_runs"])
     assert sum(d["samples"] for d in result["devices"]) == issued
-    assert all(d["share"] > 0.25 for d in result["devices"])
+    check_spread(result)  # in proportion to each T4's warm-up rate
     assert Path(result["log_dir"]).is_relative_to(runs_dir / T4_STUDY)
     assert f"system run of study {T4_STUDY}" in out and "[simulated]" in out
     assert re.search(r"^all\s", out, re.M) and "samples/s VALID" in out

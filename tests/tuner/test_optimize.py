@@ -201,6 +201,8 @@ def test_onnxruntime_on_a_tiny_model_measures_int8_agreement(
         "grid",
         "--trials",
         "4",
+        "--prune",  # every point measured: both int8 trials report their agreement
+        "off",
         *common(tmp_path, cache_dir),
     ]
     assert main(args) == 0
@@ -210,5 +212,15 @@ def test_onnxruntime_on_a_tiny_model_measures_int8_agreement(
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     int8 = [t for t in trials if t.params["precision"] == "int8"]
-    assert int8 and all(0.0 <= t.user_attrs["agreement_top1"] <= 1.0 for t in int8)
+    assert len(int8) == 2
+    # One variant, its agreement measured once: the same on both int8 trials, a count of
+    # agreeing samples, above the study's floor (so the accuracy constraint holds).
+    ((top1, samples),) = {
+        (t.user_attrs["agreement_top1"], t.user_attrs["agreement_samples"]) for t in int8
+    }
+    floor = study_setting(study.user_attrs, "accuracy_floor")
+    assert floor == 0.8 and floor <= top1 <= 1.0 and samples > 0
+    assert (top1 * samples).is_integer()
+    assert all(t.constraints["accuracy"] <= 0 for t in int8)
+    assert not [t for t in trials if t not in int8 and "agreement_top1" in t.user_attrs]
     assert all("onnxruntime" in t.user_attrs["versions"] for t in trials)

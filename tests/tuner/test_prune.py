@@ -269,3 +269,50 @@ def test_a_replayed_trial_is_pruned_as_the_harness_would_prune_it(tmp_path: Path
     assert replay.loadgen_s - before == pytest.approx(2.0)  # the Offline run only
     assert pruned.seconds == pytest.approx(30.0 - 600 / 54 - 600 / 60)
     assert replay.pruned == 1
+
+
+def test_an_offline_trial_far_under_the_best_stops_after_its_warm_up(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(
+        """
+[study]
+trials = 3
+confirm_runs = 0
+
+[model]
+name = "tiny"
+
+[backend]
+name = "null"
+options = {latency_ms = 2, per_sample_ms = 0.5, speedup = {int8 = 8}}
+
+[scenario]
+duration_s = 0.3
+
+[space]
+batch_sizes = [1, 2]
+streams = [1]
+precisions = ["fp32", "int8"]
+
+[[enqueue]]
+batch_size = 2
+precision = "int8"
+
+[[enqueue]]
+batch_size = 2
+precision = "fp32"
+"""
+    )
+    argv = ["optimize", "--config", str(study_file), *args(tmp_path, cache_dir)[len(SERVER) :]]
+    assert main(argv) == 0
+    trials = load(tmp_path).get_trials()
+    # The baseline first (an Offline study's order), then the user's points in theirs.
+    assert [t.params["precision"] for t in trials] == ["fp32", "int8", "fp32"]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED]
+    why = trials[2].user_attrs["pruned"]
+    assert why["bound"] == "warm-up estimate" and why["margin"] == 1.0
+    assert why["best"] == pytest.approx(trials[1].value)
+    assert trials[2].user_attrs["loadgen_runs"] == []  # stopped before its Offline run
+    assert "1 pruned" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from harness.loadgen_log import read_run
 from tests.tuner.cli_checks import NULL_OPTIMIZE
 from tuner.cli import main
 from tuner.results import baseline_trial
@@ -42,6 +43,12 @@ def test_the_share_is_loadgen_seconds_over_wall_time_times_processes() -> None:
 def test_loadgen_seconds_sum_the_logged_spans() -> None:
     assert loadgen_seconds([{"duration_s": 2.5}, {"duration_s": None}, {"duration_s": 1}]) == 3.5
     assert loadgen_seconds(None) == 0.0
+
+
+def _run_dirs(folder: Path) -> list[Path]:
+    """The LoadGen runs of one measurement's folder (an Offline run too short is run again
+    in a folder of its own)."""
+    return sorted(p.parent for p in folder.rglob("mlperf_log_detail.txt"))
 
 
 def _argv(tmp_path: Path, cache_dir: Path, *extra: str) -> list[str]:
@@ -80,7 +87,15 @@ def test_each_run_records_its_session_and_report_json_writes_the_share(
     confirmed = 1 if base is None or base.number == top else 2  # the top 1, and the baseline
     assert (first.trials, first.confirm_runs, first.processes) == (4, confirmed, 1)
     assert first.trials_measuring_s > 0 and first.confirm_measuring_s > 0
-    assert first.share is not None and 0 < first.share < 1
+    # The confirmation's LoadGen spans are those its logs give (one folder per repeat).
+    folders = sorted((tmp_path / "runs" / "s").glob("confirm-*"))
+    assert len(folders) == confirmed
+    logged = sum(read_run(d).duration_s or 0.0 for f in folders for d in _run_dirs(f))
+    assert first.confirm_measuring_s == pytest.approx(logged, abs=0.01)
+    # The share by its definition; measuring happens inside the session (an order of
+    # spans, not a speed).
+    assert first.share == first.measuring_s / first.wall_s
+    assert first.measuring_s <= first.wall_s
     assert f"measuring share: {first.share:.0%} of {first.wall_s:.0f} s inside LoadGen" in out
     # The trials' LoadGen spans are the ones their records keep.
     spans = sum(r["duration_s"] for t in study.get_trials() for r in t.user_attrs["loadgen_runs"])

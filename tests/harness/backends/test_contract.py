@@ -52,20 +52,33 @@ Factory = Callable[..., Backend]
 
 
 def tensorrt_missing() -> str | None:
-    """Why the tensorrt case cannot run here (its runtime or a CUDA GPU is absent), or None."""
+    """Why the tensorrt case cannot run here, naming the piece that is absent (TensorRT and
+    pycuda, or a CUDA GPU), or None."""
     try:
         _, cuda = import_runtime()
+    except BackendUnavailable as exc:
+        return f"backend tensorrt needs TensorRT and pycuda: {exc}"
+    try:
         cuda.init()
         count = cuda.Device.count()
-    except Exception as exc:  # BackendUnavailable, or pycuda's error when there is no driver
-        return f"backend tensorrt needs tensorrt and an NVIDIA GPU: {exc}"
-    return None if count else "backend tensorrt needs tensorrt and an NVIDIA GPU: no CUDA device"
+    except Exception as exc:  # pycuda's error where there is no driver
+        return f"backend tensorrt needs an NVIDIA GPU: {exc}"
+    return None if count else "backend tensorrt needs an NVIDIA GPU: pycuda sees no CUDA device"
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend_name(request: pytest.FixtureRequest) -> str:
+def any_backend(request: pytest.FixtureRequest) -> str:
+    """Every backend, whether its runtime and device are here or not: for the checks that
+    need neither (construction, options, precisions), which run everywhere."""
     name: str = request.param
     assert name in CASES, f"backend {name} has no contract case: add one to CASES"
+    return name
+
+
+@pytest.fixture
+def backend_name(any_backend: str) -> str:
+    """Every backend that can run here; the others skip naming what they need."""
+    name = any_backend
     modules, extra = OPTIONAL.get(name, ((), ""))
     if any(importlib.util.find_spec(m) is None for m in modules):
         pytest.skip(f"backend {name} needs {', '.join(modules)} (the {extra} extra)")
@@ -75,17 +88,17 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def device(backend_name: str) -> str:
-    return CASES[backend_name].device
+def device(any_backend: str) -> str:
+    return CASES[any_backend].device
 
 
 @pytest.fixture
-def required(backend_name: str, tmp_path: Path) -> dict[str, Any]:
+def required(any_backend: str, tmp_path: Path) -> dict[str, Any]:
     """Options a backend cannot run without: the replay backend's landscape (0.1-0.25 ms);
     TensorRT's engines go to this test's folder."""
-    if backend_name == "tensorrt":
+    if any_backend == "tensorrt":
         return {"cache_dir": str(tmp_path / "engines")}
-    if backend_name != "replay":
+    if any_backend != "replay":
         return {}
     points = [
         {
@@ -180,12 +193,18 @@ def test_valid_option_is_accepted(backend_name: str, make: Factory) -> None:
 
 
 def test_unknown_option_is_a_config_error_listing_valid_ones(
-    backend_name: str, make: Factory
+    any_backend: str, device: str, mlp_model: Path, required: dict[str, Any]
 ) -> None:
+    """Checked at construction, which needs no runtime nor device: runs for every backend."""
+    cls = BACKENDS[any_backend]
+    valid = BackendOptions(device=device, extra={**required, **CASES[any_backend].option})
+    assert cls(mlp_model, valid).options == valid  # a valid option constructs
+    unknown = BackendOptions(device=device, extra={**required, "no_such_option": 1})
     with pytest.raises(ConfigError, match="no_such_option") as info:
-        make(no_such_option=1)
-    for valid in BACKENDS[backend_name].option_names:
-        assert valid in str(info.value)
+        cls(mlp_model, unknown)
+    assert cls.option_names
+    for name in cls.option_names:
+        assert name in str(info.value)
 
 
 # --- load / infer / close -----------------------------------------------------------------
@@ -219,12 +238,16 @@ def test_infer_on_every_stream_concurrently(backend_name: str, make: Factory, n:
 
 
 def test_close_is_safe_before_load_and_twice(make: Factory) -> None:
+    """close() raises nothing before load() or a second time, and leaves a backend that loads
+    and infers again."""
     backend = make()
     backend.close()
     backend.load()
-    backend.infer(batch(1), 0)
+    assert len(backend.infer(batch(1), 0)[0]) == 1
     backend.close()
     backend.close()
+    backend.load()
+    assert len(backend.infer(batch(2), 0)[0]) == 2
 
 
 def test_load_again_after_close(make: Factory) -> None:
@@ -259,7 +282,9 @@ def test_context_manager_loads_and_closes(make: Factory, monkeypatch: pytest.Mon
 # --- precisions ---------------------------------------------------------------------------
 
 
-def test_precisions_and_check_precision(backend_name: str, device: str) -> None:
+def test_precisions_and_check_precision(any_backend: str, device: str) -> None:
+    """Class methods that need no runtime nor device: run for every backend."""
+    backend_name = any_backend
     cls = BACKENDS[backend_name]
     supported = cls.precisions(device)
     assert supported and "fp32" in supported

@@ -168,22 +168,41 @@ def test_mobilenet_agrees_with_onnxruntime(mobilenet: ModelInfo) -> None:
 
 @needs_torch
 def test_streams_are_threads_sharing_the_module(tiny: ModelInfo) -> None:
-    streams = 3
-    inputs = inputs_for(tiny, 4)
-    want = reference(tiny, inputs)
+    """Each stream runs on a thread of its own, every call on the one converted module (a
+    forward hook on it sees each call: the module called and the thread), each stream on its
+    own batch: outputs swapped or mixed between streams would differ from its batch's."""
+    streams, rounds = 3, 10
+    inputs = [inputs_for(tiny, 4, first=4 * stream) for stream in range(streams)]
+    want = [reference(tiny, batch) for batch in inputs]
+    assert not np.allclose(want[0][0], want[1][0])  # the batches tell apart
+    calls: list[tuple[int, int]] = []  # (id of the module called, thread)
+    lock = threading.Lock()
     start = threading.Barrier(streams)
-    with torch_backend(tiny.path, max_batch=4, streams=streams) as backend:
 
-        def work(stream: int) -> list[list[np.ndarray]]:
+    def record(module: object, args: object) -> None:
+        with lock:
+            calls.append((id(module), threading.get_ident()))
+
+    with torch_backend(tiny.path, max_batch=4, streams=streams) as backend:
+        shared = backend._module
+        hook = shared.register_forward_pre_hook(record)
+
+        def work(stream: int) -> tuple[int, list[list[np.ndarray]]]:
             start.wait(timeout=30)
-            return [backend.infer(inputs, stream) for _ in range(10)]
+            outputs = [backend.infer(inputs[stream], stream) for _ in range(rounds)]
+            return threading.get_ident(), outputs
 
         with ThreadPoolExecutor(streams) as pool:
             per_stream = list(pool.map(work, range(streams)))
-        assert backend.info().details["streams_share_module"] is True
-    for results in per_stream:
+        hook.remove()
+    threads = [thread for thread, _ in per_stream]
+    assert len(set(threads)) == streams  # a thread per stream
+    assert len(calls) == streams * rounds  # every batch ran through the hooked module ...
+    assert {module for module, _ in calls} == {id(shared)}  # ... and that one object only
+    assert {thread for _, thread in calls} == set(threads)
+    for stream, (_, results) in enumerate(per_stream):
         for got in results:
-            np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got[0], want[stream][0], rtol=1e-4, atol=1e-4)
 
 
 @needs_torch
@@ -264,6 +283,28 @@ def test_the_harness_measures_the_torch_backend(tiny: ModelInfo, tmp_path: Path)
 # --- CUDA ---------------------------------------------------------------------------------
 
 
+def torch_cuda_missing() -> str | None:
+    """Why torch cannot run on a CUDA device here (the conftest's `gpu` check asks the driver,
+    so a GPU host without the torch extra, or with a CPU build of torch, lands here), or None."""
+    if not HAVE_TORCH:
+        return "needs torch and onnx2torch with CUDA (pip install 'batch-tuner[torch]')"
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            f"needs a CUDA build of torch that sees a GPU: torch {torch.__version__} "
+            "has torch.cuda.is_available() False"
+        )
+    return None
+
+
+@pytest.fixture(scope="session")
+def cuda_torch() -> None:
+    """Skips the test, before any model is built, where torch cannot use CUDA here."""
+    if (reason := torch_cuda_missing()) is not None:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def resnet50(cache_dir: Path) -> ModelInfo:
     return resolve_model("resnet50", cache_dir)
@@ -278,6 +319,7 @@ def cuda_inputs(resnet50: ModelInfo) -> dict[str, np.ndarray]:
 #: error 0.8% of the largest logit) and bf16 MobileNet on 32/32 (4.4%); synthetic weights give
 #: small logit margins, so top-1 is not demanded to be exact.
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 @pytest.mark.parametrize(
     ("precision", "least_top1", "most_error"), [("fp16", 0.9, 0.03), ("bf16", 0.75, 0.15)]
 )
@@ -302,6 +344,7 @@ def test_cuda_half_precisions_agree_with_fp32(
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 def test_cuda_info_names_the_gpu(tiny: ModelInfo) -> None:
     import torch
 
@@ -311,6 +354,7 @@ def test_cuda_info_names_the_gpu(tiny: ModelInfo) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_graphs_match_eager(resnet50: ModelInfo, precision: str) -> None:
     full, partial = inputs_for(resnet50, 8), inputs_for(resnet50, 3)
@@ -330,22 +374,26 @@ def test_cuda_graphs_match_eager(resnet50: ModelInfo, precision: str) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 def test_cuda_streams_run_concurrently_and_agree(resnet50: ModelInfo) -> None:
+    """Each CUDA stream runs its own batch at once with the others: its outputs are those its
+    batch gives alone on stream 0 (outputs swapped or mixed between streams differ)."""
     streams = 4
-    inputs = inputs_for(resnet50, 4)
+    inputs = [inputs_for(resnet50, 4, first=4 * stream) for stream in range(streams)]
     start = threading.Barrier(streams)
     with torch_backend(resnet50.path, device="cuda", max_batch=4, streams=streams) as backend:
-        want = backend.infer(inputs, 0)
+        want = [backend.infer(batch, 0) for batch in inputs]
 
         def work(stream: int) -> list[list[np.ndarray]]:
             start.wait(timeout=30)
-            return [backend.infer(inputs, stream) for _ in range(10)]
+            return [backend.infer(inputs[stream], stream) for _ in range(10)]
 
         with ThreadPoolExecutor(streams) as pool:
             per_stream = list(pool.map(work, range(streams)))
-    for results in per_stream:
+    assert not np.allclose(want[0][0], want[1][0])  # the batches tell apart
+    for stream, results in enumerate(per_stream):
         for got in results:
-            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(got[0], want[stream][0], rtol=1e-5, atol=1e-5)
 
 
 def make_tile(path: Path, repeats: int) -> Path:
@@ -364,6 +412,7 @@ def make_tile(path: Path, repeats: int) -> Path:
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 def test_cuda_out_of_memory_is_mapped(tmp_path: Path) -> None:
     """An absurd batch (64 samples of 4 GiB each) raises OutOfMemory, not a crash."""
     model = make_tile(tmp_path / "tile.onnx", repeats=1 << 26)
@@ -374,6 +423,7 @@ def test_cuda_out_of_memory_is_mapped(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("cuda_torch")
 def test_cuda_device_out_of_range_is_unavailable(tiny: ModelInfo) -> None:
     with pytest.raises(BackendUnavailable, match="does not exist"):
         torch_backend(tiny.path, device="cuda:99").load()

@@ -7,7 +7,6 @@ the `gpu` tests also skip, with a reason, where either is missing.
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
@@ -380,14 +379,16 @@ def test_gpu_engine_matches_onnxruntime_on_every_stream(tmp_path: Path) -> None:
         assert Path(info.details["engine_path"]).is_file()
         assert Path(info.details["timing_cache"]).is_file()
         for n in (1, 3, 4):
-            batch = images(n, seed=n)
-            want = reference(model, batch)
-            feed = {"image": batch}
+            # Each stream its own batch, at once: an output swapped or mixed between streams
+            # would not match its own batch's reference.
+            feeds = [{"image": images(n, seed=10 * n + stream)} for stream in range(3)]
+            want = [reference(model, feed["image"]) for feed in feeds]
+            assert not np.allclose(want[0], want[1])
             with ThreadPoolExecutor(3) as pool:
-                got = list(pool.map(lambda s, f=feed: backend.infer(f, s)[0], range(3)))
-            for out in got:
+                got = list(pool.map(lambda f, s: backend.infer(f, s)[0], feeds, range(3)))
+            for stream, out in enumerate(got):
                 assert out.shape == (n, 10)
-                np.testing.assert_allclose(out, want, rtol=1e-2, atol=1e-3)
+                np.testing.assert_allclose(out, want[stream], rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.gpu
@@ -397,13 +398,16 @@ def test_gpu_second_load_reuses_the_cached_engine(tmp_path: Path) -> None:
     first = trt_backend(model, tmp_path / "cache", max_batch=2)
     with first:
         built = first.infer({"image": images(2)}, 0)[0]
+        engine = Path(first.info().details["engine_path"])
+    plan, written = engine.read_bytes(), engine.stat().st_mtime_ns
     second = trt_backend(model, tmp_path / "cache", max_batch=2)
-    started = time.perf_counter()
     with second:
-        assert second.info().details["engine_cached"] is True
-        assert second.info().details["engine_build_s"] == 0.0
+        details = second.info().details
+        assert details["engine_cached"] is True and details["engine_build_s"] == 0.0
+        assert Path(details["engine_path"]) == engine
         np.testing.assert_allclose(second.infer({"image": images(2)}, 0)[0], built, rtol=1e-6)
-    assert time.perf_counter() - started < 30
+    # Read, not built again: the plan file is the one the first load wrote, untouched.
+    assert engine.read_bytes() == plan and engine.stat().st_mtime_ns == written
     other_batch = trt_backend(model, tmp_path / "cache", max_batch=3)
     with other_batch:
         assert other_batch.info().details["engine_cached"] is False

@@ -144,3 +144,8 @@ def test_a_server_search_that_may_reach_the_best_searches(tmp_path: Path) -> Non
         outcome = measure.SCENARIOS["server"](ctx)
     assert outcome.pruned is None
     assert "Server" in {r.scenario for r in outcome.runs} and outcome.valid
+
+
+def test_a_bound_not_measured_prunes_nothing() -> None:
+    assert prune.check("warm-up estimate", 0.0, 100.0) is None
+    assert prune.check("queueing model", float("nan"), 100.0) is None
