@@ -13,7 +13,7 @@ from harness.backends import BackendOptions
 from harness.backends.null import NullBackend
 from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import SampleSet
-from harness.scenarios import measure, prune
+from harness.scenarios import Outcome, measure, prune
 from harness.scenarios.measure import Context, Warmup
 from harness.scenarios.prune import Pruned
 from harness.sut import BatchingSUT
@@ -101,17 +101,23 @@ def null_backend() -> NullBackend:
     return backend
 
 
+def server_search(tmp_path: Path, batch_s: float, best: float) -> Outcome:
+    """The Server scenario on the null backend (1 ms per batch of 1: under 1,000 samples/s),
+    real LoadGen, with `best` to beat and a warm-up whose batches took `batch_s` each (what
+    the queueing model is fed)."""
+    warmup = Warmup(batch_ms=1.0, samples_per_second=900.0, batch_latencies_s=(batch_s,) * 20)
+    run = RunConfig(model="tiny", backend="null", deque_timeout_us=0)
+    with BatchingSUT(null_backend(), SAMPLES, 1, 1, 0) as sut:
+        ctx = Context(run, server_spec(tmp_path, best), sut, warmup, tmp_path)
+        return measure.SCENARIOS["server"](ctx)
+
+
 def test_a_server_search_whose_offline_throughput_cannot_reach_the_best_runs_no_server_run(
     tmp_path: Path,
 ) -> None:
-    # 1 ms per batch of 1 gives under 1,000 samples/s: 1.5x that misses 100,000. A Server
-    # search does not prune on the warm-up's estimate (it bounds nothing for sure): its
-    # Offline run comes first.
-    warmup = Warmup(batch_ms=1.0, samples_per_second=900.0, batch_latencies_s=(0.001,) * 20)
-    run = RunConfig(model="tiny", backend="null", deque_timeout_us=0)
-    with BatchingSUT(null_backend(), SAMPLES, 1, 1, 0) as sut:
-        ctx = Context(run, server_spec(tmp_path, 1e5), sut, warmup, tmp_path)
-        outcome = measure.SCENARIOS["server"](ctx)
+    # 1.5x under 1,000 samples/s misses 100,000. A Server search does not prune on the
+    # warm-up's estimate (it bounds nothing for sure): its Offline run comes first.
+    outcome = server_search(tmp_path, 0.001, 1e5)
     assert outcome.pruned is not None and outcome.pruned.bound == "Offline throughput"
     assert outcome.runs and {r.scenario for r in outcome.runs} == {"Offline"}
     assert outcome.pruned.value == outcome.runs[-1].samples_per_second
@@ -124,11 +130,7 @@ def test_a_server_search_whose_queueing_model_cannot_reach_the_best_runs_no_serv
 ) -> None:
     # The Offline run reads ~1,000 samples/s (1.5x reaches the best of 600), but the warm-up's
     # batches took 5 ms each: under a 20 ms bound at p90 the model finds ~130 QPS.
-    warmup = Warmup(batch_ms=1.0, samples_per_second=900.0, batch_latencies_s=(0.005,) * 20)
-    run = RunConfig(model="tiny", backend="null", deque_timeout_us=0)
-    with BatchingSUT(null_backend(), SAMPLES, 1, 1, 0) as sut:
-        ctx = Context(run, server_spec(tmp_path, 600.0), sut, warmup, tmp_path)
-        outcome = measure.SCENARIOS["server"](ctx)
+    outcome = server_search(tmp_path, 0.005, 600.0)
     upper = outcome.runs[-1].samples_per_second
     assert upper is not None and upper * 1.5 >= 600.0, "the Offline run itself would prune"
     assert outcome.pruned is not None and outcome.pruned.bound == "queueing model"
@@ -137,11 +139,7 @@ def test_a_server_search_whose_queueing_model_cannot_reach_the_best_runs_no_serv
 
 
 def test_a_server_search_that_may_reach_the_best_searches(tmp_path: Path) -> None:
-    warmup = Warmup(batch_ms=1.0, samples_per_second=900.0, batch_latencies_s=(0.001,) * 20)
-    run = RunConfig(model="tiny", backend="null", deque_timeout_us=0)
-    with BatchingSUT(null_backend(), SAMPLES, 1, 1, 0) as sut:
-        ctx = Context(run, server_spec(tmp_path, 1.0), sut, warmup, tmp_path)
-        outcome = measure.SCENARIOS["server"](ctx)
+    outcome = server_search(tmp_path, 0.001, 1.0)
     assert outcome.pruned is None
     assert "Server" in {r.scenario for r in outcome.runs} and outcome.valid
 
