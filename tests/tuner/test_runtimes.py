@@ -190,6 +190,8 @@ def test_a_study_of_both_cpu_runtimes_end_to_end(
         "fp32,int8",
         "--trials",
         "5",
+        "--prune",  # every screening point measured in full: each view names its runtime
+        "off",
         *common(tmp_path, cache_dir),
     ]
     assert main(args) == 0

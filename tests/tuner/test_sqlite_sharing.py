@@ -23,11 +23,12 @@ def _free_port() -> int:
 
 def test_dashboard_polling_a_running_sqlite_study(tmp_path: Path, cache_dir: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    # Pruning off: the test counts 8 trials measured in full.
     optimize = [
         sys.executable, "-m", "tuner", "optimize", "--model", "tiny", "--backend", "null",
         "--batch-sizes", "1,2,4,8", "--streams", "1,2", "--trials", "8", "--workers", "2",
         "--duration-s", "1.5", "--storage", storage, "--cache-dir", str(cache_dir),
-        "--runs-dir", str(tmp_path / "runs"), "--quiet",
+        "--runs-dir", str(tmp_path / "runs"), "--quiet", "--prune", "off",
     ]  # fmt: skip
     tuner = subprocess.Popen(optimize, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
