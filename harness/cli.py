@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.backends import BACKENDS
 from harness.cli_common import (
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
-        "input (default: synthetic, seeded)",
+        "input: samples on axis 0 whatever the model's batch axis; a `labels` array (one class "
+        "per sample) scores accuracy against fp32's (default: synthetic, seeded)",
     )
     what.add_argument(
         "--seed",
@@ -114,7 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="backend setting, e.g. latency_ms=2 (null)",
     )
-    add_input_flags(run.add_argument_group("model inputs and accuracy"))
+    inputs = run.add_argument_group("model inputs and accuracy")
+    add_input_flags(inputs)
+    inputs.add_argument(
+        "--accuracy-floor",
+        type=float,
+        default=RunConfig.accuracy_floor,
+        metavar="F",
+        help="least agreement with fp32 an fp16/int8 variant must keep, by --accuracy-metric "
+        "(with labels in --data: accuracy relative to fp32's, 0.99 being MLPerf's rule); "
+        "under it the result says loudly that its throughput is not usable "
+        "(default %(default)s, the tuner's)",
+    )
     how = run.add_argument_group("how LoadGen measures")
     how.add_argument(
         "--scenario",
@@ -227,6 +240,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         input_ranges=dict(args.input_ranges),
         accuracy_metric=args.accuracy_metric,
         accuracy_output=args.accuracy_output,
+        accuracy_floor=args.accuracy_floor,
     )
 
 
@@ -315,16 +329,37 @@ def render(result: Result) -> str:
             )
         )
     if result.agreement:
-        a = result.agreement
-        metric = a.get("metric", "top1")
-        value = a.get("value", a["top1"])
-        lines.append(
-            f"agreement with fp32 on {a.get('output') or 'the first output'}: {metric} "
-            f"{value:.4f} on {a['samples']} samples, max abs error {a['max_abs_error']:.4g}"
-        )
+        lines.extend(agreement_lines(result.agreement, result.precision))
     if result.note:
         lines.append(f"note: {result.note}")
     return "\n".join(lines)
+
+
+def agreement_lines(a: Mapping[str, Any], precision: str) -> list[str]:
+    """The agreement with fp32, and a warning line when it is under the floor: a throughput
+    beside an agreement that low is not a result anyone can deploy."""
+    metric = a.get("metric", "top1")
+    value = a.get("value", a["top1"])
+    lines = [
+        f"agreement with fp32 on {a.get('output') or 'the first output'}: {metric} "
+        f"{value:.4f} on {a['samples']} samples, max abs error {a['max_abs_error']:.4g}"
+    ]
+    accuracy, reference = a.get("accuracy"), a.get("reference_accuracy")
+    if isinstance(accuracy, float) and accuracy == accuracy:
+        lines.append(f"accuracy on the labels: {precision} {accuracy:.4f}, fp32 {reference:.4f}")
+    floor = a.get("floor")
+    if isinstance(floor, (int, float)) and isinstance(value, float) and value < floor:
+        lines.append(
+            f"WARNING: {precision} is under the accuracy floor: {metric} {value:.4f} < "
+            f"{floor:g}; its throughput above is not a usable result (a study stores such a "
+            "trial as infeasible)"
+        )
+    elif isinstance(value, float) and value != value:
+        lines.append(
+            f"WARNING: the agreement of {precision} with fp32 could not be scored ({metric} "
+            "is not defined for this output); check --accuracy-metric and --accuracy-output"
+        )
+    return lines
 
 
 def _reason(run: dict[str, object]) -> str:

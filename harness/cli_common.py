@@ -125,7 +125,8 @@ def add_input_flags(group: argparse._ArgumentGroup, defaults: bool = True) -> No
         default=[] if defaults else None,
         metavar="NAME=SIZE",
         help="size of every model dimension named NAME, e.g. sequence=128 (repeatable); the "
-        "batch (axis 0) stays the tuned knob",
+        "batch stays the tuned knob, and placeholders exporters write ('?', unk__N) are not "
+        "names: use --shape for them",
     )
     group.add_argument(
         "--shape",
@@ -134,8 +135,8 @@ def add_input_flags(group: argparse._ArgumentGroup, defaults: bool = True) -> No
         type=parse_shape,
         default=[] if defaults else None,
         metavar="INPUT=D1xD2",
-        help="non-batch sizes of one input whose dims have no name, e.g. input_ids=128 "
-        "(repeatable)",
+        help="the sizes of one input's axes besides its batch, in order, e.g. x=3x48x192 for "
+        "x [-1, 3, '?', '?'] (repeatable); the way to size dims without a name",
     )
     group.add_argument(
         "--input-range",
@@ -145,16 +146,18 @@ def add_input_flags(group: argparse._ArgumentGroup, defaults: bool = True) -> No
         default=[] if defaults else None,
         metavar="NAME=LO:HI",
         help="draw input NAME's synthetic values from LO..HI, both inclusive (repeatable; "
-        "default: an index input stays inside the table it indexes, other integers 0..1, "
-        "floats standard normal)",
+        "default: an index input stays inside the table it indexes, a one-hot input inside "
+        "its depth or the values it is compared with, other integers 0..1, a recurrent "
+        "state zeros, other floats standard normal)",
     )
     group.add_argument(
         "--accuracy-metric",
         choices=ACCURACY_METRICS,
         default="auto" if defaults else None,
-        help="how fp16/int8 outputs are compared with fp32: top1 (class scores [N, C]), cosine "
-        "(hidden states, embeddings), relative (1 - relative L2 error); auto picks by the "
-        "output's shape (default)",
+        help="how fp16/int8 outputs are compared with fp32: accuracy (top-1 accuracy on the "
+        "labels of --data over fp32's), top1 (class scores [N, C]), cosine (hidden states, "
+        "embeddings), relative (1 - relative L2 error); auto picks accuracy where the data "
+        "has labels, else by the output's shape (default)",
     )
     group.add_argument(
         "--accuracy-output",

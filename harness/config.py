@@ -17,8 +17,11 @@ from harness.errors import ConfigError
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 SCENARIO_NAMES = ("offline", "server")
 #: How a variant's outputs are compared with fp32 (harness.precision.agreement): `auto` picks
-#: top1 for class scores [N, C], relative for one value per sample, cosine otherwise.
-ACCURACY_METRICS = ("auto", "top1", "cosine", "relative")
+#: accuracy where the data has labels, else top1 for class scores [N, C], relative for one
+#: value per sample, cosine otherwise. `accuracy` is task accuracy relative to fp32's.
+ACCURACY_METRICS = ("auto", "accuracy", "top1", "cosine", "relative")
+#: The least agreement a variant must keep unless told otherwise (the study's floor).
+DEFAULT_ACCURACY_FLOOR = 0.8
 
 #: MLPerf v0.5 Server minimum query count for image models, and the minimum run length.
 COMPLIANCE_SERVER_QUERIES = 270_336
@@ -135,6 +138,9 @@ class RunConfig:
     #: first).
     accuracy_metric: str = "auto"
     accuracy_output: str | None = None
+    #: The least agreement with fp32 that makes the variant's measurement usable: under it, a
+    #: warning (harness run) or an infeasible trial (the tuner).
+    accuracy_floor: float = DEFAULT_ACCURACY_FLOOR
     cache_dir: Path = field(default_factory=default_cache_dir)
     #: Backend-specific settings (e.g. the null backend's latency model).
     backend_options: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +164,7 @@ class RunConfig:
         object.__setattr__(self, "input_ranges", check_ranges("input_ranges", self.input_ranges))
         check_int("agreement_samples", self.agreement_samples, 0)
         check_choice("accuracy_metric", self.accuracy_metric, ACCURACY_METRICS)
+        check_float("accuracy_floor", self.accuracy_floor, -1e-9, 1.0 + 1e-9)
         if self.accuracy_output is not None and not (
             isinstance(self.accuracy_output, str) and self.accuracy_output
         ):

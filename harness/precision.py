@@ -71,7 +71,9 @@ class Agreement:
     `cosine`, the mean per-sample cosine similarity of the flattened outputs; `relative`,
     1 - the mean per-sample relative L2 error (floored at 0). `top1` is also kept on its own,
     NaN when the output is not class scores (fewer than 2 axes or a single class).
-    `max_abs_error` is over every output.
+    `max_abs_error` is over every output. Where the data has labels, `accuracy` and
+    `reference_accuracy` are the variant's and fp32's top-1 accuracy on them, and the
+    `accuracy` metric is their ratio (MLPerf keeps a precision that holds 99% of fp32's).
     """
 
     samples: int
@@ -80,6 +82,8 @@ class Agreement:
     metric: str = "top1"
     value: float = math.nan
     output: str = ""
+    accuracy: float = math.nan
+    reference_accuracy: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for results and trial attributes (a NaN stays NaN)."""
@@ -130,7 +134,9 @@ def make_variant(
             if precision == "fp16":
                 note = _build_fp16(model.path, built, external)
             else:
-                note = _build_int8(model.path, built, feeds, Path(tmp), external)
+                note = _build_int8(
+                    model.path, built, list(_batches(model, feeds)), Path(tmp), external
+                )
         except Exception as exc:  # the onnx/onnxruntime tools raise anything
             reason = (
                 f"{precision} is infeasible for model {model.name!r}: the converter failed: "
@@ -166,12 +172,19 @@ def output_index(names: Sequence[str], wanted: str | None) -> int:
     return list(names).index(wanted)
 
 
-def pick_metric(metric: str, output: np.ndarray) -> str:
-    """`metric`, or for `auto` the one that fits the output: top1 for class scores [N, C],
-    relative for one value per sample (a regression score), cosine otherwise (hidden states,
-    embeddings)."""
+def pick_metric(metric: str, output: np.ndarray, labelled: bool = False) -> str:
+    """`metric`, or for `auto` the one that fits the output: accuracy where the samples have
+    labels, top1 for class scores [N, C], relative for one value per sample (a regression
+    score), cosine otherwise (hidden states, embeddings)."""
+    if metric == "accuracy" and not labelled:
+        raise ConfigError(
+            "accuracy_metric accuracy needs labels: a `labels` array in the --data files, "
+            "one class per sample"
+        )
     if metric != "auto":
         return metric
+    if labelled:
+        return "accuracy"
     per_sample = int(np.prod(output.shape[1:])) if output.ndim > 1 else 1
     if output.ndim == 2 and output.shape[1] > 1:
         return "top1"
@@ -184,9 +197,11 @@ def agreement(
     metric: str = "auto",
     output: int = 0,
     output_name: str = "",
+    labels: np.ndarray | None = None,
 ) -> Agreement:
-    """Compare two runs' outputs (one array per model output, all samples concatenated) by
-    `metric` (ACCURACY_METRICS) on output number `output`."""
+    """Compare two runs' outputs (one array per model output, samples on axis 0) by `metric`
+    (ACCURACY_METRICS) on output number `output`; with `labels` (each sample's class), also
+    both runs' top-1 accuracy on them."""
     if metric not in ACCURACY_METRICS:
         raise ConfigError(f"accuracy_metric: unknown value {metric!r}")
     if len(reference) != len(candidate) or not reference:
@@ -209,14 +224,32 @@ def agreement(
         if np.size(ref):
             diff = np.abs(np.asarray(ref, np.float64) - np.asarray(cand, np.float64))
             max_abs = max(max_abs, float(np.max(diff)))
-    chosen = pick_metric(metric, first)
+    accuracy = reference_accuracy = math.nan
+    if labels is not None:
+        if len(labels) != samples:
+            raise ValueError(f"{len(labels)} labels for {samples} samples")
+        reference_accuracy = _accuracy(first, labels)
+        accuracy = _accuracy(other, labels)
+    chosen = pick_metric(metric, first, labels is not None)
     if chosen == "top1":
         value = top1
+    elif chosen == "accuracy":
+        value = accuracy / reference_accuracy if reference_accuracy > 0 else math.nan
     else:
         a = first.reshape(samples, -1).astype(np.float64)
         b = other.reshape(samples, -1).astype(np.float64)
         value = _cosine(a, b) if chosen == "cosine" else _relative(a, b)
-    return Agreement(samples, top1, max_abs, chosen, value, output_name)
+    return Agreement(
+        samples, top1, max_abs, chosen, value, output_name, accuracy, reference_accuracy
+    )
+
+
+def _accuracy(output: np.ndarray, labels: np.ndarray) -> float:
+    """The fraction of samples whose highest score is their label's class."""
+    if not len(labels):
+        return math.nan
+    predicted = np.argmax(output.reshape(len(labels), -1), axis=1)
+    return float(np.mean(predicted == labels))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -270,9 +303,14 @@ def _external(path: Path) -> bool:
 
 
 def _build_int8(
-    source: Path, out: Path, feeds: dict[str, np.ndarray], tmp: Path, external: bool
+    source: Path,
+    out: Path,
+    batches: Sequence[dict[str, np.ndarray]],
+    tmp: Path,
+    external: bool,
 ) -> str:
-    """Static Q/DQ int8 (per-channel int8 weights, uint8 activations) after pre-processing."""
+    """Static Q/DQ int8 (per-channel int8 weights, uint8 activations) after pre-processing,
+    calibrated on `batches` (each as the model takes it)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -290,7 +328,7 @@ def _build_int8(
             return next(self.batches, None)
 
         def rewind(self) -> None:
-            self.batches = iter(_batches(feeds))
+            self.batches = iter(batches)
 
     note = ""
     source, tmp = source.resolve(), tmp.resolve()
@@ -329,7 +367,8 @@ def _build_int8(
 def _calibration_feeds(
     model: ModelInfo, calibration: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The first `CALIBRATION_SAMPLES` of every model input, in the input's dtype."""
+    """The first `CALIBRATION_SAMPLES` of every batched model input (samples on axis 0), an
+    unbatched input's one value, in the input's dtype."""
     feeds: dict[str, np.ndarray] = {}
     for spec in model.inputs:
         if spec.name not in calibration:
@@ -337,6 +376,9 @@ def _calibration_feeds(
                 f"int8 variant of model {model.name!r} needs calibration data "
                 f"for input {spec.name!r}"
             )
+        if spec.batch_axis is None:
+            feeds[spec.name] = np.asarray(calibration[spec.name], dtype=spec.np_dtype, order="C")
+            continue
         data = np.asarray(calibration[spec.name])[:CALIBRATION_SAMPLES]
         if data.ndim == 0 or data.shape[0] == 0:
             raise ModelError(
@@ -347,10 +389,18 @@ def _calibration_feeds(
     return feeds
 
 
-def _batches(feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-    count = min(a.shape[0] for a in feeds.values())
+def _batches(model: ModelInfo, feeds: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration samples in batches, each input as the model takes it (its samples on
+    its batch axis, an unbatched input's value in every batch)."""
+    specs = [s for s in model.inputs if s.name in feeds]
+    count = min((feeds[s.name].shape[0] for s in specs if s.batch_axis is not None), default=1)
     for lo in range(0, count, CALIBRATION_BATCH):
-        yield {name: a[lo : lo + CALIBRATION_BATCH] for name, a in feeds.items()}
+        yield {
+            s.name: s.feed(
+                feeds[s.name][lo : lo + CALIBRATION_BATCH] if s.batched else feeds[s.name]
+            )
+            for s in specs
+        }
 
 
 def _arrays_sha256(feeds: dict[str, np.ndarray]) -> str:

@@ -16,7 +16,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from harness.config import RunConfig, ScenarioSpec
 from harness.dataset import (
     InputRange,
     SampleSet,
+    check_fits,
     default_sample_count,
     input_ranges,
     load_samples_from,
@@ -37,7 +38,7 @@ from harness.device import cuda_ordinal
 from harness.errors import BackendError, ConfigError
 from harness.gpus import GpuSampler, sampler_for
 from harness.loadgen_log import LoadgenRun
-from harness.models import ModelInfo, resolve_model
+from harness.models import ModelInfo, TensorSpec, resolve_model
 from harness.precision import (
     CALIBRATION_SAMPLES,
     Agreement,
@@ -300,7 +301,9 @@ def gpu_sampler(devices: list[str], simulated: bool) -> GpuSampler:
 def load_samples(
     run: RunConfig, model: ModelInfo, ranges: dict[str, InputRange] | None = None
 ) -> SampleSet:
-    """The QSL's samples: the data's (--data), else synthetic ones within `ranges`."""
+    """The QSL's samples: the data's (--data), else synthetic ones within `ranges`; a
+    ConfigError first if one batch of them cannot fit in memory."""
+    check_fits(model, run.samples or 1, run.batch_size)
     if run.data_dir is not None:
         return load_samples_from(run.data_dir, model, run.samples)
     count = run.samples or default_sample_count(model)
@@ -383,16 +386,19 @@ def _agreement(
     )
     reference: list[list[np.ndarray]] = []
     candidate: list[list[np.ndarray]] = []
+    specs = {t.name: t for t in model.outputs}
+    names = [o.name for o in reference_session.get_outputs()]
     for start in range(first, first + n, run.batch_size):
         indices = np.arange(start, min(first + n, start + run.batch_size), dtype=np.intp)
         inputs = samples.gather(indices)
-        reference.append(reference_session.run(None, inputs))
-        candidate.append(backend.infer(inputs, 0))
+        count = len(indices)
+        reference.append(_stacked(names, specs, reference_session.run(None, inputs), count))
+        candidate.append(_stacked(names, specs, backend.infer(inputs, 0), count))
     concat = lambda batches: [np.concatenate(parts) for parts in zip(*batches, strict=True)]  # noqa: E731
-    names = [o.name for o in reference_session.get_outputs()]
     index = output_index(names, run.accuracy_output)
+    labels = samples.labels[first : first + n] if samples.labels is not None else None
     result = agreement(
-        concat(reference), concat(candidate), run.accuracy_metric, index, names[index]
+        concat(reference), concat(candidate), run.accuracy_metric, index, names[index], labels
     )
     log.info(
         "agreement with fp32 on %d samples of %s: %s %.4f, max abs error %.4g",
@@ -403,6 +409,21 @@ def _agreement(
         result.max_abs_error,
     )
     return result
+
+
+def _stacked(
+    names: Sequence[str],
+    specs: Mapping[str, TensorSpec],
+    outputs: Sequence[np.ndarray],
+    count: int,
+) -> list[np.ndarray]:
+    """One batch's outputs (`count` samples) with each output's samples on axis 0."""
+    return [
+        (specs[name] if name in specs else TensorSpec(name, "float32", ())).stack(
+            np.asarray(out), count
+        )
+        for name, out in zip(names, outputs, strict=True)
+    ]
 
 
 def _versions() -> dict[str, str]:
@@ -450,7 +471,11 @@ def _result(run: RunConfig, spec: ScenarioSpec, measured: Measurement) -> Result
             "samples_per_second": warm.samples_per_second,
             "single_ms": warm.single_ms,
         },
-        agreement=measured.agreement.to_dict() if measured.agreement is not None else None,
+        agreement=(
+            {**measured.agreement.to_dict(), "floor": run.accuracy_floor}
+            if measured.agreement is not None
+            else None
+        ),
         latency_bound_ms=None if offline_mode else spec.latency_ms,
         percentile=None if offline_mode else spec.percentile,
         note=outcome.note,

@@ -245,7 +245,9 @@ class StudyConfig:
         default=0.8,
         metadata=_study(
             "--accuracy-floor",
-            "least top-1 agreement with fp32 a precision must keep (default {default})",
+            "least agreement with fp32 a precision must keep, by the accuracy metric (with "
+            "labels in --data: accuracy relative to fp32's; 0.99 is MLPerf's rule); a trial "
+            "under it is never the best (default {default})",
             float,
         ),
     )
@@ -350,7 +352,8 @@ class StudyConfig:
             section="model",
             flag="--data",
             help=".npz file, or folder of .npz/.npy samples, or folder with one <input>.npy per "
-            "input (default: synthetic, seeded)",
+            "input: samples on axis 0 whatever the model's batch axis; a `labels` array (one "
+            "class per sample) scores accuracy against fp32's (default: synthetic, seeded)",
             type=Path,
             group=MODEL_GROUP,
         ),

@@ -284,24 +284,32 @@ def render_triton(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
         if backend == "openvino"
         else [f"platform: {_pb_string(platform)}"]
     )
+    inputs, outputs = _need(attrs, "inputs"), _need(attrs, "outputs")
+    batching = _batch_first(inputs) and _batch_first(outputs)
+    if not batching:
+        lines.append(
+            "# the model's batch is not axis 0 of every tensor (or some input is shared by "
+            "the whole batch), which Triton's batcher cannot split: max_batch_size 0, each "
+            f"request carries its own batch (up to {p['batch_size']}) on the axis marked -1"
+        )
     lines += [
         f"name: {_pb_string(str(_need(attrs, 'model')))}",
         *runtime_lines,
-        f"max_batch_size: {p['batch_size']}",
-        *_pb_tensors("input", _need(attrs, "inputs")),
-        *_pb_tensors("output", _need(attrs, "outputs")),
+        f"max_batch_size: {p['batch_size'] if batching else 0}",
+        *_pb_tensors("input", inputs, batching),
+        *_pb_tensors("output", outputs, batching),
         "instance_group [",
         "  {",
         f"    count: {p['streams']}",
         f"    kind: {'KIND_GPU' if _is_gpu(attrs) else 'KIND_CPU'}",
         "  }",
         "]",
-        "dynamic_batching {",
-        f"  preferred_batch_size: [ {p['batch_size']} ]",
     ]
-    if p.get("deque_timeout_us") is not None:
-        lines.append(f"  max_queue_delay_microseconds: {int(p['deque_timeout_us'])}")
-    lines.append("}")
+    if batching:
+        lines += ["dynamic_batching {", f"  preferred_batch_size: [ {p['batch_size']} ]"]
+        if p.get("deque_timeout_us") is not None:
+            lines.append(f"  max_queue_delay_microseconds: {int(p['deque_timeout_us'])}")
+        lines.append("}")
     if backend == "openvino":
         lines += _openvino_parameters(attrs, trial)
     return "\n".join(lines) + "\n"
@@ -347,8 +355,7 @@ def render_benchmark_app(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     if not isinstance(inputs, list) or not inputs:
         raise TunerError(f"study inputs {inputs!r} is not a non-empty list of tensors")
     shape = ",".join(
-        f"{t['name']}[{','.join(str(d) for d in [batch, *t.get('sample_shape', [])])}]"
-        for t in inputs
+        f"{t['name']}[{','.join(str(d) for d in with_batch(t, batch))}]" for t in inputs
     )
     details = record.backend_details or {}
     args = [
@@ -397,7 +404,26 @@ def _refuse_control_characters(what: str, lines: list[str]) -> None:
             )
 
 
-def _pb_tensors(field: str, tensors: Any) -> list[str]:
+def with_batch(tensor: Mapping[str, Any], batch: int) -> list[int]:
+    """A stored tensor's shape with `batch` on its batch axis (axis 0 for studies stored
+    before tensors recorded it; none for an input shared by the whole batch)."""
+    shape = [int(d) for d in tensor.get("sample_shape", [])]
+    axis = tensor.get("batch_axis", 0)
+    if axis is not None:
+        shape.insert(int(axis), batch)
+    return shape
+
+
+def _batch_first(tensors: Any) -> bool:
+    """Whether every tensor is batched on axis 0, which Triton's batching needs."""
+    return isinstance(tensors, list) and all(
+        isinstance(t, Mapping) and t.get("batch_axis", 0) == 0 for t in tensors
+    )
+
+
+def _pb_tensors(field: str, tensors: Any, batching: bool = True) -> list[str]:
+    """Triton tensors: the sample shape where Triton batches on axis 0, else the whole shape
+    with -1 on the batch axis."""
     if not isinstance(tensors, list) or not tensors:
         raise TunerError(f"study {field}s {tensors!r} is not a non-empty list of tensors")
     entries = []
@@ -405,14 +431,14 @@ def _pb_tensors(field: str, tensors: Any) -> list[str]:
         dtype = str(t.get("dtype"))
         if dtype not in _TRITON_TYPES:
             raise TunerError(f"{field} {t.get('name')!r} has dtype {dtype!r} with no Triton type")
-        shape = [int(d) for d in t.get("sample_shape", [])]
+        shape = [int(d) for d in t.get("sample_shape", [])] if batching else with_batch(t, -1)
         body = [
             f"    name: {_pb_string(str(t['name']))}",
             f"    data_type: {_TRITON_TYPES[dtype]}",
         ]
         if shape:
             body.append(f"    dims: [ {', '.join(str(d) for d in shape)} ]")
-        else:  # one value per sample: Triton's documented [1] reshaped to a scalar
+        else:  # a scalar: Triton's documented [1] reshaped to rank 0
             body += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
         entries.append("  {\n" + "\n".join(body) + "\n  }")
     return [f"{field} [", ",\n".join(entries), "]"]
@@ -484,7 +510,7 @@ def _trt_name(name: str) -> str:
 
 
 def _trt_dims(batch: int, tensor: Mapping[str, Any]) -> str:
-    return "x".join(str(d) for d in [batch, *tensor.get("sample_shape", [])])
+    return "x".join(str(d) for d in with_batch(tensor, batch))
 
 
 # --------------------------------------------------------------------------- nvidia

@@ -71,6 +71,8 @@ _AGREEMENT = frozenset(
         "agreement_output",
         "agreement_max_abs_error",
         "agreement_samples",
+        "agreement_accuracy",
+        "agreement_reference_accuracy",
     )
 )
 
@@ -113,6 +115,9 @@ class TrialRecord:
     agreement_output: str | None = None
     agreement_max_abs_error: float | None = None
     agreement_samples: int | None = None
+    #: Top-1 accuracy on the data's labels of this precision and of fp32 (None: no labels).
+    agreement_accuracy: float | None = None
+    agreement_reference_accuracy: float | None = None
     inputs: Any = None
     gpu: Any = None
     duplicate_of: int | None = None
@@ -140,6 +145,8 @@ class TrialRecord:
                 agreement_output=agreement.get("output", ""),
                 agreement_max_abs_error=agreement.get("max_abs_error"),
                 agreement_samples=agreement.get("samples"),
+                agreement_accuracy=_number(agreement.get("accuracy")),
+                agreement_reference_accuracy=_number(agreement.get("reference_accuracy")),
             )
         return cls(
             trial_seconds=None if seconds is None else round(seconds, 2),
@@ -494,3 +501,10 @@ def speed_up(study: optuna.Study) -> float | None:
     if best is None or base is None or not base.values or not robust_value(base, attrs):
         return None
     return robust_value(best, attrs) / robust_value(base, attrs)
+
+
+def _number(value: Any) -> float | None:
+    """A float figure, None for a missing or NaN one."""
+    if isinstance(value, (int, float)) and value == value:
+        return float(value)
+    return None

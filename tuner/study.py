@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.backends import BackendInfo, BackendOptions, get_backend
 from harness.config import RunConfig, ScenarioSpec
 from harness.errors import ConfigError, TunerError
-from harness.models import resolve_model
+from harness.models import TensorSpec, resolve_model
 from tuner.child import INFEASIBLE, ChildOutcome, measure_in_child
 from tuner.config import StudyConfig, from_stored, to_stored
 from tuner.loop import OWNER, budget_used, committed, exclusive, recover, run_trials
@@ -122,14 +122,8 @@ def prepare(
         "model_sha256": model.sha256,
         # Every symbolic dim bound, by name (--dim, or sized by --shape): part of the identity.
         "dims": dict(model.dims),
-        "inputs": [
-            {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
-            for t in model.inputs
-        ],
-        "outputs": [
-            {"name": t.name, "dtype": t.dtype, "sample_shape": list(t.sample_shape)}
-            for t in model.outputs
-        ],
+        "inputs": [_tensor(t) for t in model.inputs],
+        "outputs": [_tensor(t) for t in model.outputs],
         "device": info.device,
         "simulated": info.simulated,
         "space": space.to_dict(),
@@ -220,6 +214,16 @@ def _said(key: str, value: Any) -> str:
     if key == "dims" and isinstance(value, Mapping):
         return "dims " + (", ".join(f"{k}={v}" for k, v in value.items()) or "none")
     return f"{key}={value!r}"
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    """A tensor as the study stores it (exports read it): its sample shape and batch axis."""
+    return {
+        "name": spec.name,
+        "dtype": spec.dtype,
+        "sample_shape": list(spec.sample_shape),
+        "batch_axis": spec.batch_axis,
+    }
 
 
 def _shapes(inputs: Any) -> dict[str, list[int]]:
@@ -394,6 +398,7 @@ def trial_configs(
         input_ranges=dict(cfg.input_ranges),
         accuracy_metric=cfg.accuracy_metric,
         accuracy_output=cfg.accuracy_output,
+        accuracy_floor=cfg.accuracy_floor,
     )
     spec = ScenarioSpec(
         scenario=cfg.scenario,
@@ -501,6 +506,12 @@ class _Progress:
                 what += f" (same as trial {record.duplicate_of})"
             elif record.valid is not None and not record.valid:
                 what += " INVALID"
+            value = record.agreement_value
+            if isinstance(value, float) and value < self.cfg.accuracy_floor:
+                what += (
+                    f" UNDER THE ACCURACY FLOOR ({record.agreement_metric} {value:.4f} < "
+                    f"{self.cfg.accuracy_floor:g}: never the best)"
+                )
         else:
             reason = record.fail_reason
             what = f"FAILED: {reason if reason is not None else trial.state.name}"

@@ -22,6 +22,7 @@ import numpy as np
 
 from harness.device import cpu_count
 from harness.errors import BackendError, ConfigError, OutOfMemory, TunerError
+from harness.models.info import TensorSpec
 
 _OOM = re.compile(
     r"out of memory|out_of_memory|outofmemory|memoryallocation|could not be allocated"
@@ -179,6 +180,17 @@ def threads_per_stream(options: BackendOptions, on_cpu: bool) -> int:
     if not on_cpu:
         return 1
     return max(1, cpu_count() // options.streams)
+
+
+def batch_size(specs: Mapping[str, TensorSpec], inputs: Mapping[str, np.ndarray]) -> int:
+    """How many samples a feed holds: the size of the first batched input's batch axis (an
+    input the specs do not name counts as batched on axis 0)."""
+    for name, value in inputs.items():
+        spec = specs.get(name)
+        axis = 0 if spec is None else spec.batch_axis
+        if axis is not None and np.ndim(value) > axis:
+            return int(np.shape(value)[axis])
+    return 1
 
 
 def is_out_of_memory(text: str) -> bool:

@@ -26,11 +26,12 @@ from harness.backends.base import (
     BackendInfo,
     BackendOptions,
     backend_error,
+    batch_size,
     threads_per_stream,
 )
 from harness.device import cpu_flags, cpu_name, parse_device
 from harness.errors import BackendUnavailable, ConfigError
-from harness.models import inspect_model
+from harness.models import TensorSpec, inspect_model
 
 #: The CPU flags whose instructions run OpenVINO's bf16 kernels (any one of them).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -71,6 +72,8 @@ class OpenVinoBackend(Backend):
         self._requests: list[Any] = []
         self._outputs = 0
         self._padded: list[dict[str, np.ndarray]] = []
+        self._specs: dict[str, TensorSpec] = {}
+        self._output_specs: list[TensorSpec] = []
         self._details: dict[str, Any] = {}
 
     @classmethod
@@ -107,7 +110,9 @@ class OpenVinoBackend(Backend):
         )
         batch = self.options.max_batch
         first: Any = batch if self.batch_shape == "static" else ov.Dimension(1, batch)
-        shapes = {t.name: ov.PartialShape([first, *t.sample_shape]) for t in model_info.inputs}
+        shapes = {t.name: ov.PartialShape(_with_batch(t, first)) for t in model_info.inputs}
+        self._specs = {t.name: t for t in model_info.inputs}
+        self._output_specs = list(model_info.outputs)
         config: dict[str, Any] = {
             "NUM_STREAMS": str(self.options.streams),
             "INFERENCE_NUM_THREADS": str(self.total_threads()),
@@ -129,7 +134,7 @@ class OpenVinoBackend(Backend):
             raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
         if self.batch_shape == "static":  # one padded batch per stream, for short batches
             self._padded = [
-                {t.name: np.zeros((batch, *t.sample_shape), t.np_dtype) for t in model_info.inputs}
+                {t.name: np.zeros(t.batch_shape(batch), t.np_dtype) for t in model_info.inputs}
                 for _ in range(self.options.streams)
             ]
         self._details = {
@@ -143,18 +148,28 @@ class OpenVinoBackend(Backend):
         }
 
     def _infer(self, inputs: Mapping[str, np.ndarray], stream: int) -> list[np.ndarray]:
-        n = len(next(iter(inputs.values())))
+        n = batch_size(self._specs, inputs)
         feed: Mapping[str, np.ndarray] = inputs
         if self._padded and n != self.options.max_batch:
             padded = self._padded[stream]
             for name, value in inputs.items():
-                padded[name][:n] = value
+                spec = self._specs.get(name)
+                if spec is None or spec.batch_axis is None:
+                    padded[name] = value
+                else:
+                    padded[name][_rows(spec.batch_axis, n)] = value
             feed = padded
         result = self._requests[stream].infer(dict(feed), share_inputs=True)
         outputs = [np.asarray(result[i]) for i in range(self._outputs)]
         if feed is not inputs:  # drop the padding's rows
             full = self.options.max_batch
-            outputs = [o[:n] if o.ndim and len(o) == full else o for o in outputs]
+            specs = self._output_specs if len(self._output_specs) == len(outputs) else []
+            specs = specs or [TensorSpec(f"out{i}", "float32", ()) for i in range(len(outputs))]
+            axes = [spec.axis_of(o.shape, full) for spec, o in zip(specs, outputs, strict=True)]
+            outputs = [
+                o if axis is None else o[_rows(axis, n)]
+                for o, axis in zip(outputs, axes, strict=True)
+            ]
         return outputs
 
     def close(self) -> None:
@@ -176,6 +191,19 @@ class OpenVinoBackend(Backend):
                 **self._details,
             },
         )
+
+
+def _with_batch(spec: TensorSpec, batch: Any) -> list[Any]:
+    """The input's dims with `batch` (a size or an OpenVINO Dimension) on its batch axis."""
+    dims: list[Any] = list(spec.sample_shape)
+    if spec.batch_axis is not None:
+        dims.insert(spec.batch_axis, batch)
+    return dims
+
+
+def _rows(axis: int, n: int) -> tuple[slice, ...]:
+    """The index of the first `n` samples on `axis`."""
+    return (*(slice(None),) * axis, slice(0, n))
 
 
 def _check_cpu(device: str) -> None:

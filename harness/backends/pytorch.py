@@ -140,7 +140,7 @@ class TorchBackend(Backend):
                     for _ in range(self.options.streams)
                 ]
                 if self.cuda_graphs:
-                    shapes = [(self.options.max_batch, *s.sample_shape) for s in model.inputs]
+                    shapes = [s.batch_shape(self.options.max_batch) for s in model.inputs]
                     dtypes = [s.np_dtype for s in model.inputs]
                     for stream in self._streams:
                         self._capture(stream, shapes, dtypes)
@@ -238,16 +238,13 @@ class TorchBackend(Backend):
     def _infer_cuda(self, inputs: Mapping[str, np.ndarray], stream: _Stream) -> list[np.ndarray]:
         torch = self._torch
         arrays = [np.ascontiguousarray(inputs[name]) for name in self._input_names]
-        n = int(arrays[0].shape[0])
         with torch.cuda.stream(stream.cuda), torch.inference_mode():
             hosts = [
                 self._pinned_input(stream, name, a)
                 for name, a in zip(self._input_names, arrays, strict=True)
             ]
-            if (
-                stream.graph is not None
-                and n == self.options.max_batch
-                and all(h.shape == g.shape for h, g in zip(hosts, stream.graph_in, strict=True))
+            if stream.graph is not None and all(
+                h.shape == g.shape for h, g in zip(hosts, stream.graph_in, strict=True)
             ):
                 for host, static in zip(hosts, stream.graph_in, strict=True):
                     # Same-dtype copy from pinned memory, then the cast on the device.
@@ -269,6 +266,12 @@ class TorchBackend(Backend):
         torch = self._torch
         source = torch.from_numpy(array)
         buffer = stream.pinned_in.get(name)
+        if source.dim() == 0:  # an unbatched scalar (a sample rate): its own buffer
+            if buffer is None or buffer.dtype != source.dtype or buffer.dim():
+                buffer = torch.empty((), dtype=source.dtype, pin_memory=True)
+                stream.pinned_in[name] = buffer
+            buffer.copy_(source)
+            return buffer
         if (
             buffer is None
             or buffer.dtype != source.dtype

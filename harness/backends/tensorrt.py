@@ -14,14 +14,14 @@ around all work in every thread (no pycuda.autoinit).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, BackendInfo, BackendOptions
+from harness.backends.base import Backend, BackendInfo, BackendOptions, batch_size
 from harness.backends.trt_engine import (
     PRECISIONS,
     CudaGraphs,
@@ -38,7 +38,7 @@ from harness.backends.trt_engine import (
     profile_shapes,
 )
 from harness.errors import BackendError, TunerError
-from harness.models import inspect_model
+from harness.models import TensorSpec, inspect_model
 
 
 @dataclass
@@ -51,6 +51,8 @@ class _Stream:
     device: dict[str, Any]
     batch: int = 0
     graphs: dict[int, int] = field(default_factory=dict)
+    #: Each output's shape at the current batch, as the context reports it.
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class TensorRTBackend(Backend):
         self._ctx: Any = None
         self._engine: Any = None
         self._streams: list[_Stream] = []
-        self._inputs: list[tuple[str, tuple[int, ...]]] = []
+        self._inputs: list[tuple[str, TensorSpec]] = []
         self._outputs: list[str] = []
         self._graphs: CudaGraphs | None = None
         self._graph_lock = threading.Lock()
@@ -179,13 +181,16 @@ class TensorRTBackend(Backend):
     def _io_tensors(self, trt: Any, model: Any) -> None:
         """The engine's inputs with their bound sample shapes (the engine reports a symbolic
         dim as -1, whatever its profile), and its outputs."""
-        bound = {t.name: tuple(t.sample_shape) for t in model.inputs}
+        specs = {t.name: t for t in model.inputs}
         self._inputs, self._outputs = [], []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                shape = tuple(self._engine.get_tensor_shape(name))[1:]
-                self._inputs.append((name, bound.get(name, shape)))
+                spec = specs.get(name)
+                if spec is None:  # not an input the model file lists: batched on axis 0
+                    shape = tuple(self._engine.get_tensor_shape(name))[1:]
+                    spec = TensorSpec(name, "float32", shape)
+                self._inputs.append((name, spec))
             else:
                 self._outputs.append(name)
 
@@ -207,10 +212,11 @@ class TensorRTBackend(Backend):
         return s
 
     def _set_batch(self, s: _Stream, n: int) -> None:
-        for name, sample_shape in self._inputs:
-            if not s.context.set_input_shape(name, (n, *sample_shape)):
+        for name, spec in self._inputs:
+            if not s.context.set_input_shape(name, spec.batch_shape(n)):
                 top = self.options.max_batch
                 raise BackendError(f"tensorrt: batch {n} is outside the engine's profile 1..{top}")
+        s.shapes = {name: tuple(s.context.get_tensor_shape(name)) for name in self._outputs}
         s.batch = n
 
     # --- infer / close / info ---------------------------------------------------------------
@@ -219,20 +225,24 @@ class TensorRTBackend(Backend):
         import pycuda.driver as cuda
 
         s = self._streams[stream]
-        n = len(next(iter(inputs.values())))
+        n = batch_size(dict(self._inputs), inputs)
         self._ctx.push()
         try:
             if n != s.batch:
                 self._set_batch(s, n)
+            # The buffers are sized for max_batch; a smaller batch, wherever its batch axis
+            # stands, is the leading elements of each buffer, as TensorRT reads and writes it.
             for name, _ in self._inputs:
-                host = s.host[name][:n]
-                np.copyto(host, inputs[name], casting="same_kind")
+                value = inputs[name]
+                host = _leading(s.host[name], np.shape(value))
+                np.copyto(host, value, casting="same_kind")
                 cuda.memcpy_htod_async(s.device[name], host, s.stream)
             self._execute(s, n)
-            for name in self._outputs:
-                cuda.memcpy_dtoh_async(s.host[name][:n], s.device[name], s.stream)
+            outs = [_leading(s.host[name], s.shapes[name]) for name in self._outputs]
+            for name, host in zip(self._outputs, outs, strict=True):
+                cuda.memcpy_dtoh_async(host, s.device[name], s.stream)
             s.stream.synchronize()
-            return [s.host[name][:n].copy() for name in self._outputs]
+            return [host.copy() for host in outs]
         finally:
             cuda.Context.pop()
 
@@ -337,3 +347,9 @@ def _logger(trt: Any) -> Any:
                 self.errors.append(str(msg))
 
     return Log()
+
+
+def _leading(buffer: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The first elements of a (contiguous, page-locked) buffer, viewed as `shape`."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return buffer.reshape(-1)[:count].reshape(tuple(shape))

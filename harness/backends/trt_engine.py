@@ -117,14 +117,20 @@ def _slug(text: str) -> str:
 
 
 def input_shapes(model: ModelInfo) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Every input's name and bound sample shape, for the engine key."""
-    return tuple((t.name, tuple(t.sample_shape)) for t in model.inputs)
+    """Every input's name and bound sample shape, for the engine key; an input not batched on
+    axis 0 gives its whole shape with the batch as -1 where it stands (its fixed shape when
+    it has no batch)."""
+    return tuple(
+        (t.name, t.sample_shape if t.batch_axis == 0 else t.batch_shape(-1)) for t in model.inputs
+    )
 
 
 def profile_shapes(model: ModelInfo, max_batch: int) -> Shapes:
-    """min / opt / max shape of every input: batch 1 .. max_batch, optimized for max_batch."""
+    """min / opt / max shape of every input: batch 1 .. max_batch on its batch axis,
+    optimized for max_batch; an unbatched input (a rank-0 sample rate, a shared table) has
+    its one shape in all three."""
     return {
-        t.name: ((1, *t.sample_shape), (max_batch, *t.sample_shape), (max_batch, *t.sample_shape))
+        t.name: (t.batch_shape(1), t.batch_shape(max_batch), t.batch_shape(max_batch))
         for t in model.inputs
     }
 

@@ -1,13 +1,17 @@
-"""What a model's integer inputs index: the tables their values must stay inside.
+"""What a model's integer inputs select: the values that keep them meaningful.
 
 An integer input that reaches a `Gather` as its indices (directly, or through shape-only and
 cast-like nodes such as Cast, Unsqueeze, Reshape) must stay below the rows of the table it
 indexes: a token-type id into a 2-row table, a recommender's categorical feature into its
-embedding table. Synthetic samples are drawn from `[0, rows - 1]` of the smallest such table
-(harness.dataset), so a model runs as exported without `--input-range`.
+embedding table. One that reaches a `OneHot` must stay below its depth, and one compared by
+`Equal` against a constant range (jax's `one_hot`, exported through jax2tf and tf2onnx, is
+`Equal(x, Range(0, depth))`) selects nothing outside those values: a byte classifier's input
+lives in 0..256, not in 0..1. Synthetic samples are drawn from the values valid for every such
+use (harness.dataset), so a model runs as exported without `--input-range`.
 
 The walk reads the graph only (no weights are loaded: a table's rows are its initializer's
-first dims, which an external-data model keeps in the `.onnx` file).
+first dims, which an external-data model keeps in the `.onnx` file; an Equal's constant
+operand is read when it is small and inside the file).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 #: Nodes whose first input's values reach their output unchanged (shape, layout or type).
@@ -45,18 +50,26 @@ _TABLE_THROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
 
 @dataclass(frozen=True)
 class IndexUse:
-    """The tables an integer input indexes: `rows` of the smallest (after any constant
-    offset), its initializer's name, and the names of the Gather nodes it reaches."""
+    """The values an integer input may take: `low`..`high` (both inclusive), `source`, what
+    bounds them (the smallest table it indexes, a one-hot's depth, the values it is compared
+    against), and the names of the nodes that read it that way."""
 
     input: str
-    rows: int
-    table: str
+    low: int
+    high: int
+    source: str
     nodes: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        """How many values are valid."""
+        return self.high - self.low + 1
 
 
 def index_uses(model: onnx.ModelProto) -> dict[str, IndexUse]:
-    """Graph input name -> what it indexes, for every input that reaches a Gather's indices
-    through the nodes above; inputs that reach none are absent."""
+    """Graph input name -> its valid values, for every input that reaches a Gather's indices,
+    a OneHot's indices or one side of an Equal against constants, through the nodes above;
+    inputs that reach none are absent. Several uses: the values valid for all of them."""
     graph = model.graph
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
     producers: dict[str, onnx.NodeProto] = {}
@@ -71,22 +84,27 @@ def index_uses(model: onnx.ModelProto) -> dict[str, IndexUse]:
     for value in graph.input:
         if value.name in constants:
             continue
-        found = list(_gathers(value.name, consumers, producers, constants))
+        found = list(_uses(value.name, consumers, producers, constants))
         if not found:
             continue
-        rows, table = min((r, t) for r, t, _ in found)
-        nodes = tuple(sorted({n for _, _, n in found}))
-        uses[value.name] = IndexUse(value.name, max(rows, 1), table, nodes)
+        low = max(f[0] for f in found)
+        high = min(f[1] for f in found)
+        tightest = min(found, key=lambda f: (f[1] - f[0], f[2]))
+        if high < low:  # no value satisfies every use: keep the narrowest one's
+            low, high = tightest[0], tightest[1]
+        nodes = tuple(sorted({f[3] for f in found}))
+        uses[value.name] = IndexUse(value.name, low, max(high, low), tightest[2], nodes)
     return uses
 
 
-def _gathers(
+def _uses(
     start: str,
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]],
     producers: dict[str, onnx.NodeProto],
     constants: dict[str, onnx.TensorProto],
-) -> Iterable[tuple[int, str, str]]:
-    """(rows, table, node name) of every Gather that `start`'s values reach as indices."""
+) -> Iterable[tuple[int, int, str, str]]:
+    """(low, high, what bounds them, node name) of every node that `start`'s values reach as
+    Gather or OneHot indices or as one side of an Equal against constant values."""
     stack = [(start, 0)]  # (tensor, offset added to the values on the way)
     seen: set[str] = set()
     while stack:
@@ -95,23 +113,92 @@ def _gathers(
             continue
         seen.add(name)
         for node, slot in consumers.get(name, ()):
+            label = node.name or node.output[0]
             if node.op_type == "Gather" and slot == 1:
                 table = _table(node.input[0], producers, constants)
                 if table is not None:
                     axis = _axis(node)
                     dims = list(table.dims)
                     if -len(dims) <= axis < len(dims):
-                        yield dims[axis] - max(offset, 0), table.name, node.name or node.output[0]
+                        rows = dims[axis]
+                        yield (
+                            0,
+                            max(rows - max(offset, 0), 1) - 1,
+                            f"indexes a table of {rows} rows",
+                            label,
+                        )
+            elif node.op_type == "OneHot" and slot == 0 and len(node.input) > 1:
+                depth = _values(node.input[1], producers, constants)
+                if depth is not None and depth.size == 1 and int(depth.reshape(-1)[0]) > 0:
+                    d = int(depth.reshape(-1)[0])
+                    yield -offset, d - 1 - offset, f"a one-hot of depth {d} (OneHot)", label
+            elif node.op_type == "Equal" and len(node.input) == 2:
+                other = _values(node.input[1 - slot], producers, constants)
+                if other is not None and other.size > 1 and other.dtype.kind in "iu":
+                    lo, hi = int(other.min()), int(other.max())
+                    yield (
+                        lo - offset,
+                        hi - offset,
+                        f"compared against the {other.size} values {lo}..{hi} (Equal: a one-hot)",
+                        label,
+                    )
             elif node.op_type in _PASS_THROUGH and (slot == 0 or node.op_type == "Concat"):
                 stack.extend((out, offset) for out in node.output if out)
             elif node.op_type in _OFFSETS and len(node.input) == 2:
                 if node.op_type == "Sub" and slot == 1:
                     continue  # c - x: the values are mirrored, not shifted
-                other = constants.get(node.input[1 - slot])
-                shift = (_scalar(other) if other is not None else None) or 0
+                other_tensor = constants.get(node.input[1 - slot])
+                shift = (_scalar(other_tensor) if other_tensor is not None else None) or 0
                 if node.op_type == "Sub":
                     shift = -shift
                 stack.extend((out, offset + shift) for out in node.output if out)
+
+
+#: Nodes a constant's values pass through unchanged on their way to an Equal or a depth.
+_VALUES_THROUGH = frozenset(
+    {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose"}
+)
+#: A constant operand of Equal larger than this is not read (a one-hot's range is small).
+_MAX_VALUES = 1 << 20
+
+
+def _values(
+    name: str, producers: dict[str, onnx.NodeProto], constants: dict[str, onnx.TensorProto]
+) -> np.ndarray | None:
+    """The values of a constant tensor, followed through shape-only nodes and computed for a
+    Range of constants; None when they are not known without running the graph."""
+    for _ in range(8):
+        if name in constants:
+            return _array(constants[name])
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Range" and len(node.input) == 3:
+            ends = [_values(n, producers, constants) for n in node.input]
+            if any(e is None or e.size != 1 for e in ends):
+                return None
+            start, limit, delta = (e.reshape(-1)[0] for e in ends if e is not None)
+            if delta == 0 or abs((limit - start) / delta) > _MAX_VALUES:
+                return None
+            return np.arange(start, limit, delta)
+        if node.op_type not in _VALUES_THROUGH or not node.input:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """A constant's values, unless they live in external data or are too many to read."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    if int(np.prod(tensor.dims, dtype=np.int64)) > _MAX_VALUES:
+        return None
+    from onnx import numpy_helper
+
+    try:
+        return np.asarray(numpy_helper.to_array(tensor))
+    except Exception:  # an odd encoding: treat as unknown
+        return None
 
 
 def _table(
@@ -148,14 +235,7 @@ def _axis(node: onnx.NodeProto) -> int:
 
 def _scalar(tensor: onnx.TensorProto) -> int | None:
     """The integer value of a one-element constant, else None (a vector offset is ignored)."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return None
-    from onnx import numpy_helper
-
-    try:
-        array = numpy_helper.to_array(tensor)
-    except Exception:  # an odd encoding: treat as unknown
-        return None
-    if array.size != 1 or array.dtype.kind not in "iu":
+    array = _array(tensor)
+    if array is None or array.size != 1 or array.dtype.kind not in "iu":
         return None
     return int(array.reshape(-1)[0])

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +19,6 @@ from tuner.config import StudyConfig
 
 FAST = ["--duration-s", "0.3", "--samples", "64"]
 NULL_FAST = ["--backend", "null", "--backend-option", "latency_ms=1", "--model", "tiny"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_loggers() -> Iterator[None]:
-    """`main()` points the harness/tuner loggers at this test's stderr; undo that after."""
-    saved = {
-        name: (
-            logging.getLogger(name).handlers[:],
-            logging.getLogger(name).level,
-            logging.getLogger(name).propagate,
-        )
-        for name in ("harness", "tuner")
-    }
-    yield
-    for name, (handlers, level, propagate) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
-@pytest.fixture
-def harness(
-    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., int]:
-    """Run the CLI in tmp_path with the session cache (nothing lands in the repository)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> int:
-        try:
-            return main(["run", "--cache-dir", str(cache_dir), *args])
-        except SystemExit as exit:  # argparse's usage errors
-            assert isinstance(exit.code, int)
-            return exit.code
-
-    return run
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -180,8 +180,12 @@ def test_unreadable_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
 
 # --- value ranges -------------------------------------------------------------------------
 
-TYPES = TensorSpec("token_type_ids", "int64", (6,), index_rows=2)
-VOCAB = TensorSpec("input_ids", "int32", (6,), index_rows=30522)
+TYPES = TensorSpec(
+    "token_type_ids", "int64", (6,), domain=(0, 1), domain_source="indexes a table of 2 rows"
+)
+VOCAB = TensorSpec(
+    "input_ids", "int32", (6,), domain=(0, 30521), domain_source="indexes a table of 30522 rows"
+)
 ATTENTION = TensorSpec("attention_mask", "int64", (6,))
 DENSE = TensorSpec("dense", "float32", (13,))
 ENCODER = model(VOCAB, ATTENTION, TYPES, DENSE)

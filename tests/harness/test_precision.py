@@ -261,6 +261,8 @@ def test_agreement_on_hand_made_outputs() -> None:
         "metric": "top1",
         "value": 0.75,
         "output": "",
+        "accuracy": pytest.approx(math.nan, nan_ok=True),
+        "reference_accuracy": pytest.approx(math.nan, nan_ok=True),
     }
     second = agreement(reference, candidate, output=1, output_name="score")
     # One value per sample: 1 - mean |b - a| / |a| = 1 - (0 + 0.25 + 0 + 0.0625) / 4.

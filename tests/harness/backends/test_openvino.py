@@ -17,6 +17,7 @@ from harness.backends.base import backend_error
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.backends.openvino import OpenVinoBackend, has_bf16
 from harness.errors import ConfigError, OutOfMemory
+from tests import quirkmodels
 
 FEATURES = 16
 
@@ -150,3 +151,29 @@ def test_the_default_cpu_runtimes_are_the_installed_ones(monkeypatch: pytest.Mon
     monkeypatch.setattr("harness.backends.openvino_installed", lambda: False)
     assert default_runtimes("cpu") == ("onnxruntime",)
     assert "openvino" in BACKENDS
+
+
+@pytest.mark.parametrize("shape", ["static", "dynamic"])
+@pytest.mark.parametrize("batch", ["batch", ""])
+def test_a_state_batched_on_axis_1_and_a_scalar_input_match_per_sample(
+    tmp_path: Path, shape: str, batch: str
+) -> None:
+    """silero's interface: the model is reshaped with the batch on the state's axis 1 and the
+    rank-0 sample rate left as it is; a short batch is padded (static) on that axis and cut
+    from the outputs there, named or (as spox writes them) anonymous, and each sample's
+    answer is its own."""
+    model = quirkmodels.stateful(tmp_path / "vad.onnx", batch=batch)
+    options = BackendOptions(max_batch=4, extra={"batch_shape": shape})
+    rng = np.random.default_rng(5)
+    with OpenVinoBackend(model, options) as backend:
+        for n in (4, 3, 1):
+            inputs = {
+                "input": rng.standard_normal((n, 16), dtype=np.float32),
+                "state": rng.standard_normal((2, n, 4), dtype=np.float32),
+                "sr": np.array(8000, np.int64),
+            }
+            output, state_n = backend.infer(inputs, 0)
+            assert output.shape == (n, 1) and state_n.shape == (2, n, 4)
+            want = quirkmodels.stateful_expected(inputs)
+            np.testing.assert_allclose(output, want, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(state_n, np.tanh(inputs["state"]), rtol=1e-4, atol=1e-5)

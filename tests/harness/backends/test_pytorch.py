@@ -27,6 +27,7 @@ from harness.device import cpu_count
 from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
 from harness.models import ModelInfo, resolve_model
 from harness.precision import agreement, make_variant
+from tests import quirkmodels
 
 HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "onnx2torch"))
 needs_torch = pytest.mark.skipif(
@@ -427,3 +428,23 @@ def test_cuda_out_of_memory_is_mapped(tmp_path: Path) -> None:
 def test_cuda_device_out_of_range_is_unavailable(tiny: ModelInfo) -> None:
     with pytest.raises(BackendUnavailable, match="does not exist"):
         torch_backend(tiny.path, device="cuda:99").load()
+
+
+@needs_torch
+def test_a_state_batched_on_axis_1_and_a_scalar_input_match_per_sample(tmp_path: Path) -> None:
+    """onnx2torch's module takes the state with its batch on axis 1 and the rank-0 sample
+    rate as they are; each sample's answer is its own."""
+    model = quirkmodels.stateful(tmp_path / "vad.onnx")
+    rng = np.random.default_rng(7)
+    with torch_backend(model, max_batch=4) as backend:
+        for n in (4, 1):
+            inputs = {
+                "input": rng.standard_normal((n, 16), dtype=np.float32),
+                "state": rng.standard_normal((2, n, 4), dtype=np.float32),
+                "sr": np.array(8000, np.int64),
+            }
+            output, state_n = backend.infer(inputs, 0)
+            assert output.shape == (n, 1) and state_n.shape == (2, n, 4)
+            want = quirkmodels.stateful_expected(inputs)
+            np.testing.assert_allclose(output, want, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(state_n, np.tanh(inputs["state"]), rtol=1e-4, atol=1e-5)

@@ -38,6 +38,7 @@ from harness.config import default_cache_dir
 from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
 from harness.models import inspect_model
 from harness.models.info import ModelInfo, TensorSpec
+from tests import quirkmodels
 
 
 def _runtime_missing() -> str | None:
@@ -197,6 +198,17 @@ def test_profile_shapes_for_every_input() -> None:
     shapes = profile_shapes(model, 3)
     assert shapes["image"] == ((1, 3, 4, 4), (3, 3, 4, 4), (3, 3, 4, 4))
     assert shapes["mask"] == ((1,), (3,), (3,))
+
+
+def test_profile_shapes_put_the_batch_where_each_input_has_it(tmp_path: Path) -> None:
+    """A state [2, batch, 4] gets its profile on axis 1 and a rank-0 sample rate one shape
+    for all three; the engine key tells the state's layout from a batch-first one."""
+    model = inspect_model(quirkmodels.stateful(tmp_path / "vad.onnx"))
+    shapes = profile_shapes(model, 8)
+    assert shapes["input"] == ((1, 16), (8, 16), (8, 16))
+    assert shapes["state"] == ((2, 1, 4), (2, 8, 4), (2, 8, 4))
+    assert shapes["sr"] == ((), (), ())
+    assert input_shapes(model) == (("input", (16,)), ("state", (2, -1, 4)), ("sr", ()))
 
 
 def _sequence_model(path: Path) -> Path:
@@ -498,3 +510,24 @@ def test_gpu_engine_for_a_bound_sequence_runs_that_length(tmp_path: Path) -> Non
         ids = np.arange(3 * 24, dtype=np.int64).reshape(3, 24)
         (out,) = backend.infer({"input_ids": ids}, 0)
         np.testing.assert_array_equal(out, ids.astype(np.float32))
+
+
+@pytest.mark.gpu
+@needs_runtime
+def test_gpu_a_state_batched_on_axis_1_matches_per_sample(tmp_path: Path) -> None:
+    """The engine's profile puts the batch on the state's axis 1; a short batch fills the
+    leading elements of each buffer, and every sample's answer is its own."""
+    model = quirkmodels.stateful(tmp_path / "vad.onnx")
+    rng = np.random.default_rng(6)
+    with trt_backend(model, tmp_path / "cache", max_batch=4, streams=1) as backend:
+        for n in (4, 3, 1):
+            inputs = {
+                "input": rng.standard_normal((n, 16), dtype=np.float32),
+                "state": rng.standard_normal((2, n, 4), dtype=np.float32),
+                "sr": np.array(8000, np.int64),
+            }
+            output, state_n = backend.infer(inputs, 0)
+            assert output.shape == (n, 1) and state_n.shape == (2, n, 4)
+            want = quirkmodels.stateful_expected(inputs)
+            np.testing.assert_allclose(output, want, rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(state_n, np.tanh(inputs["state"]), rtol=1e-3, atol=1e-3)

@@ -39,7 +39,8 @@ def test_a_direct_gather_bounds_its_indices_by_the_table_rows() -> None:
         {"types": 2},
     )
     use = index_uses(model)["ids"]
-    assert (use.rows, use.table, use.nodes) == (2, "types", ("emb",))
+    assert (use.low, use.high, use.nodes) == (0, 1, ("emb",))
+    assert use.source == "indexes a table of 2 rows"
 
 
 def test_the_walk_follows_casts_and_reshapes_and_takes_the_smallest_table() -> None:
@@ -53,7 +54,7 @@ def test_the_walk_follows_casts_and_reshapes_and_takes_the_smallest_table() -> N
     model = _model(nodes, ["ids"], {"big": 1000, "small": 7})
     model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
     use = index_uses(model)["ids"]
-    assert (use.rows, use.table) == (7, "small")
+    assert (use.rows, use.source) == (7, "indexes a table of 7 rows")
     assert use.nodes == ("big_gather", "small_gather")
 
 
@@ -88,3 +89,60 @@ def test_inputs_that_index_nothing_or_feed_gather_as_data_are_absent() -> None:
     ]
     model = _model(nodes, ["mask", "ids", "where"], {})
     assert set(index_uses(model)) == set()  # `where` indexes a computed tensor, not a table
+
+
+def test_a_one_hot_bounds_its_indices_by_its_depth() -> None:
+    nodes = [
+        _const("depth", 10),
+        helper.make_node("Cast", ["ids"], ["as64"], to=TensorProto.INT64),
+        helper.make_node("OneHot", ["as64", "depth", "onoff"], ["hot"], name="hot"),
+    ]
+    model = _model(nodes, ["ids"], {})
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0, 1], np.float32), "onoff"))
+    use = index_uses(model)["ids"]
+    assert (use.low, use.high, use.nodes) == (0, 9, ("hot",))
+    assert "depth 10" in use.source
+
+
+def test_an_equal_against_a_range_is_a_one_hot_over_its_values() -> None:
+    """jax's one_hot through jax2tf and tf2onnx: Equal(Unsqueeze(x), Reshape(Range(0, 257)))."""
+    nodes = [
+        _const("start", 0),
+        _const("limit", 257),
+        _const("step", 1),
+        helper.make_node("Range", ["start", "limit", "step"], ["iota"]),
+        helper.make_node("Reshape", ["iota", "shape"], ["row"]),
+        helper.make_node("Unsqueeze", ["bytes", "axes"], ["wide"]),
+        helper.make_node("Equal", ["wide", "row"], ["hot"], name="one_hot"),
+    ]
+    model = _model(nodes, ["bytes"], {})
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([1, 1, 257], np.int64), "shape"),
+            numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+        ]
+    )
+    use = index_uses(model)["bytes"]
+    assert (use.low, use.high, use.nodes) == (0, 256, ("one_hot",))
+    assert "257 values 0..256" in use.source
+
+
+def test_an_equal_against_a_constant_table_and_a_gather_keep_the_values_valid_for_both() -> None:
+    nodes = [
+        helper.make_node("Equal", ["table", "ids"], ["hot"], name="eq"),
+        helper.make_node("Gather", ["small", "ids"], ["g"], name="emb"),
+    ]
+    model = _model(nodes, ["ids"], {"small": 5})
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.arange(3, 40, dtype=np.int64), "table")
+    )
+    use = index_uses(model)["ids"]
+    assert (use.low, use.high) == (3, 4)
+    assert use.nodes == ("emb", "eq")
+
+
+def test_an_equal_against_one_value_bounds_nothing() -> None:
+    """A flag compared with one constant (a sample rate against 16000) picks a branch: every
+    value is valid, so it is not a one-hot."""
+    nodes = [_const("rate", 16000), helper.make_node("Equal", ["sr", "rate"], ["is16k"])]
+    assert set(index_uses(_model(nodes, ["sr"], {}))) == set()
