@@ -1,4 +1,5 @@
-"""`python -m tuner`: optimize, export, report, studies, dashboard.
+"""`python -m tuner`: optimize, submit, worker, cancel, system, export, report, studies,
+dashboard.
 
 Parses flags, builds the validated configuration and dispatches; every user error becomes one
 line and an exit code (2 for usage errors, 1 otherwise) in one place, `run_guarded`.
@@ -30,7 +31,7 @@ from harness.cli_common import (
 from harness.config import SCENARIO_NAMES, check_int
 from tuner import config
 from tuner.config import DEFAULT_STORAGE
-from tuner.storage import GRACE_FACTOR, HEARTBEAT_S
+from tuner.storage import GRACE_FACTOR, HEARTBEAT_S, MAX_WAIT_S, MIN_WAIT_S
 
 STORAGE_ENV = "TUNER_STORAGE"
 log = logging.getLogger("tuner")
@@ -161,17 +162,67 @@ def _heartbeat_flag(parser: argparse._ActionsContainer) -> None:
     )
 
 
+def add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "submit",
+        parents=[common_flags()],
+        help="queue a study for the workers and return at once",
+        description="Check a study as `optimize` does (the same flags or study file), store "
+        "its model (with external weights) and --data in the artifact store, create the study "
+        "and queue it; print its name and return. Workers started with `python -m tuner "
+        "worker` (no --study) serve the queue, on any host that reaches the database and the "
+        "store. Identical files are stored once.",
+    )
+    p.add_argument("--config", type=Path, help="study file (studies/*.toml); flags override it")
+    _artifacts_flag(p)
+    p.add_argument(
+        "--for-device",
+        metavar="NAME",
+        help="the device the study is for, as `studies` names devices, e.g. 'NVIDIA T4' "
+        "(default: this host's, as optimize; workers serve studies of their own device)",
+    )
+    for title in (None, *_GROUPS):
+        if title == _WORKERS:
+            continue
+        group = p if title is None else p.add_argument_group(title)
+        _setting_flags(group, title)
+    p.set_defaults(action=_submit)
+
+
+def _artifacts_flag(parser: argparse._ActionsContainer) -> None:
+    from tuner.artifacts import ARTIFACTS_ENV
+
+    parser.add_argument(
+        "--artifacts",
+        metavar="URL",
+        help="artifact store for models, data and LoadGen logs: a folder (shared by every "
+        f"worker) or s3://BUCKET with boto3 (default ${ARTIFACTS_ENV}, else a folder beside "
+        "an SQLite database: <database>.artifacts)",
+    )
+
+
 def add_worker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "worker",
         parents=[common_flags()],
-        help="join an existing study and run its trials",
-        description="Join a study made by `optimize` and run trials until its budget is spent. "
-        "Start as many as you like, on any host that reaches the storage (PostgreSQL for "
-        "several hosts; SQLite only for workers on one host).",
+        help="serve the queue, or join one study and run its trials",
+        description="Without --study: serve the queue of submitted studies, the oldest this "
+        "worker can run first (its runtimes installed, its device the study's), uploading "
+        "every trial's LoadGen logs to the artifact store; whichever worker ends a study's "
+        "last trial confirms it and writes its summary. With --study: join that study (made "
+        "by `optimize` or `submit`) and run trials until its budget is spent. Start as many as "
+        "you like, on any host that reaches the storage (PostgreSQL for several hosts; SQLite "
+        "only for workers on one host).",
     )
     _storage_flag(p)
-    p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
+    p.add_argument("--study", help="run this study only (default: serve the queue; see `studies`)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="serving the queue: exit when nothing is left to run (default: wait for more, "
+        f"polling every {MIN_WAIT_S:g} s backing off to {MAX_WAIT_S:g} s)",
+    )
+    _artifacts_flag(p)
     _declared_flag(p, "trial_timeout_s", study_default=True)
     _heartbeat_flag(p)
     _isolate_flag(p)
@@ -245,6 +296,15 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         help="also write the outcome as JSON: best, baseline, speed-up, trial counts, engine "
         "builds and measuring_share (the share of the wall time spent inside LoadGen runs)",
     )
+    p.add_argument(
+        "--logs",
+        type=Path,
+        metavar="DIR",
+        help="fetch every trial's LoadGen logs (and failed trials' errors) from the artifact "
+        "store into DIR/trial-NNNN/: a study served from the queue keeps them there, so this "
+        "needs only the database and the store",
+    )
+    _artifacts_flag(p)
     p.set_defaults(action=_report)
 
 
@@ -253,7 +313,9 @@ def add_studies(sub: argparse._SubParsersAction) -> None:
         "studies",
         parents=[common_flags()],
         help="list the studies in a database",
-        description="List the studies in a database with their best values.",
+        description="List the studies in a database: each one's state (queued, running with "
+        "N workers and trials done of the budget, confirming, done, failed with the reason, "
+        "cancelled; `stopped` for an `optimize` study left with budget to spend) and its best.",
     )
     _storage_flag(p)
     p.set_defaults(action=_studies)
@@ -270,12 +332,28 @@ def add_dashboard(sub: argparse._SubParsersAction) -> None:
     _storage_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _artifacts_flag(p)
     p.set_defaults(action=_dashboard)
+
+
+def add_cancel(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cancel",
+        parents=[common_flags()],
+        help="stop handing out a study's trials",
+        description="Mark a study cancelled: no worker starts another of its trials (running "
+        "ones finish and are kept), and the queue skips it.",
+    )
+    _storage_flag(p)
+    p.add_argument("--study", required=True, help="study name (see `python -m tuner studies`)")
+    p.set_defaults(action=_cancel)
 
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "optimize": add_optimize,
+    "submit": add_submit,
     "worker": add_worker,
+    "cancel": add_cancel,
     "system": add_system,
     "export": add_export,
     "report": add_report,
@@ -333,6 +411,64 @@ def _study_config(args: argparse.Namespace) -> config.StudyConfig:
     return config.build(args.config, **overrides)  # no --cache-dir: StudyConfig's default
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import optuna
+
+    from tuner.queue import submit
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
+    cfg = _study_config(args)
+    made = submit(cfg, args.artifacts, args.for_device)
+    size = f"{made.stored_bytes / 2**20:.1f} MiB" if made.files else "no files"
+    log.info(
+        "queued: %s files stored (%s); serve it with `python -m tuner worker`", made.files, size
+    )
+    print(made.study)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from tuner.queue import cancel
+
+    print(cancel(_storage(args), args.study))
+    return 0
+
+
+def _serve(args: argparse.Namespace, only: str | None = None) -> int:
+    """Serve the queue (or, with `only`, one submitted study: its files fetched from the
+    store, its logs uploaded there, finished here if this worker ends its last trial)."""
+    from tuner.child import WarmWorker
+    from tuner.queue import Local, run_queued, serve
+
+    prefix = f"{args.worker_name}: " if args.worker_name else ""
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            log.info("%s%s", prefix, line)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            measure = None if args.isolate_trials else stack.enter_context(WarmWorker())
+            local = Local(
+                cache_dir=args.cache_dir or default_cache_dir(),
+                runs_dir=args.runs_dir,
+                trial_timeout_s=args.trial_timeout_s,
+                artifacts=args.artifacts,
+                heartbeat_s=args.heartbeat_s,
+                measure=measure,
+            )
+            owner = args.worker_name or "worker"
+            if only is not None:
+                ran = run_queued(_storage(args), only, local, say, owner)
+            else:
+                ran = serve(_storage(args), local, say, once=args.once, owner=owner)
+    except KeyboardInterrupt:
+        say("interrupted: the running trial is stored as FAIL (interrupted)")
+        return 130
+    say(f"done: ran {ran} trial(s)")
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
@@ -340,6 +476,13 @@ def _worker(args: argparse.Namespace) -> int:
     from tuner.study import join, work
 
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
+    if args.study is None:
+        return _serve(args)
+    from tuner.queue import QUEUE
+    from tuner.study import load
+
+    if QUEUE in load(_storage(args), args.study, args.heartbeat_s).user_attrs:
+        return _serve(args, only=args.study)
     local = {
         "cache_dir": args.cache_dir or default_cache_dir(),
         "runs_dir": args.runs_dir,
@@ -415,6 +558,12 @@ def _report(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_atomic(args.json, json.dumps(report_json(study), indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.logs is not None:
+        from tuner.artifacts import download_trial_logs, study_store
+
+        store = study_store(study, args.artifacts)
+        fetched = list(download_trial_logs(store, study, args.logs))
+        print(f"wrote {len(fetched)} log file(s) under {args.logs}")
     return 0
 
 
@@ -422,6 +571,7 @@ def _studies(args: argparse.Namespace) -> int:
     import optuna
     from optuna.trial import TrialState
 
+    from tuner.queue import state_of
     from tuner.results import (
         best_trial,
         rate_unit,
@@ -448,6 +598,7 @@ def _studies(args: argparse.Namespace) -> int:
         rows.append(
             [
                 s.study_name,
+                str(state_of(study)),
                 attrs.get("model"),
                 scenario,
                 study_setting(attrs, "backend"),
@@ -463,7 +614,8 @@ def _studies(args: argparse.Namespace) -> int:
     if not rows:
         print("no studies")
         return 0
-    header = ["study", "model", "scenario", "backend", "device", "trials", "pruned", "best"]
+    header = ["study", "state", "model", "scenario", "backend", "device", "trials", "pruned"]
+    header += ["best"]
     header += ["unit"]
     header += ["speed-up", "best config"]
     print(format_table(rows, header))
@@ -473,7 +625,7 @@ def _studies(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import serve
 
-    serve(_storage(args), args.host, args.port)
+    serve(_storage(args), args.host, args.port, args.artifacts)
     return 0
 
 

@@ -354,8 +354,10 @@ def render_benchmark_app(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     inputs = _need(attrs, "inputs")
     if not isinstance(inputs, list) or not inputs:
         raise TunerError(f"study inputs {inputs!r} is not a non-empty list of tensors")
-    shape = ",".join(
-        f"{t['name']}[{','.join(str(d) for d in with_batch(t, batch))}]" for t in inputs
+    shape = ",".join(  # an input with no batch axis keeps the shape the file gives it
+        f"{t['name']}[{','.join(str(d) for d in with_batch(t, batch))}]"
+        for t in inputs
+        if t.get("batch_axis", 0) is not None
     )
     details = record.backend_details or {}
     args = [
@@ -470,8 +472,12 @@ def render_trtexec(attrs: Mapping[str, Any], trial: FrozenTrial) -> str:
     if not isinstance(inputs, list) or not inputs:
         raise TunerError(f"study inputs {inputs!r} is not a non-empty list of tensors")
 
-    def spec(n: int) -> str:
-        return ",".join(f"{_trt_name(t['name'])}:{_trt_dims(n, t)}" for t in inputs)
+    def spec(n: int) -> str:  # an input with no batch axis is static: trtexec needs no shape
+        return ",".join(
+            f"{_trt_name(t['name'])}:{_trt_dims(n, t)}"
+            for t in inputs
+            if t.get("batch_axis", 0) is not None
+        )
 
     model = str(_need(attrs, "model"))
     args = [

@@ -233,8 +233,13 @@ def run_trials(
     failed: tuple[type[Exception], ...],
     owner: str = "",
     say: Callable[[str], None] = lambda _: None,
+    stop: Callable[[], bool] | None = None,
+    before_tell: Callable[[optuna.Study, optuna.Trial, TrialState], None] | None = None,
 ) -> int:
-    """Run trials until the study's budget (or `timeout_s`) is spent; return how many ran here.
+    """Run trials until the study's budget (or `timeout_s`) is spent, or `stop()` says so
+    before a new trial (a cancelled study: the running ones finish); return how many ran here.
+    `before_tell` sees each trial this process ran while it can still be written to (a queue
+    worker records its logs on it), with the state it is about to be told.
 
     Each trial is owned by this process, named `owner`. Once the budget is committed, wait
     while trials RUNNING elsewhere may still fail (and be retried here), saying which.
@@ -249,6 +254,8 @@ def run_trials(
     me = this_process(owner)
     waiting = _Waiting(study, say)
     while timeout_s is None or time.monotonic() - started < timeout_s:
+        if stop is not None and stop():
+            break
         with _interrupt_deferred() as interrupted:
             trial = _next_trial(study, budget, interval, me, say)
         if trial is None:
@@ -276,6 +283,8 @@ def run_trials(
                 TrialRecord(failure="interrupted", fail_reason="interrupted").store(trial)
             study.tell(trial, state=TrialState.FAIL)
             raise
+        if before_tell is not None:
+            before_tell(study, trial, state)
         failing = compat.frozen(study, trial) if state == TrialState.FAIL else None
         if failing is not None and TrialRecord.from_trial(failing).failure in RETRIED:
             with exclusive(study):  # retried first: a kill in between leaves no trial lost

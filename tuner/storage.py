@@ -30,6 +30,9 @@ PG_RECONNECT_S = 60
 #: A running trial records a heartbeat this often; one silent for GRACE_FACTOR times as long
 #: belonged to a killed worker and is failed (then retried once).
 HEARTBEAT_S = 60
+#: A queue worker with nothing to run polls this often, doubling up to MAX_WAIT_S.
+MIN_WAIT_S = 1.0
+MAX_WAIT_S = 30.0
 GRACE_FACTOR = 3
 #: PostgreSQL advisory lock held while Optuna creates its tables (see `_schema_lock`).
 _SCHEMA_LOCK_KEY = zlib.crc32(b"tuner: optuna schema")

@@ -106,15 +106,28 @@ class Prepared:
     space: SearchSpace
     attrs: dict[str, Any]
     measure: Measure | None = None
+    #: Called with each trial this process ran, before its state is told (a queue worker
+    #: uploads its logs and records them on it).
+    before_tell: Callable[[optuna.Study, optuna.Trial, TrialState], None] | None = None
+    #: Asked before each new trial: True stops handing them out (a cancelled study).
+    stop: Callable[[], bool] | None = None
 
 
 def prepare(
-    cfg: StudyConfig, heartbeat_s: int = HEARTBEAT_S, measure: Measure | None = None
+    cfg: StudyConfig,
+    heartbeat_s: int = HEARTBEAT_S,
+    measure: Measure | None = None,
+    device: str | None = None,
 ) -> Prepared:
-    """Validate everything, then create or load the study and enqueue its starting points."""
+    """Validate everything, then create or load the study and enqueue its starting points.
+
+    The study belongs to this host's device, or to `device` where given (a study submitted to
+    a queue for workers of another kind of machine)."""
     space = resolve_space(cfg)
     model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
     info = probe_device(cfg, model.path)
+    if device is not None:
+        info = replace(info, device=device, simulated=False)
     name = cfg.name or study_name(model.name, cfg.scenario, runtime_label(cfg), info.device)
     attrs: dict[str, Any] = {
         "model": model.name,
@@ -313,6 +326,8 @@ def work(prepared: Prepared, say: Callable[[str], None], owner: str = "optimize"
         failed=(TrialFailed,),
         owner=owner,
         say=say,
+        stop=prepared.stop,
+        before_tell=prepared.before_tell,
     )
 
 

@@ -413,6 +413,12 @@ def model_sha256(path: Path) -> tuple[str, bool]:
     return _sha256(Path(path), model), bool(_external_locations(model))
 
 
+def external_files(path: Path) -> list[Path]:
+    """The weight files an ONNX file keeps beside itself (external data), sorted."""
+    model = _load(Path(path))
+    return [Path(path).parent / location for location in sorted(_external_locations(model))]
+
+
 def _sha256(path: Path, model: onnx.ModelProto) -> str:
     """sha256 of the file's bytes, then of each external-data file it names (sorted).
 

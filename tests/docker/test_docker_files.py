@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tuner import config
+from tuner.artifacts import ARTIFACTS_ENV
 from tuner.cli import STORAGE_ENV, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def optional_extras() -> dict[str, list[str]]:
 
 
 def test_compose_has_the_services(services: dict[str, Any]) -> None:
-    assert {"postgres", "worker", "dashboard"} <= set(services)
+    assert {"postgres", "worker", "submit", "dashboard"} <= set(services)
 
 
 def test_tuner_services_share_one_image_definition() -> None:
@@ -135,29 +136,42 @@ def test_dashboard_is_published_on_loopback_only(services: dict[str, Any]) -> No
         assert int(container_port) == args.port
 
 
-def test_workers_share_one_postgres_study(services: dict[str, Any]) -> None:
+def test_workers_serve_the_queue_of_one_postgres_database(services: dict[str, Any]) -> None:
     worker = services["worker"]
     assert PSYCOPG_URL.match(worker["environment"][STORAGE_ENV])
     assert services["dashboard"]["environment"][STORAGE_ENV] == worker["environment"][STORAGE_ENV]
     args = build_parser().parse_args(command(worker))
-    assert args.command == "optimize"
-    assert args.name, "workers need one --study name to share"
+    assert args.command == "worker" and args.study is None  # no study: the queue
+    assert not args.once  # a service waits for more studies
     replicas = worker.get("deploy", {}).get("replicas", worker.get("scale"))
-    assert int(replicas) > 1
+    assert int(replicas) == 2
     assert worker["depends_on"], "workers must wait for the database"
 
 
-def test_worker_command_resolves_to_the_postgres_storage(
+def test_workers_dashboard_and_submit_share_one_artifact_store(services: dict[str, Any]) -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())
+    assert "artifacts" in raw["volumes"]
+    for name in ("worker", "dashboard", "submit"):
+        svc = services[name]
+        where = svc["environment"][ARTIFACTS_ENV]
+        assert any(v == f"artifacts:{where}" for v in svc["volumes"]), name
+    assert services["worker"]["environment"][ARTIFACTS_ENV] == "/artifacts"
+
+
+def test_submit_is_a_one_shot_profile_that_queues_the_study_file(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The study file names SQLite; $TUNER_STORAGE from compose must win, as `optimize` does."""
-    worker = services["worker"]
-    url = worker["environment"][STORAGE_ENV]
+    """`--profile submit run --rm submit` queues the study file; `up` leaves it out. The
+    study file names SQLite; $TUNER_STORAGE from compose must win, as `optimize` does."""
+    submit = services["submit"]
+    assert submit["profiles"] == ["submit"]
+    assert "restart" not in submit
+    url = submit["environment"][STORAGE_ENV]
     monkeypatch.chdir(REPO)  # the image's WORKDIR holds studies/ as the repository does
-    args = build_parser().parse_args(command(worker))
-    cfg = config.build(args.config, name=args.name, storage=args.storage or url)
+    args = build_parser().parse_args(command(submit))
+    assert args.command == "submit"
+    cfg = config.build(args.config, storage=args.storage or url)
     assert cfg.storage == url
-    assert cfg.name == args.name
 
 
 def test_workers_wait_for_postgres_to_be_healthy(services: dict[str, Any]) -> None:
@@ -186,7 +200,11 @@ def test_every_tuner_command_parses(services: dict[str, Any]) -> None:
             args = parser.parse_args(argv)  # SystemExit on an unknown flag or command
             assert args.command == argv[0], (name, argv)
             parsed[name] = args.command
-    assert parsed.items() >= {("worker", "optimize"), ("dashboard", "dashboard")}, parsed
+    assert parsed.items() >= {
+        ("worker", "worker"),
+        ("submit", "submit"),
+        ("dashboard", "dashboard"),
+    }, parsed
 
 
 def test_study_files_mentioned_exist() -> None:
