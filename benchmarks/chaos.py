@@ -1,7 +1,7 @@
 """Chaos: a study on a private PostgreSQL, three workers (one `optimize`, two `worker`s) on the
 null backend, while a seeded loop SIGKILLs, or SIGSTOPs then SIGCONTs, a random worker or
 trial child every few seconds and restarts the workers it killed. Then a final resume (the
-same `optimize` again) and the checks of issue 13:
+same `optimize` again) and the checks that no work is lost:
 
 - every trial counted against the budget: COMPLETE + FAIL (not retried) == the budget, and
   each of them COMPLETE (trials lost: the budget less the COMPLETE trials);
@@ -12,6 +12,14 @@ same `optimize` again) and the checks of issue 13:
 
     python benchmarks/chaos.py                      # about 5 minutes on 2 cores
     python benchmarks/chaos.py --budget 60 --every 2 --seed 7
+
+With `--queue` the same faults hit the service: three studies submitted to the queue (their
+files in an artifact store folder), three `worker --once` processes serving it, killed ones
+restarted; then a final `worker --once` without faults, and the same checks per study, plus:
+every study done (confirmed and summarised by a worker) and every trial's LoadGen logs in the
+store.
+
+    python benchmarks/chaos.py --queue --budget 90  # 3 studies of 30 trials
 
 Needs PostgreSQL's binaries (initdb, pg_ctl; run as the `postgres` user when root) and the
 postgres extra (psycopg). Exit status 0 when every check holds.
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     server = PostgresServer(bin_dir)
     server.start()
     try:
-        return chaos(args, server.create_database("chaos"), run_dir)
+        run = queue_chaos if args.queue else chaos
+        return run(args, server.create_database("chaos"), run_dir)
     finally:
         server.stop()
 
@@ -270,6 +279,157 @@ def report(
     return 0 if all(checks.values()) and tally.kills >= args.min_kills else 1
 
 
+QUEUED = ("queue-a", "queue-b", "queue-c")
+
+
+def queue_chaos(args: argparse.Namespace, storage: str, run_dir: Path) -> int:
+    """The faults on the service: 3 studies in the queue, 3 `worker --once` processes."""
+    tag = uuid.uuid4().hex
+    store = run_dir / "artifacts"
+    env = {**os.environ, "TUNER_STORAGE": storage, "TUNER_ARTIFACTS": str(store), TAG_ENV: tag}
+    env.pop("PYTHONWARNINGS", None)
+    common = [
+        *("--cache-dir", str(run_dir / "cache"), "--runs-dir", str(run_dir / "runs")),
+        *("--heartbeat-s", str(args.heartbeat_s)),
+    ]
+    budget = max(1, args.budget // len(QUEUED))
+    for i, name in enumerate(QUEUED):
+        submit = [
+            sys.executable,
+            *("-m", "tuner", "submit", "--study", name, "--model", "tiny", "--backend", "null"),
+            *("--backend-option", "latency_ms=1", "--max-batch", "4096"),
+            *("--max-streams", "8", "--precisions", "fp32,fp16,int8"),
+            *("--trials", str(budget), "--duration-s", str(args.duration_s)),
+            *("--confirm-runs", "2", "--seed", str(args.seed + i)),
+            *("--cache-dir", str(run_dir / "cache")),
+        ]
+        done = subprocess.run(submit, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"chaos: submit {name} failed: {done.stderr.strip()}", file=sys.stderr)
+            return 2
+    worker = [sys.executable, "-m", "tuner", "worker", "--once", *common]
+    slots = [Slot(f"worker {i}", [*worker, "--worker-name", f"worker {i}"]) for i in (1, 2, 3)]
+    rng = random.Random(args.seed)
+    tally = Tally()
+    started = time.monotonic()
+    print(
+        f"chaos: queue of {len(QUEUED)} studies x {budget} trials, 3 workers, a fault every "
+        f"~{args.every:g} s (seed {args.seed}); logs in {run_dir}",
+        flush=True,
+    )
+    for slot in slots:
+        _start(slot, env, run_dir)
+    next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
+    while not all(s.done for s in slots):
+        if time.monotonic() - started > args.max_seconds:
+            print(f"chaos: still running after {args.max_seconds} s; giving up", flush=True)
+            break
+        for slot in slots:
+            if slot.proc is not None and slot.proc.poll() is not None:
+                code = slot.proc.returncode
+                slot.proc = None
+                if code == 0:
+                    slot.done = True
+                elif code in (-signal.SIGKILL, 128 + signal.SIGKILL):
+                    tally.restarts += 1
+                    _start(slot, env, run_dir)
+                else:
+                    print(f"chaos: {slot.name} exited {code}; see {slot.log[-1]}", flush=True)
+                    slot.done = True
+        if time.monotonic() >= next_fault:
+            _fault(slots, rng, tally)
+            next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
+        time.sleep(0.05)
+    chaos_s = time.monotonic() - started
+    for slot in slots:
+        if slot.proc is not None:
+            slot.proc.kill()
+            slot.proc.wait()
+    print("chaos: final `worker --once` (no faults)", flush=True)
+    final_log = run_dir / "final-worker.log"
+    with open(final_log, "wb") as out:
+        final = subprocess.run(worker, env=env, stdout=out, stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    return queue_report(args, storage, store, tag, tally, chaos_s, final.returncode, budget)
+
+
+def queue_report(
+    args: argparse.Namespace,
+    storage: str,
+    store: Path,
+    tag: str,
+    tally: Tally,
+    chaos_s: float,
+    final_code: int,
+    budget: int,
+) -> int:
+    import optuna
+    from optuna.artifacts import get_all_artifact_meta
+    from optuna.trial import TrialState
+
+    from tuner.loop import budget_used
+    from tuner.queue import FINISHED_AT, state_of
+    from tuner.storage import open_storage
+
+    checks: dict[str, bool] = {}
+    lost_all = 0
+    print()
+    print(f"chaos ran {chaos_s:.0f} s; {len(QUEUED)} studies x {budget}, seed {args.seed}")
+    print(
+        f"kills survived: {tally.kills} ({tally.kills_of_workers} workers, "
+        f"{tally.kills_of_children} trial children); SIGSTOP/SIGCONT: {tally.stops}; "
+        f"workers restarted: {tally.restarts}"
+    )
+    for name in QUEUED:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage, create=False))
+        trials = study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        counted_fail = [
+            t for t in trials if t.state == TrialState.FAIL and t.number not in retried
+        ]
+        unfinished = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
+        configs = {_key(t.system_attrs["fixed_params"]) for t in enqueued}
+        keys = [_key(t.params) for t in complete]
+        best = study.user_attrs.get("confirmed_best")
+        without_logs = [
+            t.number
+            for t in complete
+            if not any(
+                m.filename.endswith("mlperf_log_summary.txt")
+                for m in get_all_artifact_meta(t, storage=study._storage)
+            )
+        ]
+        lost = budget - len(complete)
+        lost_all += lost
+        print(
+            f"{name}: {state_of(study)}; {len(trials)} trials, {len(complete)} COMPLETE, "
+            f"lost {lost}; confirmed best {best}; complete trials without logs in the store: "
+            f"{len(without_logs)}"
+        )
+        checks[f"{name}: COMPLETE + FAIL (counted) == budget"] = (
+            len(complete) + len(counted_fail) == budget and budget_used(study) == budget
+        )
+        checks[f"{name}: every enqueued configuration COMPLETE exactly once"] = bool(
+            configs
+        ) and all(keys.count(k) == 1 for k in configs)
+        checks[f"{name}: no trial RUNNING or WAITING"] = not unfinished
+        checks[f"{name}: done, confirmed best a COMPLETE trial"] = FINISHED_AT in (
+            study.user_attrs
+        ) and any(t.number == best for t in complete)
+        checks[f"{name}: every COMPLETE trial's logs in the store"] = not without_logs
+    orphans = _tagged(tag)
+    checks["no process of the tuner left"] = not orphans
+    checks["the final worker exited 0"] = final_code == 0
+    print(f"trials lost: {lost_all}")
+    print(f"orphans left: {len(orphans)}" + (f" ({', '.join(orphans)})" if orphans else ""))
+    print(f"artifact store: {sum(1 for _ in store.iterdir())} blobs in {store}")
+    for what, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    return 0 if all(checks.values()) and tally.kills >= args.min_kills else 1
+
+
 def _key(params: object) -> str:
     import json
 
@@ -316,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds", type=float, default=900, help="give up after this long (default 900)"
     )
     p.add_argument("--out", help="folder for logs, cache and runs (default a new /tmp folder)")
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="submit 3 studies (the budget split among them) to the queue and serve it with "
+        "3 `worker --once` processes instead",
+    )
     return p
 
 

@@ -178,14 +178,22 @@ def test_studies_lists_the_study_and_its_best_value(
     assert best is not None
     (row,) = [line for line in out.splitlines() if line.startswith(offline_study.name)]
     cells = re.split(r"\s{2,}", row)
-    assert cells[:5] == [offline_study.name, "tiny", "offline", "null", "simulated (cpu)"]
-    assert cells[5] == str(offline_study.trials)
+    trials = offline_study.trials
+    assert cells[:6] == [
+        offline_study.name,
+        f"done ({trials} of {trials} trials)",  # an optimize study, confirmed
+        "tiny",
+        "offline",
+        "null",
+        "simulated (cpu)",
+    ]
+    assert cells[6] == str(trials)
     pruned = len(study.get_trials(states=(TrialState.PRUNED,)))
-    assert cells[6] == str(pruned)
-    assert cells[7] == f"{robust_value(best, study.user_attrs):,.2f}"
+    assert cells[7] == str(pruned)
+    assert cells[8] == f"{robust_value(best, study.user_attrs):,.2f}"
     ratio = speed_up(study)
-    assert ratio is not None and cells[8:10] == ["samples/s", f"{ratio:.2f}x"]
-    assert f"batch_size={best.params['batch_size']}" in cells[10]
+    assert ratio is not None and cells[9:11] == ["samples/s", f"{ratio:.2f}x"]
+    assert f"batch_size={best.params['batch_size']}" in cells[11]
 
 
 def test_studies_shows_the_best_feasible_trial(
@@ -209,8 +217,8 @@ def test_studies_shows_the_best_feasible_trial(
     assert main(["studies", "--storage", copy.url]) == 0
     (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith(copy.name)]
     cells = re.split(r"\s{2,}", row)
-    assert cells[5] == str(offline_study.trials + 1)
-    assert cells[7] == f"{robust_value(best, study.user_attrs):,.2f}"
+    assert cells[6] == str(offline_study.trials + 1)
+    assert cells[8] == f"{robust_value(best, study.user_attrs):,.2f}"
 
 
 def test_studies_on_an_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -687,7 +695,7 @@ def test_multi_objective_server_study_exports_its_pareto_front(
     capsys.readouterr()
     assert main(["studies", "--storage", sqlite_url(db)]) == 0
     (row,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith(name)]
-    assert re.split(r"\s{2,}", row)[7] == f"{trial.values[0]:,.2f}"  # the front's throughput
+    assert re.split(r"\s{2,}", row)[8] == f"{trial.values[0]:,.2f}"  # the front's throughput
 
     export = ["export", "--storage", sqlite_url(db), "--study", name]
     out = tmp_path / "front.json"
