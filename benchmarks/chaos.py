@@ -3,8 +3,8 @@ null backend, while a seeded loop SIGKILLs, or SIGSTOPs then SIGCONTs, a random 
 trial child every few seconds and restarts the workers it killed. Then a final resume (the
 same `optimize` again) and the checks that no work is lost:
 
-- every trial counted against the budget: COMPLETE + FAIL (not retried) == the budget, and
-  each of them COMPLETE (trials lost: the budget less the COMPLETE trials);
+- every trial counted against the budget: COMPLETE + PRUNED + FAIL (not retried) == the
+  budget, and each of them COMPLETE or PRUNED (trials lost: the budget less those);
 - every enqueued configuration (the baseline) COMPLETE exactly once;
 - no trial RUNNING or WAITING after the final resume;
 - no process started here left on the machine (each carries a tag in its environment);
@@ -121,6 +121,31 @@ def chaos(args: argparse.Namespace, storage: str, run_dir: Path) -> int:
     _wait_for_study(storage, slots[0])  # before the workers join it, and before any fault
     for slot in slots[1:]:
         _start(slot, env, run_dir)
+    chaos_s = _faults(args, slots, env, run_dir, rng, tally, started)
+    for slot in slots:  # only after giving up
+        if slot.proc is not None:
+            slot.proc.kill()
+            slot.proc.wait()
+
+    print("chaos: final resume (the same optimize command, no faults)", flush=True)
+    final_log = run_dir / "final-resume.log"
+    with open(final_log, "wb") as out:
+        final = subprocess.run(optimize, env=env, stdout=out, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # let the last children be reaped
+    return report(args, storage, tag, tally, chaos_s, final.returncode, final_log)
+
+
+def _faults(
+    args: argparse.Namespace,
+    slots: list[Slot],
+    env: dict[str, str],
+    run_dir: Path,
+    rng: random.Random,
+    tally: Tally,
+    started: float,
+) -> float:
+    """Fault the slots at random until each has exited 0 (one killed is restarted; another
+    exit ends it) or `--max-seconds` pass; the seconds it took."""
     next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
     while not all(s.done for s in slots):
         if time.monotonic() - started > args.max_seconds:
@@ -142,18 +167,7 @@ def chaos(args: argparse.Namespace, storage: str, run_dir: Path) -> int:
             _fault(slots, rng, tally)
             next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
         time.sleep(0.05)
-    chaos_s = time.monotonic() - started
-    for slot in slots:  # only after giving up
-        if slot.proc is not None:
-            slot.proc.kill()
-            slot.proc.wait()
-
-    print("chaos: final resume (the same optimize command, no faults)", flush=True)
-    final_log = run_dir / "final-resume.log"
-    with open(final_log, "wb") as out:
-        final = subprocess.run(optimize, env=env, stdout=out, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # let the last children be reaped
-    return report(args, storage, tag, tally, chaos_s, final.returncode, final_log)
+    return time.monotonic() - started
 
 
 def _wait_for_study(storage: str, slot: Slot) -> None:
@@ -232,6 +246,7 @@ def report(
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]  # measured, stopped at a bound
     failed = [t for t in trials if t.state == TrialState.FAIL]
     counted_fail = [t for t in failed if t.number not in retried]
     unfinished = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -239,7 +254,7 @@ def report(
     configs = {_key(t.system_attrs["fixed_params"]) for t in enqueued}
     complete_keys = [_key(t.params) for t in complete]
     enqueued_once = {k: complete_keys.count(k) for k in configs}
-    lost = args.budget - len(complete)
+    lost = args.budget - len(complete) - len(pruned)
     orphans = _tagged(tag)
     best = study.user_attrs.get("confirmed_best")
     best_ok = best is not None and any(t.number == best for t in complete)
@@ -249,7 +264,10 @@ def report(
         failures[key] = failures.get(key, 0) + 1
 
     checks = {
-        "COMPLETE + FAIL (counted) == budget": len(complete) + len(counted_fail) == args.budget
+        "COMPLETE + PRUNED + FAIL (counted) == budget": len(complete)
+        + len(pruned)
+        + len(counted_fail)
+        == args.budget
         and budget_used(study) == args.budget,
         "every enqueued configuration COMPLETE exactly once": bool(configs)
         and all(n == 1 for n in enqueued_once.values()),
@@ -266,7 +284,8 @@ def report(
         f"workers restarted: {tally.restarts}"
     )
     print(
-        f"trials: {len(trials)} in all, {len(complete)} COMPLETE, {len(failed)} FAIL "
+        f"trials: {len(trials)} in all, {len(complete)} COMPLETE, {len(pruned)} PRUNED, "
+        f"{len(failed)} FAIL "
         f"({len(failed) - len(counted_fail)} retried; by failure: {failures or 'none'})"
     )
     print(f"trials lost: {lost}")
@@ -319,28 +338,7 @@ def queue_chaos(args: argparse.Namespace, storage: str, run_dir: Path) -> int:
     )
     for slot in slots:
         _start(slot, env, run_dir)
-    next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
-    while not all(s.done for s in slots):
-        if time.monotonic() - started > args.max_seconds:
-            print(f"chaos: still running after {args.max_seconds} s; giving up", flush=True)
-            break
-        for slot in slots:
-            if slot.proc is not None and slot.proc.poll() is not None:
-                code = slot.proc.returncode
-                slot.proc = None
-                if code == 0:
-                    slot.done = True
-                elif code in (-signal.SIGKILL, 128 + signal.SIGKILL):
-                    tally.restarts += 1
-                    _start(slot, env, run_dir)
-                else:
-                    print(f"chaos: {slot.name} exited {code}; see {slot.log[-1]}", flush=True)
-                    slot.done = True
-        if time.monotonic() >= next_fault:
-            _fault(slots, rng, tally)
-            next_fault = time.monotonic() + rng.uniform(0.5, 1.5) * args.every
-        time.sleep(0.05)
-    chaos_s = time.monotonic() - started
+    chaos_s = _faults(args, slots, env, run_dir, rng, tally, started)
     for slot in slots:
         if slot.proc is not None:
             slot.proc.kill()
@@ -385,6 +383,7 @@ def queue_report(
         trials = study.get_trials(deepcopy=False)
         retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
         counted_fail = [
             t for t in trials if t.state == TrialState.FAIL and t.number not in retried
         ]
@@ -401,15 +400,16 @@ def queue_report(
                 for m in get_all_artifact_meta(t, storage=study._storage)
             )
         ]
-        lost = budget - len(complete)
+        lost = budget - len(complete) - len(pruned)
         lost_all += lost
         print(
             f"{name}: {state_of(study)}; {len(trials)} trials, {len(complete)} COMPLETE, "
-            f"lost {lost}; confirmed best {best}; complete trials without logs in the store: "
-            f"{len(without_logs)}"
+            f"{len(pruned)} PRUNED, lost {lost}; confirmed best {best}; complete trials "
+            f"without logs in the store: {len(without_logs)}"
         )
-        checks[f"{name}: COMPLETE + FAIL (counted) == budget"] = (
-            len(complete) + len(counted_fail) == budget and budget_used(study) == budget
+        checks[f"{name}: COMPLETE + PRUNED + FAIL (counted) == budget"] = (
+            len(complete) + len(pruned) + len(counted_fail) == budget
+            and budget_used(study) == budget
         )
         checks[f"{name}: every enqueued configuration COMPLETE exactly once"] = bool(
             configs

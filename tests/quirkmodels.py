@@ -98,6 +98,28 @@ def stateful_expected(inputs: dict[str, np.ndarray]) -> np.ndarray:
     return (per_sample * float(inputs["sr"]) / 16000.0)[:, None]
 
 
+def stateful_batch(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """A batch of `n` distinct samples for `stateful`, in the model's layout."""
+    return {
+        "input": rng.standard_normal((n, 16), dtype=np.float32),
+        "state": rng.standard_normal((2, n, 4), dtype=np.float32),
+        "sr": np.array(8000, np.int64),
+    }
+
+
+def check_stateful(
+    outputs: Sequence[np.ndarray], inputs: dict[str, np.ndarray], tolerance: float = 1e-4
+) -> None:
+    """A backend's outputs for `stateful` are each sample's own: shapes with the batch on
+    each output's axis, values as computed per sample."""
+    n = len(inputs["input"])
+    output, state_n = outputs
+    assert output.shape == (n, 1) and state_n.shape == (2, n, 4)
+    expected = stateful_expected(inputs)
+    np.testing.assert_allclose(output, expected, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(state_n, np.tanh(inputs["state"]), rtol=tolerance, atol=tolerance)
+
+
 def byte_classifier(path: Path, length: int = 8, classes: int = 4) -> Path:
     """jax's one_hot through jax2tf and tf2onnx: bytes int32 [unk__5, 8] compared by Equal
     against Range(0, 257) reshaped to [1, 1, 257], summed over the bytes -> logits [unk__6, 4]."""

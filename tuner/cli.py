@@ -434,12 +434,20 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, only: str | None = None) -> int:
-    """Serve the queue (or, with `only`, one submitted study: its files fetched from the
-    store, its logs uploaded there, finished here if this worker ends its last trial)."""
-    from tuner.child import WarmWorker
-    from tuner.queue import Local, run_queued, serve
+def _worker(args: argparse.Namespace) -> int:
+    """`worker`: serve the queue; or run one submitted study (its files fetched from the
+    store, its logs uploaded there, finished here if this worker ends its last trial); or
+    join one study `optimize` made. Trials are measured in one warm worker process unless
+    --isolate-trials."""
+    import optuna
 
+    from tuner.child import WarmWorker
+    from tuner.queue import QUEUE, Local, run_queued, serve
+    from tuner.study import join, load, work
+
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
+    storage, owner = _storage(args), args.worker_name or "worker"
+    queued = args.study is None or QUEUE in load(storage, args.study, args.heartbeat_s).user_attrs
     prefix = f"{args.worker_name}: " if args.worker_name else ""
 
     def say(line: str) -> None:
@@ -449,57 +457,30 @@ def _serve(args: argparse.Namespace, only: str | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             measure = None if args.isolate_trials else stack.enter_context(WarmWorker())
-            local = Local(
-                cache_dir=args.cache_dir or default_cache_dir(),
-                runs_dir=args.runs_dir,
-                trial_timeout_s=args.trial_timeout_s,
-                artifacts=args.artifacts,
-                heartbeat_s=args.heartbeat_s,
-                measure=measure,
-            )
-            owner = args.worker_name or "worker"
-            if only is not None:
-                ran = run_queued(_storage(args), only, local, say, owner)
+            cache_dir = args.cache_dir or default_cache_dir()
+            if queued:
+                local = Local(
+                    cache_dir=cache_dir,
+                    runs_dir=args.runs_dir,
+                    trial_timeout_s=args.trial_timeout_s,
+                    artifacts=args.artifacts,
+                    heartbeat_s=args.heartbeat_s,
+                    measure=measure,
+                )
+                if args.study is None:
+                    ran = serve(storage, local, say, once=args.once, owner=owner)
+                else:
+                    ran = run_queued(storage, args.study, local, say, owner)
             else:
-                ran = serve(_storage(args), local, say, once=args.once, owner=owner)
-    except KeyboardInterrupt:
-        say("interrupted: the running trial is stored as FAIL (interrupted)")
-        return 130
-    say(f"done: ran {ran} trial(s)")
-    return 0
-
-
-def _worker(args: argparse.Namespace) -> int:
-    import optuna
-
-    from tuner.child import WarmWorker
-    from tuner.study import join, work
-
-    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.debug else optuna.logging.WARNING)
-    if args.study is None:
-        return _serve(args)
-    from tuner.queue import QUEUE
-    from tuner.study import load
-
-    if QUEUE in load(_storage(args), args.study, args.heartbeat_s).user_attrs:
-        return _serve(args, only=args.study)
-    local = {
-        "cache_dir": args.cache_dir or default_cache_dir(),
-        "runs_dir": args.runs_dir,
-        "trial_timeout_s": args.trial_timeout_s,
-    }
-    prepared = join(_storage(args), args.study, args.heartbeat_s, **local)
-    prefix = f"{args.worker_name}: " if args.worker_name else ""
-
-    def say(line: str) -> None:
-        if not args.quiet:
-            log.info("%s%s", prefix, line)
-
-    try:
-        with contextlib.ExitStack() as stack:
-            if not args.isolate_trials:
-                prepared = replace(prepared, measure=stack.enter_context(WarmWorker()))
-            ran = work(prepared, say, owner=args.worker_name or "worker")
+                prepared = join(
+                    storage,
+                    args.study,
+                    args.heartbeat_s,
+                    cache_dir=cache_dir,
+                    runs_dir=args.runs_dir,
+                    trial_timeout_s=args.trial_timeout_s,
+                )
+                ran = work(replace(prepared, measure=measure), say, owner=owner)
     except KeyboardInterrupt:
         say("interrupted: the running trial is stored as FAIL (interrupted)")
         return 130

@@ -167,13 +167,5 @@ def test_a_state_batched_on_axis_1_and_a_scalar_input_match_per_sample(
     rng = np.random.default_rng(5)
     with OpenVinoBackend(model, options) as backend:
         for n in (4, 3, 1):
-            inputs = {
-                "input": rng.standard_normal((n, 16), dtype=np.float32),
-                "state": rng.standard_normal((2, n, 4), dtype=np.float32),
-                "sr": np.array(8000, np.int64),
-            }
-            output, state_n = backend.infer(inputs, 0)
-            assert output.shape == (n, 1) and state_n.shape == (2, n, 4)
-            want = quirkmodels.stateful_expected(inputs)
-            np.testing.assert_allclose(output, want, rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(state_n, np.tanh(inputs["state"]), rtol=1e-4, atol=1e-5)
+            inputs = quirkmodels.stateful_batch(rng, n)
+            quirkmodels.check_stateful(backend.infer(inputs, 0), inputs)
