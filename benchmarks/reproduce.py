@@ -1,7 +1,7 @@
 """Does a fresh run reproduce what a study exported? Re-measures the study's declared best
 configuration N times (each in a fresh child process, like a trial) and compares the median
 with the stored value (`tuner.results.robust_value`: the confirmed median where there is one).
-Target (issue 5): the median of 5 fresh runs within 5% of the stored value.
+Target: the median of 5 fresh runs within 5% of the stored value.
 
     python -m tuner optimize                       # the README's default study
     python benchmarks/reproduce.py --study resnet50-offline-onnxruntime-amd-epyc-2-cores

@@ -35,7 +35,7 @@ passed: where runs pass reliably rather than by luck. Each method's answer is th
 --confirm-runs more times (default once: "confirmation runs") at the QPS it reported. The
 Offline run that gives the upper bound is shared and not counted.
 
-Issue 15's target 4b (--edge-runs 20): the "19/20 edge" of a configuration is the highest
+The reliable-answer target (--edge-runs 20): the "19/20 edge" of a configuration is the highest
 target that passes at least --edge-needed (19) of --edge-runs (20) runs, walked in steps of
 --sweep-step from --edge-start x the model-led search's answer (`peers.reliable_edge`: up while
 targets pass, down while they fail; a target stops at its second failure). The target: the
@@ -92,7 +92,7 @@ from harness.sut import BatchingSUT  # noqa: E402
 
 DEFAULT_LANDSCAPE = Path(__file__).parent / "landscapes" / "mobilenet-offline-cpu.json"
 METHODS = ("model", "bisect", "peak", "interp")
-#: Issue 15, 4b: confirmation pass rate, share of the 19/20 edge, median runs.
+#: The reliable-answer target: confirmation pass rate, share of the 19/20 edge, median runs.
 TARGET_PASS_RATE, TARGET_EDGE_SHARE, TARGET_RUNS = 0.90, 0.95, 4
 #: How LoadGen's detail log announces each FindPeakPerformance sub-run (6.0.17).
 PEAK_RUN_MESSAGES = (
@@ -409,7 +409,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
                         if search.confirm_p is None:
                             search.confirm_p = confirm.percentile_ms(spec.percentile)
             answers = [s.qps for s in figures.searches.values() if s.qps > 0]
-            # The 19/20 edge (issue 15, 4b), walked from the model-led answer.
+            # The 19/20 edge, walked from the model-led answer.
             if answers and args.edge_runs:
                 start = args.edge_start * (model.qps or statistics.median(answers))
                 figures.edge, tally = peers.reliable_edge(
@@ -472,7 +472,7 @@ def measure_config(key: Key, args: argparse.Namespace, recorded_ms: float, out: 
 
 def edge_summary(all_figures: list[Figures], tol: float) -> dict[str, Any]:
     """Per method against the 19/20 edge: runs, wall time, confirmation pass rate, reported /
-    edge; and issue 15's target 4b for the model-led search."""
+    edge; and the reliable-answer target for the model-led search."""
     done = [f for f in all_figures if f.searches and f.edge]
     if not done:
         return {}
@@ -531,7 +531,7 @@ def edge_summary(all_figures: list[Figures], tol: float) -> dict[str, Any]:
         }
         ok = all(checks.values())
         print(
-            f"target 4b (model-led): confirmation {model['confirm_valid']}/"
+            f"reliable-answer target (model-led): confirmation {model['confirm_valid']}/"
             f"{model['confirm_runs']} = {rate:.0%} over {model['configurations']} "
             f"configurations (>= {TARGET_PASS_RATE:.0%} of >= 30 over >= 10) "
             f"[{'ok' if checks['confirmation'] else 'short'}]; >= {TARGET_EDGE_SHARE:.0%} of "
@@ -540,7 +540,7 @@ def edge_summary(all_figures: list[Figures], tol: float) -> dict[str, Any]:
             f"(<= {TARGET_RUNS}) [{'ok' if checks['runs'] else 'over'}]: "
             f"{'PASS' if ok else 'FAIL'}"
         )
-        summary["target_4b"] = {"pass": ok, "checks": checks}
+        summary["reliable_answer"] = {"pass": ok, "checks": checks}
     return summary
 
 
@@ -778,7 +778,7 @@ def main() -> int:
         type=int,
         default=0,
         help="measure each configuration's reliable edge with this many runs per target "
-        "(issue 15: 20; default 0: not measured)",
+        "(the reliable-answer target: 20; default 0: not measured)",
     )
     parser.add_argument(
         "--edge-needed",

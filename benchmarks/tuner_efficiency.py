@@ -34,7 +34,7 @@ repeat:
 - grid3: NVIDIA's autotune grid, every configuration measured 3 times, the best median declared;
 - plain-tpe: Optuna's TPESampler alone, the default budget, the best single trial declared.
 
-Issue 15's target 4a is printed per landscape (PASS/FAIL): the default strategy's declared best
+The grid-parity target is printed per landscape (PASS/FAIL): the default strategy's declared best
 (its true value) at least as good as grid3's at the median and the 10th percentile of the
 seeds, with at most a third of grid3's measurements (median over the seeds).
 
@@ -79,7 +79,7 @@ DEFAULT = StudyConfig().sampler
 EXHAUSTIVE_DRAWS = 400
 #: The peers run beside the project's samplers (see the module docstring).
 PEERS = ("quick", "grid3", "plain-tpe")
-#: The exhaustive baseline of target 4a, and its repeats per configuration.
+#: The exhaustive baseline of the grid-parity target, and its repeats per configuration.
 GRID_PEER, GRID_REPEATS = "grid3", 3
 
 
@@ -214,7 +214,7 @@ def run_landscape(
         row["sessions"] = sessions
         rows[sampler] = row
         print(_line(label, row, grid, seeds, budget), flush=True)
-    verdict = target_4a(rows, grid)
+    verdict = grid_parity(rows, grid)
     if verdict:
         print(verdict["line"], flush=True)
     return {
@@ -223,7 +223,7 @@ def run_landscape(
         "best_config": best_key,
         "exhaustive": dict(bound),
         "strategies": rows,
-        "target_4a": verdict,
+        "grid_parity": verdict,
     }
 
 
@@ -377,9 +377,10 @@ def peer_plain_tpe(
 PEER_RUNS = {"quick": peer_quick, GRID_PEER: peer_grid, "plain-tpe": peer_plain_tpe}
 
 
-def target_4a(rows: dict[str, Any], grid: int) -> dict[str, Any] | None:
-    """Issue 15, 4a: the default's declared best (true value) >= the exhaustive grid's at the
-    median and the 10th percentile of the seeds, at <= 1/3 of the grid's measurements."""
+def grid_parity(rows: dict[str, Any], grid: int) -> dict[str, Any] | None:
+    """The grid-parity target: the default's declared best (true value) >= the exhaustive
+    grid's at the median and the 10th percentile of the seeds, at <= 1/3 of the grid's
+    measurements."""
     if DEFAULT not in rows or GRID_PEER not in rows:
         return None
     mine, grid3 = rows[DEFAULT]["declared"], rows[GRID_PEER]["declared"]

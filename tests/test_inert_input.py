@@ -1,4 +1,4 @@
-"""Untrusted input stays inert (issue 13, item 5): a data file holding a pickle is refused, not
+"""Untrusted input stays inert: a data file holding a pickle is refused, not
 unpickled; no module of harness/ or tuner/ unpickles, torch.loads, or hands a string to a
 shell; an exported command quotes what the database says and lets no line break out of a
 comment."""

@@ -1,4 +1,4 @@
-"""Kills, for real (issue 13): no process of the tuner outlives its parent, SIGKILL included; a
+"""Kills, for real: no process of the tuner outlives its parent, SIGKILL included; a
 trial whose worker is gone is failed and retried at once by the next `optimize`; a trial child
 killed from outside is measured again; `optimize` waits for a trial RUNNING elsewhere instead
 of calling the budget spent; a timeout ends the child's whole process group."""

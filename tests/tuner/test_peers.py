@@ -156,24 +156,24 @@ def test_each_peer_runs_on_a_landscape_and_spends_what_it_says(tmp_path: Path) -
     assert rows["quick"]["measurements"] < grid
 
 
-def test_target_4a_compares_the_default_with_the_grid_at_median_and_10th_percentile() -> None:
+def test_grid_parity_compares_the_default_with_the_grid_at_median_and_10th_percentile() -> None:
     def row(declared: list[float], measurements: float) -> dict[str, object]:
         return {"declared": declared, "measurements": measurements}
 
     grid = row([0.97] * 10 + [0.99] * 10, 72)
     rows = {tuner_efficiency.DEFAULT: row([0.98] * 20, 18), "grid3": grid}
-    verdict = tuner_efficiency.target_4a(rows, 24)
+    verdict = tuner_efficiency.grid_parity(rows, 24)
     assert verdict is not None and verdict["pass"] and "PASS" in verdict["line"]
     rows[tuner_efficiency.DEFAULT] = row([0.96] + [1.0] * 19, 18)  # p10 of 20 seeds: the 2nd
-    assert tuner_efficiency.target_4a(rows, 24)["pass"]  # type: ignore[index]
+    assert tuner_efficiency.grid_parity(rows, 24)["pass"]  # type: ignore[index]
     rows[tuner_efficiency.DEFAULT] = row([0.96, 0.96] + [1.0] * 18, 18)
-    assert not tuner_efficiency.target_4a(rows, 24)["checks"]["p10"]  # type: ignore[index]
+    assert not tuner_efficiency.grid_parity(rows, 24)["checks"]["p10"]  # type: ignore[index]
     rows[tuner_efficiency.DEFAULT] = row([1.0] * 20, 25)  # over a third of 72
-    verdict = tuner_efficiency.target_4a(rows, 24)
+    verdict = tuner_efficiency.grid_parity(rows, 24)
     assert verdict is not None and not verdict["pass"] and "FAIL" in verdict["line"]
 
 
-def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
+def test_the_reliable_answer_target_needs_confirmations_the_edge_and_few_runs() -> None:
     from benchmarks.server_search import Figures, Search, edge_summary
 
     def figures(runs: int, confirms: list[bool], share: float) -> list[Figures]:
@@ -184,8 +184,8 @@ def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
             out[-1].searches = {"model": model}
         return out
 
-    assert edge_summary(figures(4, [True, True, True], 1.0), 0.02)["target_4b"]["pass"]
-    over = edge_summary(figures(5, [True, True, True], 1.0), 0.02)["target_4b"]
+    assert edge_summary(figures(4, [True, True, True], 1.0), 0.02)["reliable_answer"]["pass"]
+    over = edge_summary(figures(5, [True, True, True], 1.0), 0.02)["reliable_answer"]
     assert not over["pass"] and over["checks"] == {
         "confirmation": True,
         "edge": True,
@@ -195,13 +195,13 @@ def test_target_4b_needs_confirmations_the_edge_and_few_runs() -> None:
     nine_in_ten = figures(4, [True, True, True], 1.0)
     for f in nine_in_ten[:3]:
         f.searches["model"].confirms[0] = False
-    assert edge_summary(nine_in_ten, 0.02)["target_4b"]["pass"]
+    assert edge_summary(nine_in_ten, 0.02)["reliable_answer"]["pass"]
     nine_in_ten[3].searches["model"].confirms[0] = False
-    assert not edge_summary(nine_in_ten, 0.02)["target_4b"]["checks"]["confirmation"]
+    assert not edge_summary(nine_in_ten, 0.02)["reliable_answer"]["checks"]["confirmation"]
     low = figures(4, [True, True, True], 0.94)
-    assert not edge_summary(low, 0.02)["target_4b"]["checks"]["edge"]
+    assert not edge_summary(low, 0.02)["reliable_answer"]["checks"]["edge"]
     # Too few runs to judge: 2 confirmations per configuration (20 < 30).
-    assert not edge_summary(figures(4, [True, True], 1.0), 0.02)["target_4b"]["pass"]
+    assert not edge_summary(figures(4, [True, True], 1.0), 0.02)["reliable_answer"]["pass"]
 
 
 def _exported(path: Path) -> Path:

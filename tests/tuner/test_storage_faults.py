@@ -1,4 +1,4 @@
-"""Storage and disk faults under a real study (issue 13, item 3): an SQLite database locked
+"""Storage and disk faults under a real study: an SQLite database locked
 by another process past the busy timeout, PostgreSQL restarted mid-study, a full disk under
 one trial's LoadGen logs, an export killed or out of space. Real processes, signals, SQLite,
 PostgreSQL and tmpfs; the tuner runs on the simulated null backend."""
