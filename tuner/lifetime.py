@@ -134,6 +134,15 @@ class Owner:
             return None
         return process_start(self.pid) == self.start
 
+    def same_process(self, other: Owner | None) -> bool:
+        """Whether `other` is this very process (host, boot, pid and its start time)."""
+        return other is not None and (self.host, self.boot, self.pid, self.start) == (
+            other.host,
+            other.boot,
+            other.pid,
+            other.start,
+        )
+
     def describe(self) -> str:
         """`worker 2 (pid 4711 on host-a)`."""
         who = self.name or "a tuner process"

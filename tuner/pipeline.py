@@ -131,7 +131,7 @@ def optimize(
         try:
             for plan in plans:
                 with _visible(plan.visible), _confirming(plan, trials) as prepared:
-                    confirm(_metered(prepared, confirmed), say)
+                    confirm(metered(prepared, confirmed), say)
         except KeyboardInterrupt:
             return finish(130, INTERRUPTED_CONFIRMING)
     return finish(0)
@@ -149,7 +149,7 @@ def _confirming(plan: Plan, trials: Trials) -> Iterator[Prepared]:
         yield replace(prepared, measure=worker)
 
 
-def _metered(prepared: Prepared, outcomes: list[ChildOutcome]) -> Prepared:
+def metered(prepared: Prepared, outcomes: list[ChildOutcome]) -> Prepared:
     """`prepared` whose measurements' outcomes are also appended to `outcomes`."""
     inner = prepared.measure or measure_in_child
 

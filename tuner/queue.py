@@ -36,10 +36,15 @@ from harness.models.inspect import external_files
 from tuner import artifacts
 from tuner import optuna_compat as compat
 from tuner.artifacts import StoredFile
+from tuner.child import ChildOutcome
 from tuner.config import StudyConfig, from_stored
 from tuner.confirm import CONFIRMED_AT, confirm
+from tuner.lifetime import this_process
 from tuner.loop import budget_used, committed, exclusive
+from tuner.pipeline import metered
 from tuner.results import TrialRecord
+from tuner.sessions import session_of
+from tuner.sessions import store as store_session
 from tuner.storage import HEARTBEAT_S, MAX_WAIT_S, MIN_WAIT_S, open_storage
 from tuner.study import Measure, Prepared, join, load, prepare, work
 from tuner.summary import render_summary
@@ -292,8 +297,17 @@ def run_queued(
         stop=lambda: CANCELLED_AT in joined.user_attrs,
     )
     say(f"study {name}: serving ({study.user_attrs.get('model')})")
-    ran = work(prepared, say, owner=owner)
-    finish(prepared, say)
+    started, clock = datetime.now(), time.monotonic()
+    confirmed: list[ChildOutcome] = []
+    try:
+        ran = work(prepared, say, owner=owner)
+        finish(metered(prepared, confirmed), say)
+    finally:  # this worker's share of the study's time, as `optimize` records its own
+        me = this_process(owner)
+        session = session_of(joined, started, time.monotonic() - clock, 1, confirmed, me)
+        if session.trials or session.confirm_runs:
+            with contextlib.suppress(Exception):  # the record matters less than the work
+                store_session(joined, session)
     return ran
 
 

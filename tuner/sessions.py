@@ -17,6 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.child import ChildOutcome
+from tuner.lifetime import Owner
+from tuner.loop import OWNER
 from tuner.results import TrialRecord, is_copy
 
 #: Study attribute: the list of sessions, oldest first.
@@ -61,14 +63,20 @@ def outcome_seconds(outcome: ChildOutcome) -> float:
     return loadgen_seconds((outcome.result or {}).get("loadgen_runs"))
 
 
-def trials_since(study: optuna.Study, started: datetime) -> list[FrozenTrial]:
-    """The trials measured (not copied) that finished at or after `started`."""
+def trials_since(
+    study: optuna.Study, started: datetime, owner: Owner | None = None
+) -> list[FrozenTrial]:
+    """The trials measured (not copied) that finished at or after `started`; with `owner`,
+    only those that process measured (a queue worker's share of a study others serve too)."""
     return [
         t
         for t in study.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         )
-        if t.datetime_complete is not None and t.datetime_complete >= started and not is_copy(t)
+        if t.datetime_complete is not None
+        and t.datetime_complete >= started
+        and not is_copy(t)
+        and (owner is None or owner.same_process(Owner.from_dict(t.user_attrs.get(OWNER))))
     ]
 
 
@@ -78,9 +86,11 @@ def session_of(
     wall_s: float,
     processes: int,
     confirm: Sequence[ChildOutcome],
+    owner: Owner | None = None,
 ) -> Session:
-    """The session that began at `started` (local naive time, as Optuna stores trials' times)."""
-    trials = trials_since(study, started)
+    """The session that began at `started` (local naive time, as Optuna stores trials' times);
+    with `owner`, of that process's trials only."""
+    trials = trials_since(study, started, owner)
     return Session(
         started=started.astimezone().isoformat(timespec="seconds"),
         wall_s=round(wall_s, 2),

@@ -24,6 +24,7 @@ from tests.conftest import make_mlp
 from tests.tuner.cli_checks import one_error_line, run
 from tuner.loop import budget_used
 from tuner.queue import FAILED, FINISHED_AT, QUEUE, SUMMARY, state_of
+from tuner.results import is_copy
 from tuner.storage import open_storage
 
 NULL = ["--model", "tiny", "--backend", "null", "--backend-option", "latency_ms=1"]
@@ -121,6 +122,10 @@ def test_submitted_studies_are_served_by_two_workers_and_reported_from_the_store
         trials = study.get_trials()
         assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
         assert FINISHED_AT in study.user_attrs and study.user_attrs[SUMMARY]
+        # Each worker records its own share of the study's time: no trial counted twice.
+        sessions = study.user_attrs["sessions"]
+        measured = [t for t in trials if t.state != TrialState.WAITING and not is_copy(t)]
+        assert sum(s["trials"] for s in sessions) == len(measured), (name, sessions)
         for trial in trials:
             names = {m.filename for m in get_all_artifact_meta(trial, storage=study._storage)}
             assert any(n.endswith("mlperf_log_summary.txt") for n in names), (name, trial.number)
