@@ -228,7 +228,7 @@ def record(
     trial: optuna.Trial | FrozenTrial | None = None,
 ) -> None:
     """Record stored files on the study (or one of its trials) as Optuna records artifacts."""
-    storage = study._storage
+    storage = compat.storage(study)
     for entry in files:
         meta = ArtifactMeta(
             artifact_id=entry.artifact_id,
@@ -238,7 +238,7 @@ def record(
         )
         key, value = _META_PREFIX + entry.artifact_id, json.dumps(asdict(meta))
         if trial is None:
-            storage.set_study_system_attr(study._study_id, key, value)
+            storage.set_study_system_attr(compat.study_id(study), key, value)
         else:
             storage.set_trial_system_attr(compat.trial_id(trial), key, value)
 
@@ -268,7 +268,7 @@ def upload_logs(
 
 def trial_files(study: optuna.Study, trial: FrozenTrial) -> list[ArtifactMeta]:
     """The artifacts recorded on a trial, by file name."""
-    metas = get_all_artifact_meta(trial, storage=study._storage)
+    metas = get_all_artifact_meta(trial, storage=compat.storage(study))
     return sorted(metas, key=lambda m: m.filename)
 
 

@@ -42,6 +42,11 @@ def engine(study: optuna.Study) -> Engine | None:
     return backend.engine if backend is not None else None
 
 
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage."""
+    return int(study._study_id)
+
+
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     """The trial's id in its storage (not its number)."""
     return int(trial._trial_id)

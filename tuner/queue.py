@@ -75,7 +75,7 @@ def submit(cfg: StudyConfig, store_at: str | None, device: str | None = None) ->
     store = artifacts.open_store(where, create=True)
     model = resolve_model(cfg.model, cfg.cache_dir, cfg.dims, cfg.shapes)
     model_files: list[StoredFile] = []
-    if not (cfg.model in BUILTIN_MODELS and not Path(cfg.model).is_file()):
+    if cfg.model not in BUILTIN_MODELS:  # a built-in name wins over a file of that name
         paths = [model.path, *external_files(model.path)]
         model_files = artifacts.put_set(store, paths, model.path.parent)
     data_files: list[StoredFile] = []
