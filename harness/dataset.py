@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import ConfigError
-from harness.models.info import ModelInfo, TensorSpec
+from harness.models.info import ModelInfo, TensorSpec, to_batch_axis
 
 #: Default RAM budget for the sample set; MLPerf's 1024 samples of ResNet-50 would take 616 MB.
 DEFAULT_SAMPLE_BYTES = 128 * 2**20
@@ -47,14 +47,7 @@ class SampleSet:
         batch = {}
         for name, array in self.inputs.items():
             axis = self.axes.get(name, 0)
-            if axis is None:
-                batch[name] = array
-            elif axis == 0:
-                batch[name] = array.take(indices, axis=0)
-            else:
-                batch[name] = np.ascontiguousarray(
-                    np.moveaxis(array.take(indices, axis=0), 0, axis)
-                )
+            batch[name] = array if axis is None else to_batch_axis(array.take(indices, 0), axis)
         return batch
 
     def head(self, n: int) -> dict[str, np.ndarray]:

@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 
 
+def to_batch_axis(stacked: np.ndarray, axis: int | None) -> np.ndarray:
+    """Samples stacked on axis 0 moved to `axis` (contiguous, as runtimes want them); the
+    array as it is for axis 0, or for an unbatched input's one value (`axis` None)."""
+    if not axis or stacked.ndim == 0:
+        return stacked
+    return np.ascontiguousarray(np.moveaxis(stacked, 0, axis))
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One model input or output, batched on `batch_axis` (None: not batched at all).
@@ -51,9 +59,7 @@ class TensorSpec:
     def feed(self, stacked: np.ndarray) -> np.ndarray:
         """Samples stacked on axis 0 (the harness's layout) as the model takes them: the
         stack moved to the batch axis; an unbatched input's one value as it is."""
-        if not self.batch_axis or stacked.ndim == 0:
-            return stacked
-        return np.ascontiguousarray(np.moveaxis(stacked, 0, self.batch_axis))
+        return to_batch_axis(stacked, self.batch_axis)
 
     def axis_of(self, shape: tuple[int, ...], n: int) -> int | None:
         """Where a batch of `n` stands in an array of this tensor's: its batch axis, or the
