@@ -17,6 +17,15 @@ study with `--prune off`; `--trials` prints each run's trials with their LoadGen
 
     python benchmarks/study_walltime.py --pairs 1 --modes pruned,unpruned --trials \
         -- --config studies/mobilenet-server-cpu.toml
+
+Two studies' confirmed medians are measured minutes apart, and this VM drifts by more than 5%
+in minutes, so they cannot say whether one study chose worse than the other. `--side-by-side R`
+answers that: after each pair, the configuration each study declared is measured again as its
+trials were (same settings, a child process each), in turn, R rounds (A B, B A, ...), and the
+ratio of their medians is printed beside the confirmed one:
+
+    python benchmarks/study_walltime.py --pairs 2 --cached --modes pruned,unpruned \
+        --side-by-side 3 -- --config studies/mobilenet-server-cpu.toml
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dic
     doc = json.loads(report.read_text())
     best = doc["best"] or {}
     trials = trial_runs(storage)
+    stored = stored_config(storage)
     shutil.rmtree(folder, ignore_errors=True)
     measured = [t for t in trials if t["state"] == "COMPLETE" and t["runs"]]
     return {
@@ -94,6 +104,7 @@ def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dic
         "speed_up": doc["speed_up"],
         "speed_up_at_least": doc.get("speed_up_at_least"),
         "trials": trials,
+        "config": stored,
         "pruned": sum(t["state"] == "PRUNED" for t in trials),
         # LoadGen runs per trial measured in full (not pruned, not a copy): all, and Server.
         "runs_per_trial": statistics.median([len(t["runs"]) for t in measured] or [0]),
@@ -101,6 +112,41 @@ def run_once(mode: str, extra: list[str], work: Path, cache: Path | None) -> dic
             [sum(k == "S" for k in t["runs"]) for t in measured] or [0]
         ),
     }
+
+
+def stored_config(storage: str) -> dict[str, Any]:
+    """The study's configuration as `optimize` stored it (what a joining worker reads)."""
+    import optuna
+
+    return dict(optuna.load_study(study_name="s", storage=storage).user_attrs["config"])
+
+
+def side_by_side(runs: list[dict[str, Any]], rounds: int, work: Path) -> dict[str, Any]:
+    """Each run's declared best measured again as its study measured trials, in turn (A B,
+    then B A, ...), `rounds` times: scores per mode, their medians, and first over second."""
+    from tuner.child import measure_in_child
+    from tuner.config import from_stored
+    from tuner.space import Params
+    from tuner.study import trial_configs
+
+    setups = []
+    for r in runs:
+        cfg = from_stored(r["config"], storage="sqlite://", runs_dir=work / "side-by-side")
+        run, spec = trial_configs(cfg, Params.from_mapping(r["best"]), "s", 0)
+        setups.append((r["mode"], run, spec, cfg.trial_timeout_s))
+    scores: dict[str, list[float]] = {mode: [] for mode, *_ in setups}
+    for i in range(rounds):
+        for mode, run, spec, timeout in setups if i % 2 == 0 else setups[::-1]:
+            outcome = measure_in_child(run, spec, timeout)
+            result = outcome.result or {}
+            score = float(result["score"]) if result.get("valid") else 0.0
+            scores[mode].append(score)
+            why = "" if result.get("valid") else f" ({outcome.reason or 'INVALID'}: counts as 0)"
+            print(f"    side by side, round {i + 1}: {mode} {score:,.1f}{why}", flush=True)
+    medians = {mode: statistics.median(values) for mode, values in scores.items()}
+    first, second = (mode for mode, *_ in setups)
+    ratio = medians[first] / medians[second] if medians[second] else float("nan")
+    return {"scores": scores, "medians": medians, "ratio": ratio}
 
 
 def trial_runs(storage: str) -> list[dict[str, Any]]:
@@ -176,6 +222,13 @@ def main() -> int:
         help="the model and its variants are cached already: no untimed first run",
     )
     parser.add_argument("--trials", action="store_true", help="print each run's trials")
+    parser.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="R",
+        help="after each pair, measure both declared bests in turn, R rounds (two modes only)",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("extra", nargs="*", help="more optimize flags, after --")
     args = parser.parse_args()
@@ -204,6 +257,17 @@ def main() -> int:
                     print("\n".join(trial_lines(runs[-1])), flush=True)
                 if cache is not None:
                     shutil.rmtree(cache, ignore_errors=True)
+            if args.side_by_side and len(modes) == 2:
+                side = side_by_side(runs, args.side_by_side, work)
+                runs[0]["side_by_side"] = side
+                m = side["medians"]
+                confirmed = (runs[0]["confirmed"] or 0) / (runs[1]["confirmed"] or float("nan"))
+                print(
+                    f"  declared bests side by side: {modes[0]} {m[modes[0]]:,.1f}, "
+                    f"{modes[1]} {m[modes[1]]:,.1f}: {side['ratio']:.2f} (confirmed medians, "
+                    f"minutes apart: {confirmed:.2f})",
+                    flush=True,
+                )
             results.append(runs)
         print("medians:")
         for index, mode in enumerate(modes):
@@ -223,6 +287,14 @@ def main() -> int:
                 + ", ".join(f"{r:.2f}" for r in ratios)
                 + f" (median {statistics.median(ratios):.2f})"
             )
+            sides = [
+                pair[0]["side_by_side"]["ratio"] for pair in results if "side_by_side" in pair[0]
+            ]
+            if sides:
+                print(
+                    f"  declared best {modes[0]}/{modes[1]}, side by side, per pair: "
+                    + ", ".join(f"{r:.2f}" for r in sides)
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -40,6 +40,12 @@ class LoadgenSut(Protocol):
     @property
     def error(self) -> BaseException | None: ...
 
+    @property
+    def batch_slots(self) -> int:
+        """Samples that give every stream one full batch (batch size x streams, summed over
+        devices): an Offline query is a whole number of them."""
+        ...
+
     def issue(self, ids: list[int], indices: list[int]) -> None: ...
 
     def flush(self) -> None: ...
@@ -71,6 +77,10 @@ class BatchingSUT:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._switch_interval = sys.getswitchinterval()
+
+    @property
+    def batch_slots(self) -> int:
+        return self.batch_size * self.streams
 
     @property
     def batches(self) -> int:
@@ -205,6 +215,10 @@ class SystemSUT:
     @property
     def samples_done(self) -> int:
         return sum(s.samples_done for s in self.suts)
+
+    @property
+    def batch_slots(self) -> int:
+        return sum(s.batch_slots for s in self.suts)
 
     @property
     def routed(self) -> list[int]:

@@ -2,7 +2,8 @@
 and the best median wins, so one lucky run (noise here is about +/-10%) cannot win a study.
 
 The top `confirm_top` distinct feasible configurations by value each get `confirm_runs` more
-measurements, each measured as a trial is (LoadGen logs under
+measurements, in rounds that take every candidate in turn (A B C, then C B A: the machine's drift
+falls on all alike), each measured as a trial is (LoadGen logs under
 `<runs>/<study>/confirm-<trial>-<i>`). So does the baseline (batch 1, 1 stream, fp32) where it is
 feasible and not among them: the speed-up the summary and `report` give divides the winner's
 median by the baseline's value, and one run of the baseline made that ratio noise's (a Server
@@ -97,11 +98,16 @@ def confirm(prepared: Prepared, say: Callable[[str], None]) -> FrozenTrial | Non
             )
             what = "the baseline" if todo == [base] else f"the top {len(top)}"  # older study
             say(f"confirming {what}: {cfg.confirm_runs} more run(s) of {runs}")
-        for trial in measured:
-            scores = _scores(trial, attrs)
-            while len(scores) < want:
-                scores.append(_measure_again(prepared, trial, len(scores), say))
-                study.set_user_attr(confirm_key(trial.number), list(scores))
+        # Round r measures repeat r of every candidate, in turn (A B C, then C B A, ...), so
+        # the machine's drift over the minutes this takes falls on each alike, as in
+        # benchmarks/: one candidate's repeats all in a slow minute would lose it the study.
+        repeats = {t.number: _scores(t, attrs) for t in measured}
+        for r in range(1, want):
+            for trial in measured if r % 2 else measured[::-1]:
+                mine = repeats[trial.number]
+                if len(mine) <= r:  # repeat r is missing (a rerun catches up here)
+                    mine.append(_measure_again(prepared, trial, len(mine), say))
+                    study.set_user_attr(confirm_key(trial.number), list(mine))
         best = _winner(study)
         assert best is not None  # every candidate is confirmed now
         study.set_user_attr(CONFIRMED_TOP, numbers)

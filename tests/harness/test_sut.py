@@ -55,15 +55,24 @@ def test_offline_completes_every_sample_in_batches_of_at_most_batch_size(tmp_pat
     run = outcome.primary
     assert run is not None and run.sample_count is not None
     assert sut.samples_done == sum(r.sample_count or 0 for r in outcome.runs)
-    assert all(1 <= s <= 8 for s in backend.sizes)
-    # Offline issues each run's samples at once: the batches fill, but for the one remainder
-    # of each run (which waits out the deque timeout: nothing more comes).
+    # Offline issues each run's samples at once, whole rounds of batches (8 x 2 streams): every
+    # batch is full, none is padded or waits out the deque timeout at the end.
     assert sum(backend.sizes) == sut.samples_done
-    runs = len(outcome.runs)
-    assert len([s for s in backend.sizes if s < 8]) <= runs, backend.sizes
-    assert backend.sizes.count(8) >= sut.samples_done // 8 - runs
+    assert set(backend.sizes) == {8}, backend.sizes
+    assert all((r.sample_count or 0) % 16 == 0 for r in outcome.runs)
     assert outcome.score == run.samples_per_second and outcome.score > 0
     assert (tmp_path / "offline-1" / "mlperf_log_detail.txt").exists()
+
+
+def test_an_offline_query_is_loadgens_size_rounded_up_to_whole_rounds_of_batches() -> None:
+    spec = ScenarioSpec(duration_s=2.0)
+    assert offline.query_samples(spec, 100.0, 1) == 220  # LoadGen's 1.1 x 2 s x 100
+    assert offline.query_samples(spec, 100.0, 16) == 224
+    assert offline.query_samples(spec, 100.0, 220) == 220
+    assert offline.query_samples(spec, 0.1, 16) == 16  # never less than one round
+    compliance = ScenarioSpec(duration_s=2.0, compliance=True)
+    assert offline.query_samples(compliance, 0.01, 1) == 24_576  # MLPerf's minimum
+    assert offline.query_samples(compliance, 0.01, 7 * 3) == 24_591  # 1171 rounds of 21
 
 
 def test_offline_too_small_expected_qps_is_rerun_with_a_measured_size(tmp_path: Path) -> None:

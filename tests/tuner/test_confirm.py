@@ -504,7 +504,7 @@ def test_the_baseline_is_measured_again_where_the_speed_up_needs_it(
     said: list[str] = []
     winner = confirm(Prepared(cfg, study, space, {}, measure), said.append)
     assert winner is not None and winner.number == 1  # batch 2: median of 500, 450, 450
-    assert calls() == [n for n in measured for _ in (1, 2)]
+    assert calls() == [*measured, *measured[::-1]]  # in rounds: A B base, then base B A
     attrs = study.user_attrs
     assert attrs["confirmed_top"] == top
     assert sorted(int(k.split(":")[1]) for k in attrs if k.startswith("confirm:")) == sorted(
