@@ -15,6 +15,17 @@ comparison is, if anything, tilted towards the peers.
     python benchmarks/cpu_peers.py                                   # every case, 2 rounds
     python benchmarks/cpu_peers.py --cases resnet50-int8,mobilenet --rounds 3 --seconds 10
     python benchmarks/cpu_peers.py --json benchmarks/cpu_peers.json
+    python benchmarks/cpu_peers.py --cases mobilenet --server --rounds 3  # and the Server side
+
+Server (`--server`): the largest Poisson QPS whose p99 meets the case's bound (MobileNet 30 ms
+and ResNet-50 200 ms, as the shipped CPU Server studies; BERT MLPerf's 130 ms), each found by
+the harness's max-QPS search with the shipped Server studies' settings (600 queries, one VALID
+answer run, a 5% bracket). The tuned side is a Server study of the case (the default study with
+`--scenario server`: every CPU runtime, the deque timeout searched too); the peers are their
+settings run through the harness: OpenVINO's throughput hint is OpenVINO at batch 1 with the
+streams and inference precision the hint chose (benchmark_app prints both; one request per
+stream, as the hint's optimal request count), its latency hint the same with its one stream,
+ONNX Runtime's defaults batch 1 on one stream. A study per case costs minutes on this VM.
 
 The bert case needs benchmarks/models/bert-small.onnx (`python benchmarks/real_models.py
 --export-only`, the torch extra). The ratio printed is the tuned median over the best peer's
@@ -55,6 +66,7 @@ class Case:
     precision: str  # the peers' file: "int8" (the study's Q/DQ variant) or "fp32"
     tune: tuple[str, ...] = ()  # flags of the study only
     dims: tuple[str, ...] = ()  # flags binding the model's dims, for the study and the harness
+    server_ms: float = 30.0  # the Server bound at p99 (--server)
 
 
 #: The fp32 file's precisions: OpenVINO's CPU plugin runs an fp32 model in bf16 by default
@@ -62,15 +74,23 @@ class Case:
 #: so there the tuned side may use bf16 too, on the same unquantized file; fp32 alone elsewhere.
 FP32_FILE = "fp32,bf16" if has_bf16() else "fp32"
 CASES = {
-    "resnet50-int8": Case("resnet50", "int8"),
-    "resnet50-fp32": Case("resnet50", "fp32", ("--precisions", FP32_FILE)),
-    "mobilenet": Case("mobilenet", "int8"),
+    "resnet50-int8": Case("resnet50", "int8", server_ms=200.0),
+    "resnet50-fp32": Case("resnet50", "fp32", ("--precisions", FP32_FILE), server_ms=200.0),
+    "mobilenet": Case("mobilenet", "int8", server_ms=30.0),
     "bert": Case(
         str(ROOT / "benchmarks" / "models" / "bert-small.onnx"),
         "int8",
         dims=("--dim", "sequence=128"),
+        server_ms=130.0,
     ),
 }
+#: The max-QPS search's settings, as the shipped CPU Server studies have them.
+SERVER_SEARCH = (
+    *("--percentile", "99", "--duration-s", "2", "--min-queries", "600"),
+    *("--answer-runs", "1", "--qps-tolerance", "0.05"),
+)
+#: OpenVINO's inference precision (as benchmark_app prints it) -> the harness's precision.
+OV_PRECISION = {"bf16": "bf16", "f32": "fp32", "float32": "fp32", "bfloat16": "bf16"}
 PEERS = ("openvino -hint throughput", "openvino -hint latency", "onnxruntime defaults")
 
 
@@ -81,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement (default 10)")
     parser.add_argument("--storage", help="study database (default: a fresh one in a temp dir)")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="also the Server side: a Server study per case, then each contender's max QPS",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES]
@@ -93,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         run_case(name, CASES[name], storage, args.rounds, args.seconds, work) for name in names
     ]
+    servers = (
+        [run_server(row, CASES[row["case"]], storage, args.rounds, work) for row in rows]
+        if args.server
+        else []
+    )
     print()
     print(
         f"{'case':<14} {'tuned best':<44} {'tuned':>8} {'best peer':<26} {'peer':>8} {'ratio':>6}"
@@ -103,8 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['best_peer']:<26} {row['peer_median']:>8.1f} {row['ratio']:>5.2f}x "
             f"{'PASS' if row['ratio'] >= TARGET else 'FAIL'}"
         )
+    for server in servers:
+        print(
+            f"{server['case']:<14} {'Server: ' + server['tuned']['label']:<44} "
+            f"{server['tuned']['median']:>8.1f} {server['best_peer']:<26} "
+            f"{server['peer_median']:>8.1f} {server['ratio']:>5.2f}x QPS at p99 <= "
+            f"{server['latency_ms']:g} ms"
+        )
     if args.json:
         doc = {"cpu": machine, "rounds": args.rounds, "seconds": args.seconds, "cases": rows}
+        doc["server"] = servers
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0 if all(row["ratio"] >= TARGET for row in rows) else 1
@@ -147,12 +185,15 @@ def run_case(
     }
     figures: dict[str, list[float]] = {who: [] for who in contenders}
     precision: dict[str, str] = {"tuned": params["precision"]}
+    streams: dict[str, int] = {}
     order = list(contenders)
     for r in range(rounds):
         for who in order if r % 2 == 0 else reversed(order):
-            value, ran = measure(contenders[who], work / "result.json")
+            value, ran, chosen = measure(contenders[who], work / "result.json")
             figures[who].append(value)
             precision[who] = ran or precision.get(who, case.precision)
+            if chosen is not None:
+                streams[who] = chosen
             print(
                 f"{name} round {r + 1}: {who}: {value:,.1f} samples/s ({precision[who]})",
                 flush=True,
@@ -175,12 +216,107 @@ def run_case(
         },
         "figures": figures,
         "inference_precision": precision,
+        "hint_streams": streams,
         "medians": medians,
         "best_peer": best_peer,
         "peer_median": medians[best_peer],
         "ratio": round(ratio, 4),
         "commands": {who: " ".join(cmd) for who, cmd in contenders.items()},
     }
+
+
+def run_server(
+    offline: dict[str, Any], case: Case, storage: str, rounds: int, work: Path
+) -> dict[str, Any]:
+    """The Server side of one case: a Server study for the tuned side, then the max QPS under
+    the case's bound of each contender's settings through the harness, in turn, `rounds`
+    times. `offline` is the case's Offline row (the hints' streams and precision)."""
+    name = offline["case"]
+    study_name = f"peers-{name}-server"
+    bound = ("--latency-ms", f"{case.server_ms:g}", *SERVER_SEARCH)
+    tune = [sys.executable, "-m", "tuner", "optimize", "--model", case.model, *case.dims]
+    tune += [*case.tune, "--scenario", "server", *bound]
+    tune += ["--storage", storage, "--study", study_name, "--quiet"]
+    print(f"\n== {name} Server: tuning ({' '.join(tune[3:])})", flush=True)
+    started = time.monotonic()
+    subprocess.run(tune, check=True, cwd=ROOT)
+    tune_s = time.monotonic() - started
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    best = best_trial(study)
+    if best is None:
+        raise SystemExit(f"{name}: the Server study found no configuration meeting the bound")
+    params = best.params
+    runtime = params.get("backend") or study.user_attrs["config"]["backend"]
+    label = f"{runtime} {params['precision']} b{params['batch_size']} s{params['streams']}"
+    label += f" d{params.get('deque_timeout_us', '-')}"
+    attrs = study.user_attrs
+    print(f"{name}: Server study in {tune_s:.0f} s: {label}, {robust_value(best, attrs):.1f}")
+    harness = [sys.executable, "-m", "harness", "run", "--model", case.model, *case.dims]
+    harness += ["--scenario", "server", "--find-max-qps", *bound, "--out", str(work / "runs")]
+
+    def knobs(runtime: str, precision: str, batch: int, streams: int) -> list[str]:
+        return [
+            *("--backend", runtime, "--precision", precision),
+            *("--batch-size", str(batch), "--streams", str(streams)),
+        ]
+
+    ran = offline["inference_precision"]
+    hinted = offline["hint_streams"]
+    peer_precision = {
+        who: case.precision if case.precision == "int8" else OV_PRECISION.get(ran[who], "fp32")
+        for who in ("openvino -hint throughput", "openvino -hint latency")
+    }
+    contenders = {
+        "tuned": [
+            *harness,
+            *knobs(runtime, params["precision"], params["batch_size"], params["streams"]),
+            *("--deque-timeout-us", str(params.get("deque_timeout_us", 2000))),
+        ],
+        **{
+            who: [*harness, *knobs("openvino", peer_precision[who], 1, hinted.get(who, 1))]
+            for who in ("openvino -hint throughput", "openvino -hint latency")
+        },
+        "onnxruntime defaults": [*harness, *knobs("onnxruntime", case.precision, 1, 1)],
+    }
+    figures: dict[str, list[float]] = {who: [] for who in contenders}
+    order = list(contenders)
+    for r in range(rounds):
+        for who in order if r % 2 == 0 else reversed(order):
+            qps = server_qps(contenders[who], work / "result.json")
+            figures[who].append(qps)
+            print(f"{name} Server round {r + 1}: {who}: {qps:,.1f} QPS", flush=True)
+    medians = {who: statistics.median(values) for who, values in figures.items()}
+    best_peer = max(PEERS, key=lambda who: medians[who])
+    ratio = medians["tuned"] / medians[best_peer] if medians[best_peer] else float("inf")
+    print(
+        f"{name} Server: tuned {medians['tuned']:,.1f} vs {best_peer} "
+        f"{medians[best_peer]:,.1f}: {ratio:.2f}x"
+    )
+    return {
+        "case": name,
+        "latency_ms": case.server_ms,
+        "tune_s": round(tune_s, 1),
+        "tuned": {
+            "label": label,
+            "params": params,
+            "study_value": robust_value(best, attrs),
+            "median": medians["tuned"],
+        },
+        "figures": figures,
+        "medians": medians,
+        "best_peer": best_peer,
+        "peer_median": medians[best_peer],
+        "ratio": round(ratio, 4),
+        "commands": {who: " ".join(cmd) for who, cmd in contenders.items()},
+    }
+
+
+def server_qps(command: list[str], result: Path) -> float:
+    """The largest VALID QPS the harness's search found (0 where none met the bound)."""
+    result.unlink(missing_ok=True)
+    subprocess.run([*command, "--json", str(result)], check=True, capture_output=True, cwd=ROOT)
+    doc = json.loads(result.read_text())
+    return float(doc["score"]) if doc.get("valid") else 0.0
 
 
 def peers_file(study: optuna.Study, precision: str) -> Path:
@@ -215,21 +351,26 @@ def benchmark_app(
     ]
 
 
-def measure(command: list[str], result: Path) -> tuple[float, str | None]:
+def measure(command: list[str], result: Path) -> tuple[float, str | None, int | None]:
     """samples/s of one contender's run: the harness's LoadGen figure, or benchmark_app's FPS
-    (batch 1, so FPS are samples) with the inference precision OpenVINO chose."""
+    (batch 1, so FPS are samples) with the inference precision and streams OpenVINO chose."""
     if "harness" in command:
         result.unlink(missing_ok=True)
         subprocess.run(
             [*command, "--json", str(result)], check=True, capture_output=True, cwd=ROOT
         )
-        return float(json.loads(result.read_text())["samples_per_second"]), None
+        return float(json.loads(result.read_text())["samples_per_second"]), None, None
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     found = re.search(r"Throughput:\s+([\d.]+) FPS", out)
     if found is None:
         raise SystemExit(f"no throughput in benchmark_app's output:\n{out[-2000:]}")
     hint = re.search(r"INFERENCE_PRECISION_HINT: (?:<Type: ')?(\w+)", out)
-    return float(found.group(1)), hint.group(1) if hint else None
+    streams = re.search(r"NUM_STREAMS: (\d+)", out)
+    return (
+        float(found.group(1)),
+        hint.group(1) if hint else None,
+        int(streams.group(1)) if streams else None,
+    )
 
 
 if __name__ == "__main__":
