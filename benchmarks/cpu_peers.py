@@ -148,26 +148,70 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(row["ratio"] >= TARGET for row in rows) else 1
 
 
-def run_case(
-    name: str, case: Case, storage: str, rounds: int, seconds: float, work: Path
-) -> dict[str, Any]:
-    study_name = f"peers-{name}"
+@dataclass(frozen=True)
+class Tuned:
+    """What a study of the case declared: its study, best params and runtime, and its cost."""
+
+    study: optuna.Study
+    params: dict[str, Any]
+    runtime: str
+    label: str
+    value: float
+    tune_s: float
+
+    def row(self, median: float) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "params": self.params,
+            "study_value": self.value,
+            "median": median,
+        }
+
+
+def tune(name: str, case: Case, storage: str, study_name: str, extra: list[str]) -> Tuned:
+    """Run the case's study (`python -m tuner optimize`, its flags plus `extra`) to its end."""
+    command = [sys.executable, "-m", "tuner", "optimize", "--model", case.model, *case.dims]
+    command += [*case.tune, *extra, "--storage", storage, "--study", study_name, "--quiet"]
+    print(f"\n== {name}: tuning ({' '.join(command[3:])})", flush=True)
     started = time.monotonic()
-    tune = [sys.executable, "-m", "tuner", "optimize", "--model", case.model, *case.dims]
-    tune += case.tune
-    tune += ["--storage", storage, "--study", study_name, "--quiet"]
-    print(f"\n== {name}: tuning ({' '.join(tune[3:])})", flush=True)
-    subprocess.run(tune, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT)
     tune_s = time.monotonic() - started
     study = optuna.load_study(study_name=study_name, storage=storage)
     best = best_trial(study)
     if best is None:
         raise SystemExit(f"{name}: the study found no feasible configuration")
-    attrs = study.user_attrs
-    params = best.params
-    runtime = params.get("backend") or attrs["config"]["backend"]
+    params = dict(best.params)
+    runtime = params.get("backend") or study.user_attrs["config"]["backend"]
     label = f"{runtime} {params['precision']} b{params['batch_size']} s{params['streams']}"
-    print(f"{name}: tuned in {tune_s:.0f} s: {label}, {robust_value(best, attrs):.1f}", flush=True)
+    if "deque_timeout_us" in params and "--scenario" in extra:
+        label += f" d{params['deque_timeout_us']}"
+    value = robust_value(best, study.user_attrs)
+    print(f"{name}: tuned in {tune_s:.0f} s: {label}, {value:.1f}", flush=True)
+    return Tuned(study, params, runtime, label, value, tune_s)
+
+
+def compared(name: str, figures: dict[str, list[float]], unit: str) -> dict[str, Any]:
+    """Medians, the best peer by median and the tuned median over it; printed."""
+    medians = {who: statistics.median(values) for who, values in figures.items()}
+    best_peer = max(PEERS, key=lambda who: medians[who])
+    peer = medians[best_peer]
+    ratio = medians["tuned"] / peer if peer else float("inf")
+    print(f"{name}: tuned {medians['tuned']:,.1f} vs {best_peer} {peer:,.1f} {unit}: {ratio:.2f}x")
+    return {
+        "figures": figures,
+        "medians": medians,
+        "best_peer": best_peer,
+        "peer_median": peer,
+        "ratio": round(ratio, 4),
+    }
+
+
+def run_case(
+    name: str, case: Case, storage: str, rounds: int, seconds: float, work: Path
+) -> dict[str, Any]:
+    tuned = tune(name, case, storage, f"peers-{name}", [])
+    study, params, runtime = tuned.study, tuned.params, tuned.runtime
+    attrs = study.user_attrs
     peer_file = peers_file(study, case.precision)
     harness = [sys.executable, "-m", "harness", "run", "--model", case.model, *case.dims]
     harness += ["--duration-s", f"{seconds:g}", "--out", str(work / "runs")]
@@ -198,29 +242,16 @@ def run_case(
                 f"{name} round {r + 1}: {who}: {value:,.1f} samples/s ({precision[who]})",
                 flush=True,
             )
-    medians = {who: statistics.median(values) for who, values in figures.items()}
-    best_peer = max(PEERS, key=lambda who: medians[who])
-    ratio = medians["tuned"] / medians[best_peer]
-    peer = medians[best_peer]
-    print(f"{name}: tuned {medians['tuned']:,.1f} vs {best_peer} {peer:,.1f}: {ratio:.2f}x")
+    summary = compared(name, figures, "samples/s")
     return {
         "case": name,
         "model": case.model,
         "peer_file": str(peer_file),
-        "tune_s": round(tune_s, 1),
-        "tuned": {
-            "label": label,
-            "params": params,
-            "study_value": robust_value(best, attrs),
-            "median": medians["tuned"],
-        },
-        "figures": figures,
+        "tune_s": round(tuned.tune_s, 1),
+        "tuned": tuned.row(summary["medians"]["tuned"]),
         "inference_precision": precision,
         "hint_streams": streams,
-        "medians": medians,
-        "best_peer": best_peer,
-        "peer_median": medians[best_peer],
-        "ratio": round(ratio, 4),
+        **summary,
         "commands": {who: " ".join(cmd) for who, cmd in contenders.items()},
     }
 
@@ -232,25 +263,11 @@ def run_server(
     the case's bound of each contender's settings through the harness, in turn, `rounds`
     times. `offline` is the case's Offline row (the hints' streams and precision)."""
     name = offline["case"]
-    study_name = f"peers-{name}-server"
     bound = ("--latency-ms", f"{case.server_ms:g}", *SERVER_SEARCH)
-    tune = [sys.executable, "-m", "tuner", "optimize", "--model", case.model, *case.dims]
-    tune += [*case.tune, "--scenario", "server", *bound]
-    tune += ["--storage", storage, "--study", study_name, "--quiet"]
-    print(f"\n== {name} Server: tuning ({' '.join(tune[3:])})", flush=True)
-    started = time.monotonic()
-    subprocess.run(tune, check=True, cwd=ROOT)
-    tune_s = time.monotonic() - started
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    best = best_trial(study)
-    if best is None:
-        raise SystemExit(f"{name}: the Server study found no configuration meeting the bound")
-    params = best.params
-    runtime = params.get("backend") or study.user_attrs["config"]["backend"]
-    label = f"{runtime} {params['precision']} b{params['batch_size']} s{params['streams']}"
-    label += f" d{params.get('deque_timeout_us', '-')}"
-    attrs = study.user_attrs
-    print(f"{name}: Server study in {tune_s:.0f} s: {label}, {robust_value(best, attrs):.1f}")
+    tuned = tune(
+        f"{name} Server", case, storage, f"peers-{name}-server", ["--scenario", "server", *bound]
+    )
+    params, runtime = tuned.params, tuned.runtime
     harness = [sys.executable, "-m", "harness", "run", "--model", case.model, *case.dims]
     harness += ["--scenario", "server", "--find-max-qps", *bound, "--out", str(work / "runs")]
 
@@ -285,28 +302,13 @@ def run_server(
             qps = server_qps(contenders[who], work / "result.json")
             figures[who].append(qps)
             print(f"{name} Server round {r + 1}: {who}: {qps:,.1f} QPS", flush=True)
-    medians = {who: statistics.median(values) for who, values in figures.items()}
-    best_peer = max(PEERS, key=lambda who: medians[who])
-    ratio = medians["tuned"] / medians[best_peer] if medians[best_peer] else float("inf")
-    print(
-        f"{name} Server: tuned {medians['tuned']:,.1f} vs {best_peer} "
-        f"{medians[best_peer]:,.1f}: {ratio:.2f}x"
-    )
+    summary = compared(f"{name} Server", figures, "QPS")
     return {
         "case": name,
         "latency_ms": case.server_ms,
-        "tune_s": round(tune_s, 1),
-        "tuned": {
-            "label": label,
-            "params": params,
-            "study_value": robust_value(best, attrs),
-            "median": medians["tuned"],
-        },
-        "figures": figures,
-        "medians": medians,
-        "best_peer": best_peer,
-        "peer_median": medians[best_peer],
-        "ratio": round(ratio, 4),
+        "tune_s": round(tuned.tune_s, 1),
+        "tuned": tuned.row(summary["medians"]["tuned"]),
+        **summary,
         "commands": {who: " ".join(cmd) for who, cmd in contenders.items()},
     }
 
