@@ -9,6 +9,11 @@ the unproposed configuration nearest to it (fewest differing parameters, then or
 in batch size and streams), ties broken by its own seeded draw. Once every configuration is
 taken it lets repeats through; the study answers those from the earlier trial.
 
+Where the study searches several runtimes, a runtime that could not read a trial's model file
+(OpenVINO's frontend refusing an op it cannot convert: "openvino: cannot read m.onnx: ...")
+cannot read it at any batch or stream count either: every configuration of that runtime and
+precision counts as taken from then on, so the budget goes to the runtimes that can run it.
+
 The last trials of a study climb (`climb_from`: how many trials of the budget come before the
 climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
 batch size, streams or deque timeout one listed step up or down, precision kept, the seeded
@@ -64,7 +69,7 @@ class NoRepeatSampler(BaseSampler):
         if not search_space:
             return {}
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        taken = _taken(others)
+        taken = _taken(others) | self._unreadable(others)
         step = self._climb(study, others, taken)
         if step is not None:
             return step
@@ -130,6 +135,20 @@ class NoRepeatSampler(BaseSampler):
             if near:
                 return self._rng.choice(near)
         return None
+
+    def _unreadable(self, others: list[FrozenTrial]) -> set[str]:
+        """Every configuration of a (runtime, precision) whose runtime could not read the model
+        file of a failed trial (`<runtime>: cannot read <file>: ...`); none in a study of one
+        runtime, where nothing else could take the budget."""
+        if "backend" not in self._grid:
+            return set()
+        refused = set()
+        for trial in others:
+            runtime = trial.params.get("backend")
+            reason = trial.user_attrs.get("fail_reason") or ""
+            if trial.state == TrialState.FAIL and reason.startswith(f"{runtime}: cannot read "):
+                refused.add((runtime, trial.params.get("precision")))
+        return {_key(p) for p in self.space.points() if (p["backend"], p["precision"]) in refused}
 
     def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
         """`point` with one ordinal parameter one listed step up or down (runtime and

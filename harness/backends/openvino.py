@@ -104,7 +104,9 @@ class OpenVinoBackend(Backend):
         try:
             model = core.read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError with the frontend's message
-            raise backend_error(self.name, f"cannot load {self.model_path.name}", exc) from exc
+            # "cannot read": the file itself is refused (an op its frontend cannot convert),
+            # whatever the batch or streams; a study stops proposing this runtime for it.
+            raise backend_error(self.name, f"cannot read {self.model_path.name}", exc) from exc
         model_info = inspect_model(
             self.model_path, dims=self.options.dims, shapes=self.options.shapes
         )

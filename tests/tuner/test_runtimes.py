@@ -143,6 +143,46 @@ def test_the_sampler_never_proposes_a_pair_a_runtime_cannot_run() -> None:
     assert sorted(map(str, seen)) == sorted(map(str, space.points()))
 
 
+def test_a_runtime_that_cannot_read_the_file_is_not_proposed_again_for_that_precision() -> None:
+    """A trial whose runtime refused the model file ("openvino: cannot read ...") takes every
+    configuration of that runtime and precision out of the proposals; a failure of another
+    kind (here a compile failure at one batch size) takes out only its own configuration."""
+    space = SearchSpace(
+        batch_sizes=(1, 2, 4),
+        streams=(1, 2),
+        precisions=("fp32", "int8"),
+        deque_timeout_us=None,
+        backends=BOTH,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = NoRepeatSampler(optuna.samplers.RandomSampler(seed=3), space, seed=3)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def failed(params: dict[str, object], reason: str) -> None:
+        study.enqueue_trial(params)
+        trial = study.ask()
+        space.suggest(trial)
+        trial.set_user_attr("failure", "error")
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+
+    unreadable = {"backend": "openvino", "precision": "int8", "batch_size": 2, "streams": 2}
+    failed(unreadable, "openvino: cannot read int8-abc.onnx: OpConversionFailure: Conv-15")
+    other = {"backend": "openvino", "precision": "fp32", "batch_size": 4, "streams": 2}
+    failed(other, "openvino: cannot load m.onnx: cannot compile for batch 4")
+    seen = []
+    left = space.size - 6 - 1  # 24 points less openvino int8's 6 and `other`
+    for _ in range(left):
+        trial = study.ask()
+        params = space.suggest(trial)
+        seen.append(dict(trial.params))
+        study.tell(trial, float(params.batch_size))
+    pairs = {(p["backend"], p["precision"]) for p in seen}
+    assert ("openvino", "int8") not in pairs
+    assert ("openvino", "fp32") in pairs and other not in seen
+    assert len({str(p) for p in seen}) == len(seen) == left == 17  # each proposal new
+
+
 def test_each_trial_runs_on_its_runtime_with_that_runtimes_options() -> None:
     cfg = build(backends=list(BOTH), backend_options={"batch_shape": "static"})
     params = Params(batch_size=4, streams=2, precision="int8", backend="openvino")
