@@ -6,6 +6,7 @@
      │    └── VariantUnavailable    no fp16/int8 variant of this model (the converter's reason)
      ├── BackendError           the inference runtime failed
      │    ├── BackendUnavailable    the runtime or its device is not installed here
+     │    ├── ModelUnreadable       the runtime cannot read this model file (any batch, streams)
      │    └── OutOfMemory           the device ran out of memory
      └── ScenarioError          a LoadGen run could not produce a result
 
@@ -43,6 +44,20 @@ class BackendError(TunerError):
 
 class BackendUnavailable(BackendError):
     """The backend's runtime or device is not present on this machine."""
+
+
+class ModelUnreadable(BackendError):
+    """The runtime cannot read the model file it was given (its frontend refuses an op it cannot
+    convert): every configuration of this runtime that loads this file fails alike, whatever
+    its batch or streams, while another runtime may read it. A study takes it as infeasible on
+    `runtime` (as VariantUnavailable is on every runtime) and stops proposing those."""
+
+    def __init__(self, runtime: str, message: str) -> None:
+        super().__init__(message)
+        self.runtime = runtime
+
+    def __reduce__(self) -> tuple[type[ModelUnreadable], tuple[str, str]]:
+        return type(self), (self.runtime, str(self))
 
 
 class OutOfMemory(BackendError):

@@ -90,6 +90,14 @@ class Agreement:
         return dict(asdict(self))
 
 
+def source_precision(precision: str, casts_precision: bool = False) -> str:
+    """The precision of the ONNX file a run at `precision` loads: the model itself ("fp32")
+    for fp32 and bf16, and for every precision of a backend that casts the fp32 model itself
+    (`Backend.casts_precision`); the precision's own variant otherwise. Configurations that
+    load the same file on the same runtime fail alike where the runtime cannot read it."""
+    return "fp32" if casts_precision or precision in ("fp32", "bf16") else precision
+
+
 def make_variant(
     model: ModelInfo,
     precision: str,

@@ -46,6 +46,7 @@ from harness.precision import (
     agreement,
     make_variant,
     output_index,
+    source_precision,
 )
 from harness.result import Result
 from harness.scenarios import Outcome
@@ -208,7 +209,7 @@ def prepare_inputs(
 
     key = inputs_key(run)
     model, ranges, samples = cache.inputs(key, inputs)
-    source = "fp32" if backend_cls.casts_precision else run.precision
+    source = source_precision(run.precision, backend_cls.casts_precision)
     variant = cache.variant(
         (key, source),
         lambda: make_variant(model, source, samples.head(CALIBRATION_SAMPLES), run.cache_dir),

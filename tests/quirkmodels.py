@@ -2,7 +2,8 @@
 runnable by ONNX Runtime: a batch written -1 with '?' sizes (paddle2onnx), a recurrent state
 batched on axis 1 beside a rank-0 sample rate (silero's VAD), anonymous `unk__N` dims and a
 jax one-hot as `Equal` against a range (jax2tf + tf2onnx), a `OneHot` op, an input shared by
-the whole batch, and a batch fixed at 1."""
+the whole batch, and a batch fixed at 1; and two that not every runtime reads: an op of an
+unknown domain (none does), ONNX Runtime's own hash op (OpenVINO does not)."""
 
 from __future__ import annotations
 
@@ -188,3 +189,40 @@ def fixed_batch(path: Path) -> Path:
         [_value("x", [1, 3])],
         [_value("y", [1, 3])],
     )
+
+
+def unknown_op(path: Path) -> Path:
+    """MatMul then an op of a domain no runtime here knows: the null backend runs it (it never
+    loads the graph); ONNX Runtime's int8 quantizer cannot (it must run the graph), nor can
+    OpenVINO's frontend or onnx2torch convert it."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Mystery", ["h"], ["y"], domain="example.custom"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [_value("x", ["batch", 4])],
+        [_value("y", ["batch", 4])],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
+    return path
+
+
+def onnxruntime_only(path: Path) -> Path:
+    """ONNX Runtime's contrib op MurmurHash3 (com.microsoft) between two casts: ONNX Runtime
+    runs it, OpenVINO's frontend has no conversion rule for it (as it had none for an op of
+    the opset-15 Silero VAD)."""
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xi"], to=TensorProto.INT32),
+        helper.make_node("MurmurHash3", ["xi"], ["h"], domain="com.microsoft", positive=1),
+        helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes, path.stem, [_value("x", ["batch", 4])], [_value("y", ["batch", 4])]
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
+    return path

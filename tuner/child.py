@@ -23,8 +23,10 @@ from typing import Any
 from harness.config import RunConfig, ScenarioSpec
 from tuner.lifetime import die_with_parent, kill_group, lead_own_group
 
-#: The failure of a configuration the model cannot take (harness VariantUnavailable): an
-#: infeasible trial, not a failed one.
+#: The failure of a configuration the model cannot take, whatever its batch or streams: its
+#: precision's file cannot be made (harness VariantUnavailable), or its runtime cannot read
+#: the file (harness ModelUnreadable, `ChildOutcome.infeasible_on`). An infeasible trial, not
+#: a failed one.
 INFEASIBLE = "infeasible"
 #: The failure of a child ended by a signal from outside (SIGKILL: an operator, the kernel's
 #: out-of-memory killer; SIGTERM): says nothing sure about the configuration, so it is retried.
@@ -42,6 +44,9 @@ class ChildOutcome:
     failure: str | None = None
     reason: str = ""
     seconds: float = 0.0
+    #: An infeasible configuration's runtime where only it fails (it cannot read the file);
+    #: None where every runtime would (the precision's file cannot be made).
+    infeasible_on: str | None = None
 
 
 def measure_in_child(run: RunConfig, spec: ScenarioSpec, timeout_s: float) -> ChildOutcome:
@@ -108,7 +113,9 @@ def _answer(
     message = json.loads(payload.decode())
     if message["ok"]:
         return ChildOutcome(message["result"], seconds=seconds)
-    return ChildOutcome(None, message["failure"], message["reason"], seconds)
+    return ChildOutcome(
+        None, message["failure"], message["reason"], seconds, message.get("infeasible_on")
+    )
 
 
 class WarmWorker:
@@ -236,7 +243,7 @@ def _become_child(parent: int, quiet: bool) -> None:
 
 def _run(target: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> bytes:
     """`target(*args)` as the JSON message the parent reads: its result, or the failure."""
-    from harness.errors import OutOfMemory, TunerError, VariantUnavailable
+    from harness.errors import ModelUnreadable, OutOfMemory, TunerError, VariantUnavailable
 
     try:
         message: dict[str, Any] = {"ok": True, "result": target(*args)}
@@ -244,6 +251,9 @@ def _run(target: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> bytes:
         message = {"ok": False, "failure": "out of memory", "reason": str(exc)}
     except VariantUnavailable as exc:
         message = {"ok": False, "failure": INFEASIBLE, "reason": str(exc)}
+    except ModelUnreadable as exc:
+        message = {"ok": False, "failure": INFEASIBLE, "reason": str(exc)}
+        message["infeasible_on"] = exc.runtime
     except TunerError as exc:
         message = {"ok": False, "failure": "error", "reason": str(exc)}
     except Exception as exc:

@@ -86,6 +86,12 @@ class TrialRecord:
     trial_seconds: float | None = None
     failure: str | None = None
     fail_reason: str | None = None
+    #: An infeasible configuration's runtime where only it cannot run it (it cannot read the
+    #: file); None where no runtime can (tuner.child.ChildOutcome.infeasible_on).
+    infeasible_on: str | None = None
+    #: The earlier infeasible trial whose cause holds for this configuration too, where this
+    #: one was not run (tuner.sampling.refusal).
+    infeasible_as: int | None = None
     score: float | None = None
     valid: bool | None = None
     samples_per_second: float | None = None
@@ -179,12 +185,21 @@ class TrialRecord:
         )
 
     @classmethod
-    def infeasible(cls, reason: str, seconds: float | None = None) -> TrialRecord:
-        """A configuration the model cannot take (its precision variant cannot be built)."""
+    def infeasible(
+        cls,
+        reason: str,
+        seconds: float | None = None,
+        on: str | None = None,
+        as_trial: int | None = None,
+    ) -> TrialRecord:
+        """A configuration the model cannot take: its precision's file cannot be made, or
+        its runtime (`on`) cannot read the file; `as_trial`: known from that earlier trial."""
         return cls(
             trial_seconds=None if seconds is None else round(seconds, 2),
             failure=INFEASIBLE,
             fail_reason=reason,
+            infeasible_on=on,
+            infeasible_as=as_trial,
             score=0.0,
             valid=False,
         )

@@ -9,10 +9,12 @@ the unproposed configuration nearest to it (fewest differing parameters, then or
 in batch size and streams), ties broken by its own seeded draw. Once every configuration is
 taken it lets repeats through; the study answers those from the earlier trial.
 
-Where the study searches several runtimes, a runtime that could not read a trial's model file
-(OpenVINO's frontend refusing an op it cannot convert: "openvino: cannot read m.onnx: ...")
-cannot read it at any batch or stream count either: every configuration of that runtime and
-precision counts as taken from then on, so the budget goes to the runtimes that can run it.
+A configuration found infeasible whatever its batch or streams takes its kin out with it
+(`refusals`): where a runtime could not read the model file (OpenVINO's frontend refusing an op
+it cannot convert), every configuration of that runtime that loads the same file (fp32 and
+bf16 load the model itself) counts as taken from then on; where a precision's file could not
+be made, every configuration that loads it, on any runtime. The budget goes to what can run,
+and the study does not run an enqueued configuration so ruled out (tuner.study).
 
 The last trials of a study climb (`climb_from`: how many trials of the budget come before the
 climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -39,8 +41,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.child import INFEASIBLE
 from tuner.loop import committed_of
-from tuner.results import ranked
+from tuner.results import TrialRecord, ranked
 from tuner.space import SearchSpace
 
 
@@ -69,7 +72,7 @@ class NoRepeatSampler(BaseSampler):
         if not search_space:
             return {}
         others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        taken = _taken(others) | self._unreadable(others)
+        taken = _taken(others) | self._refused(others)
         step = self._climb(study, others, taken)
         if step is not None:
             return step
@@ -136,19 +139,12 @@ class NoRepeatSampler(BaseSampler):
                 return self._rng.choice(near)
         return None
 
-    def _unreadable(self, others: list[FrozenTrial]) -> set[str]:
-        """Every configuration of a (runtime, precision) whose runtime could not read the model
-        file of a failed trial (`<runtime>: cannot read <file>: ...`); none in a study of one
-        runtime, where nothing else could take the budget."""
-        if "backend" not in self._grid:
+    def _refused(self, others: list[FrozenTrial]) -> set[str]:
+        """Every configuration an infeasible trial rules out (`refusals`)."""
+        refused = refusals(self.space, others)
+        if not refused:
             return set()
-        refused = set()
-        for trial in others:
-            runtime = trial.params.get("backend")
-            reason = trial.user_attrs.get("fail_reason") or ""
-            if trial.state == TrialState.FAIL and reason.startswith(f"{runtime}: cannot read "):
-                refused.add((runtime, trial.params.get("precision")))
-        return {_key(p) for p in self.space.points() if (p["backend"], p["precision"]) in refused}
+        return {_key(p) for p in self.space.points() if refusal(self.space, p, refused)}
 
     def _neighbours(self, point: dict[str, Any]) -> list[dict[str, Any]]:
         """`point` with one ordinal parameter one listed step up or down (runtime and
@@ -174,6 +170,35 @@ class NoRepeatSampler(BaseSampler):
 #: Parameters without an order: a climb keeps them, the nearest-point distance only counts
 #: whether they differ.
 _CATEGORICAL = ("backend", "precision")
+
+
+def refusals(
+    space: SearchSpace, trials: Iterable[FrozenTrial]
+) -> dict[tuple[str | None, str], FrozenTrial]:
+    """What the study's infeasible trials rule out, each by the earliest trial that found it:
+    (runtime, file) where only that runtime cannot read the file (`TrialRecord.infeasible_on`),
+    (None, file) where the file cannot be made; `file` is the precision of the ONNX file loaded
+    (`SearchSpace.source`)."""
+    found: dict[tuple[str | None, str], FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        if trial.state != TrialState.COMPLETE or "precision" not in trial.params:
+            continue
+        record = TrialRecord.from_trial(trial)
+        if record.failure != INFEASIBLE or record.infeasible_as is not None:
+            continue
+        runtime, file = space.source(trial.params)
+        found.setdefault((runtime if record.infeasible_on else None, file), trial)
+    return found
+
+
+def refusal(
+    space: SearchSpace,
+    point: Mapping[str, Any],
+    refused: Mapping[tuple[str | None, str], FrozenTrial],
+) -> FrozenTrial | None:
+    """The infeasible trial (of `refusals`) whose cause holds for `point` too, or None."""
+    runtime, file = space.source(point)
+    return refused.get((runtime, file)) or refused.get((None, file))
 
 
 def _taken(others: list[FrozenTrial]) -> set[str]:

@@ -16,6 +16,7 @@ import optuna
 from harness.backends import get_backend
 from harness.config import PRECISIONS
 from harness.errors import ConfigError
+from harness.precision import source_precision
 from tuner.config import StudyConfig
 
 #: The configuration every speed-up is measured against; always part of the space.
@@ -65,6 +66,8 @@ class SearchSpace:
     backends: tuple[str, ...] | None = None
     #: (runtime, precision) pairs of the grid that the runtime cannot run.
     excluded: tuple[tuple[str, str], ...] = ()
+    #: The study's one runtime where it searches one (its points name none); None: unknown.
+    runtime: str | None = None
 
     @property
     def size(self) -> int:
@@ -84,6 +87,14 @@ class SearchSpace:
     def allows(self, point: Mapping[str, Any]) -> bool:
         """Whether the point's runtime runs its precision."""
         return (point.get("backend"), point.get("precision")) not in self.excluded
+
+    def source(self, point: Mapping[str, Any]) -> tuple[str | None, str]:
+        """The point's runtime and the precision of the ONNX file it loads there
+        (harness.precision.source_precision): the points of one runtime that load one file
+        fail alike where the runtime cannot read it."""
+        runtime = point.get("backend") or self.runtime
+        casts = runtime is not None and get_backend(runtime).casts_precision
+        return runtime, source_precision(point["precision"], casts)
 
     def points(self) -> list[dict[str, Any]]:
         """Every point of the grid that a runtime can run, in a fixed order."""
@@ -217,6 +228,7 @@ def resolve_space(cfg: StudyConfig) -> SearchSpace:
         deque_timeout_us=deque,
         backends=several,
         excluded=excluded,
+        runtime=None if several else cfg.backend,
     )
 
 

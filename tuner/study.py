@@ -33,7 +33,7 @@ from tuner.results import (
     robust_value,
     study_setting,
 )
-from tuner.sampling import NoRepeatSampler
+from tuner.sampling import NoRepeatSampler, refusal, refusals
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.storage import HEARTBEAT_S, open_storage, redact
 
@@ -347,6 +347,10 @@ class _Objective:
         if duplicate is not None:
             return _reuse(trial, duplicate)
         study = self.prepared.study
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ruled_out = refusal(space, trial.params, refusals(space, done))
+        if ruled_out is not None:  # e.g. an enqueued screening trial of a runtime that failed
+            return record_ruled_out(trial, ruled_out, cfg)
         run, spec = trial_configs(cfg, params, study.study_name, trial.number)
         spec = replace(spec, prune_below=prune_below(study, cfg))
         measure = self.prepared.measure or measure_in_child
@@ -430,10 +434,24 @@ def trial_configs(
 
 
 def record_infeasible(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
-    """A configuration the model cannot take (its precision variant cannot be built): a
-    COMPLETE trial scoring 0 that breaks the `precision` constraint and says why, so the
-    samplers learn from it and the study goes on."""
-    TrialRecord.infeasible(outcome.reason, outcome.seconds).store(trial)
+    """A configuration the model cannot take (its precision's file cannot be made, or its
+    runtime cannot read the file): a COMPLETE trial scoring 0 that breaks the `precision`
+    constraint and says why, so the samplers learn from it and the study goes on."""
+    record = TrialRecord.infeasible(outcome.reason, outcome.seconds, on=outcome.infeasible_on)
+    return _infeasible(trial, record, cfg)
+
+
+def record_ruled_out(trial: optuna.Trial, earlier: FrozenTrial, cfg: StudyConfig) -> Any:
+    """A configuration that an earlier infeasible trial's cause rules out too (the same file
+    on the same runtime, or a file that cannot be made): infeasible as that trial, not run."""
+    found = TrialRecord.from_trial(earlier)
+    reason = found.fail_reason or ""
+    record = TrialRecord.infeasible(reason, 0.0, on=found.infeasible_on, as_trial=earlier.number)
+    return _infeasible(trial, record, cfg)
+
+
+def _infeasible(trial: optuna.Trial, record: TrialRecord, cfg: StudyConfig) -> Any:
+    record.store(trial)
     trial.set_constraint("precision", 1.0)
     trial.set_constraint("accuracy", 0.0)
     trial.set_constraint("valid", 1.0)
@@ -513,6 +531,8 @@ class _Progress:
         record = TrialRecord.from_trial(trial)
         if record.failure == INFEASIBLE:
             what = f"infeasible: {record.fail_reason or ''}"
+            if record.infeasible_as is not None:
+                what += f" (as trial {record.infeasible_as}; not run)"
         elif trial.state == TrialState.PRUNED:
             what = record.note or "pruned"
         elif trial.state == TrialState.COMPLETE:

@@ -30,7 +30,7 @@ from harness.backends.base import (
     threads_per_stream,
 )
 from harness.device import cpu_flags, cpu_name, parse_device
-from harness.errors import BackendUnavailable, ConfigError
+from harness.errors import BackendUnavailable, ConfigError, ModelUnreadable, OutOfMemory
 from harness.models import TensorSpec, inspect_model
 
 #: The CPU flags whose instructions run OpenVINO's bf16 kernels (any one of them).
@@ -104,9 +104,12 @@ class OpenVinoBackend(Backend):
         try:
             model = core.read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError with the frontend's message
-            # "cannot read": the file itself is refused (an op its frontend cannot convert),
-            # whatever the batch or streams; a study stops proposing this runtime for it.
-            raise backend_error(self.name, f"cannot read {self.model_path.name}", exc) from exc
+            error = backend_error(self.name, f"cannot read {self.model_path.name}", exc)
+            if isinstance(error, OutOfMemory):
+                raise error from exc
+            # The file itself is refused (an op its frontend cannot convert), whatever the
+            # batch or streams: a study stops proposing this runtime for this file.
+            raise ModelUnreadable(self.name, str(error)) from exc
         model_info = inspect_model(
             self.model_path, dims=self.options.dims, shapes=self.options.shapes
         )

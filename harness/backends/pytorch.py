@@ -29,7 +29,14 @@ from harness.backends.base import (
     threads_per_stream,
 )
 from harness.device import cpu_name, parse_device
-from harness.errors import BackendError, BackendUnavailable, ConfigError, ModelError, OutOfMemory
+from harness.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    ModelError,
+    ModelUnreadable,
+    OutOfMemory,
+)
 
 CPU_PRECISIONS = ("fp32",)
 CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -129,8 +136,10 @@ class TorchBackend(Backend):
         try:
             module = onnx2torch.convert(str(self.model_path))
         except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ...
-            raise BackendError(
-                f"torch: onnx2torch cannot convert {self.model_path.name}: {one_line(exc)}"
+            # The file itself is refused, whatever the batch, streams or precision.
+            raise ModelUnreadable(
+                self.name,
+                f"torch: onnx2torch cannot convert {self.model_path.name}: {one_line(exc)}",
             ) from exc
         try:
             self._module = module.eval().to(self._device, self._dtype)

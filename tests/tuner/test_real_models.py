@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import optuna
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from optuna.trial import TrialState
 
-from tests import realmodels
+from tests import quirkmodels, realmodels
 from tests.tuner.cli_checks import one_error_line, run
 
 pytestmark = pytest.mark.slow
@@ -84,29 +81,10 @@ def test_bert_dims_by_flag_and_study_file_are_the_studys_identity_and_reach_the_
     assert "# model dims bound: sequence=8" in (out / "trtexec").read_text()
 
 
-def _custom_op_model(path: Path) -> Path:
-    """MatMul then an op of a domain no runtime here knows: the null backend runs it (it never
-    loads the graph), ONNX Runtime's int8 quantizer cannot (it must run the graph)."""
-    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "w"], ["h"]),
-            helper.make_node("Mystery", ["h"], ["y"], domain="example.custom"),
-        ],
-        "custom",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [weight],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=8), str(path))
-    return path
-
-
 def test_a_precision_the_converter_refuses_is_an_infeasible_trial_that_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model = _custom_op_model(tmp_path / "custom.onnx")
+    model = quirkmodels.unknown_op(tmp_path / "custom.onnx")
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "studies.db"
     argv = _optimize(db, tmp_path / "cache", "--model", str(model), "--backend", "null")
@@ -126,3 +104,41 @@ def test_a_precision_the_converter_refuses_is_an_infeasible_trial_that_says_why(
         assert "Mystery" in trial.user_attrs["fail_reason"]  # the converter's own reason
     best = study.best_trial
     assert best.params["precision"] == "fp32" and best.value and best.value > 0
+
+
+def test_a_file_a_runtime_cannot_read_is_infeasible_on_that_runtime_and_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OpenVINO's frontend refuses ONNX Runtime's hash op (harness ModelUnreadable): the first
+    configuration of OpenVINO on that file is an infeasible trial that names the runtime, the
+    other one is infeasible as that trial without running, and ONNX Runtime, which reads the
+    file, is measured as usual."""
+    pytest.importorskip("openvino")
+    model = quirkmodels.onnxruntime_only(tmp_path / "hash.onnx")
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "studies.db"
+    argv = _optimize(db, tmp_path / "cache", "--model", str(model), "--backend", "auto")
+    argv += ["--precisions", "fp32", "--sampler", "grid", "--trials", "4", "--study", "u"]
+    assert run(argv) == 0
+    err = capsys.readouterr().err
+
+    study = optuna.load_study(study_name="u", storage=f"sqlite:///{db}")
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    refused = sorted(
+        (t for t in trials if t.params["backend"] == "openvino"), key=lambda t: t.number
+    )
+    assert sorted(t.params["batch_size"] for t in refused) == [1, 2]
+    for trial in refused:
+        assert trial.value == 0.0
+        assert trial.user_attrs["failure"] == "infeasible"
+        assert trial.user_attrs["infeasible_on"] == "openvino"
+        assert trial.user_attrs["fail_reason"].startswith("openvino: cannot read hash.onnx: ")
+        assert "MurmurHash3" in trial.user_attrs["fail_reason"]
+    first, second = refused
+    assert "infeasible_as" not in first.user_attrs
+    assert second.user_attrs["infeasible_as"] == first.number
+    assert second.user_attrs["trial_seconds"] == 0.0
+    assert f"(as trial {first.number}; not run)" in err
+    measured = [t for t in trials if t.params["backend"] == "onnxruntime"]
+    assert len(measured) == 2 and all(t.value and t.value > 0 for t in measured)

@@ -19,6 +19,7 @@ from tests.tuner.test_export import _triton_pb2
 from tests.tuner.test_optimize import common
 from tuner.cli import main
 from tuner.config import Space, StudyConfig, build, from_stored, to_stored
+from tuner.results import TrialRecord
 from tuner.sampling import NoRepeatSampler
 from tuner.space import Params, SearchSpace, resolve_space
 from tuner.study import prepare, probe_device, runtime_label, study_name, trial_configs
@@ -143,44 +144,90 @@ def test_the_sampler_never_proposes_a_pair_a_runtime_cannot_run() -> None:
     assert sorted(map(str, seen)) == sorted(map(str, space.points()))
 
 
-def test_a_runtime_that_cannot_read_the_file_is_not_proposed_again_for_that_precision() -> None:
-    """A trial whose runtime refused the model file ("openvino: cannot read ...") takes every
-    configuration of that runtime and precision out of the proposals; a failure of another
-    kind (here a compile failure at one batch size) takes out only its own configuration."""
-    space = SearchSpace(
-        batch_sizes=(1, 2, 4),
-        streams=(1, 2),
-        precisions=("fp32", "int8"),
-        deque_timeout_us=None,
-        backends=BOTH,
-    )
+def _study_of(space: SearchSpace) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = NoRepeatSampler(optuna.samplers.RandomSampler(seed=3), space, seed=3)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    return optuna.create_study(direction="maximize", sampler=sampler)
 
-    def failed(params: dict[str, object], reason: str) -> None:
-        study.enqueue_trial(params)
-        trial = study.ask()
-        space.suggest(trial)
+
+def _told(
+    study: optuna.Study, space: SearchSpace, params: dict[str, object], **how: object
+) -> None:
+    """Enqueue `params` and tell it: infeasible (`on`: the runtime that cannot read the file,
+    None: the file cannot be made) or, with `failed`, a FAIL of that reason."""
+    study.enqueue_trial(params)
+    trial = study.ask()
+    space.suggest(trial)
+    if "failed" in how:
         trial.set_user_attr("failure", "error")
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("fail_reason", how["failed"])
         study.tell(trial, state=TrialState.FAIL)
+        return
+    TrialRecord.infeasible("cannot", 1.0, on=how.get("on")).store(trial)  # type: ignore[arg-type]
+    study.tell(trial, 0.0)
 
-    unreadable = {"backend": "openvino", "precision": "int8", "batch_size": 2, "streams": 2}
-    failed(unreadable, "openvino: cannot read int8-abc.onnx: OpConversionFailure: Conv-15")
-    other = {"backend": "openvino", "precision": "fp32", "batch_size": 4, "streams": 2}
-    failed(other, "openvino: cannot load m.onnx: cannot compile for batch 4")
+
+def _proposed(study: optuna.Study, space: SearchSpace, n: int) -> list[dict[str, object]]:
     seen = []
-    left = space.size - 6 - 1  # 24 points less openvino int8's 6 and `other`
-    for _ in range(left):
+    for _ in range(n):
         trial = study.ask()
         params = space.suggest(trial)
         seen.append(dict(trial.params))
         study.tell(trial, float(params.batch_size))
+    assert len({str(p) for p in seen}) == n  # each proposal new
+    return seen
+
+
+CPU_SPACE = SearchSpace(
+    batch_sizes=(1, 2, 4),
+    streams=(1, 2),
+    precisions=("fp32", "bf16", "int8"),
+    deque_timeout_us=None,
+    backends=BOTH,
+    excluded=(("onnxruntime", "bf16"),),
+)
+
+
+def test_a_file_a_runtime_cannot_read_takes_out_its_configurations_that_load_that_file() -> None:
+    """A trial infeasible on OpenVINO (its frontend refused the model file, harness
+    ModelUnreadable) takes out every OpenVINO configuration that loads that file: fp32 and
+    bf16 both load the model itself, int8 its variant stays, as does ONNX Runtime on the same
+    file. A failure of another kind (a compile failure at one batch) takes out only itself."""
+    space = CPU_SPACE
+    assert space.size == 12 + 18
+    study = _study_of(space)
+    unreadable = {"backend": "openvino", "precision": "bf16", "batch_size": 2, "streams": 2}
+    _told(study, space, unreadable, on="openvino")
+    other = {"backend": "openvino", "precision": "int8", "batch_size": 4, "streams": 2}
+    _told(study, space, other, failed="openvino: cannot load m.onnx: cannot compile batch 4")
+    seen = _proposed(study, space, space.size - 12 - 1)
     pairs = {(p["backend"], p["precision"]) for p in seen}
-    assert ("openvino", "int8") not in pairs
-    assert ("openvino", "fp32") in pairs and other not in seen
-    assert len({str(p) for p in seen}) == len(seen) == left == 17  # each proposal new
+    assert pairs == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "int8")}
+    assert other not in seen
+
+
+def test_a_precision_file_that_cannot_be_made_takes_out_that_precision_on_every_runtime() -> None:
+    """An infeasible trial whose precision's file cannot be made (harness VariantUnavailable:
+    no runtime named) takes out every configuration that loads that file, on both runtimes."""
+    space = CPU_SPACE
+    study = _study_of(space)
+    _told(study, space, {"backend": "onnxruntime", "precision": "int8", "batch_size": 1})
+    seen = _proposed(study, space, space.size - 12)
+    assert {p["precision"] for p in seen} == {"fp32", "bf16"}
+
+
+def test_the_file_a_configuration_loads_follows_its_runtime() -> None:
+    """fp32 and bf16 load the model itself, other precisions their variant; a runtime that
+    casts the model itself (torch) loads the model itself at every precision; a study of one
+    runtime names it once, for every point."""
+    assert CPU_SPACE.source({"backend": "openvino", "precision": "bf16"}) == ("openvino", "fp32")
+    assert CPU_SPACE.source({"backend": "onnxruntime", "precision": "int8"}) == (
+        "onnxruntime",
+        "int8",
+    )
+    one = resolve_space(StudyConfig(backend="torch"))
+    assert one.runtime == "torch" and one.source({"precision": "int8"}) == ("torch", "fp32")
+    assert resolve_space(build(backends=list(BOTH))).runtime is None
 
 
 def test_each_trial_runs_on_its_runtime_with_that_runtimes_options() -> None:

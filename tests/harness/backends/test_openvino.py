@@ -16,7 +16,7 @@ from harness.backends import BACKENDS, BackendOptions, check_precision, default_
 from harness.backends.base import backend_error
 from harness.backends.onnxruntime import OnnxRuntimeBackend
 from harness.backends.openvino import OpenVinoBackend, has_bf16
-from harness.errors import ConfigError, OutOfMemory
+from harness.errors import ConfigError, ModelUnreadable, OutOfMemory
 from tests import quirkmodels
 
 FEATURES = 16
@@ -136,6 +136,17 @@ def test_a_gpu_device_is_refused_naming_it(mlp_model: Path, device: str) -> None
 def test_a_bad_batch_shape_is_a_config_error(mlp_model: Path) -> None:
     with pytest.raises(ConfigError, match=r"batch_shape 'ragged' not in \['static', 'dynamic'\]"):
         OpenVinoBackend(mlp_model, BackendOptions(extra={"batch_shape": "ragged"}))
+
+
+def test_a_file_its_frontend_cannot_convert_is_unreadable_naming_runtime_and_file(
+    tmp_path: Path,
+) -> None:
+    """An op OpenVINO's ONNX frontend does not know: ModelUnreadable, which a study takes as
+    infeasible on this runtime for every configuration loading this file."""
+    model = quirkmodels.unknown_op(tmp_path / "custom.onnx")
+    with pytest.raises(ModelUnreadable, match=r"^openvino: cannot read custom\.onnx: ") as info:
+        OpenVinoBackend(model, BackendOptions(max_batch=2)).load()
+    assert info.value.runtime == "openvino" and "Mystery" in str(info.value)
 
 
 def test_openvinos_allocation_failure_is_out_of_memory() -> None:

@@ -24,7 +24,13 @@ from harness.backends.pytorch import CUDA_PRECISIONS, TorchBackend
 from harness.config import PRECISIONS, RunConfig, ScenarioSpec
 from harness.dataset import synthetic_samples
 from harness.device import cpu_count
-from harness.errors import BackendError, BackendUnavailable, ConfigError, OutOfMemory
+from harness.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    ModelUnreadable,
+    OutOfMemory,
+)
 from harness.models import ModelInfo, resolve_model
 from harness.precision import agreement, make_variant
 from tests import quirkmodels
@@ -251,6 +257,15 @@ def test_not_an_onnx_file_is_a_backend_error(tmp_path: Path) -> None:
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"not onnx")
     with pytest.raises(BackendError, match=r"junk\.onnx"):
+        torch_backend(path).load()
+
+
+@needs_torch
+def test_an_op_onnx2torch_cannot_convert_makes_the_file_unreadable(tmp_path: Path) -> None:
+    """The file itself is refused, whatever the batch, streams or precision: ModelUnreadable,
+    which a study takes as infeasible on torch for every configuration."""
+    path = quirkmodels.unknown_op(tmp_path / "custom.onnx")
+    with pytest.raises(ModelUnreadable, match=r"^torch: onnx2torch cannot convert custom\.onnx"):
         torch_backend(path).load()
 
 
