@@ -86,8 +86,9 @@ class TrialRecord:
     trial_seconds: float | None = None
     failure: str | None = None
     fail_reason: str | None = None
-    #: An infeasible configuration's runtime where only it cannot run it (it cannot read the
-    #: file); None where no runtime can (tuner.child.ChildOutcome.infeasible_on).
+    #: An infeasible configuration's runtime where it is infeasible there alone (the runtime
+    #: cannot read the file, or left the precision under the accuracy floor); None where it is
+    #: on every runtime (the file cannot be made; tuner.child.ChildOutcome.infeasible_on).
     infeasible_on: str | None = None
     #: The earlier infeasible trial whose cause holds for this configuration too, where this
     #: one was not run (tuner.sampling.refusal).
@@ -193,7 +194,8 @@ class TrialRecord:
         as_trial: int | None = None,
     ) -> TrialRecord:
         """A configuration the model cannot take: its precision's file cannot be made, or
-        its runtime (`on`) cannot read the file; `as_trial`: known from that earlier trial."""
+        its runtime (`on`) cannot read the file (or, known from an earlier trial `as_trial`,
+        left the precision under the accuracy floor)."""
         return cls(
             trial_seconds=None if seconds is None else round(seconds, 2),
             failure=INFEASIBLE,

@@ -13,8 +13,11 @@ A configuration found infeasible whatever its batch or streams takes its kin out
 (`refusals`): where a runtime could not read the model file (OpenVINO's frontend refusing an op
 it cannot convert), every configuration of that runtime that loads the same file (fp32 and
 bf16 load the model itself) counts as taken from then on; where a precision's file could not
-be made, every configuration that loads it, on any runtime. The budget goes to what can run,
-and the study does not run an enqueued configuration so ruled out (tuner.study).
+be made, every configuration that loads it, on any runtime; where a precision's outputs fell
+under the study's accuracy floor on a runtime, every configuration of that precision there
+(the opset-15 Silero VAD's int8 variant agrees 0.0 with fp32: three of a 16-trial study's
+trials measured it at other batch sizes). The budget goes to what can win, and the study does
+not run an enqueued configuration so ruled out (tuner.study).
 
 The last trials of a study climb (`climb_from`: how many trials of the budget come before the
 climb). Each proposal is then an untaken neighbour of the best feasible configuration so far:
@@ -172,33 +175,50 @@ class NoRepeatSampler(BaseSampler):
 _CATEGORICAL = ("backend", "precision")
 
 
-def refusals(
-    space: SearchSpace, trials: Iterable[FrozenTrial]
-) -> dict[tuple[str | None, str], FrozenTrial]:
-    """What the study's infeasible trials rule out, each by the earliest trial that found it:
-    (runtime, file) where only that runtime cannot read the file (`TrialRecord.infeasible_on`),
-    (None, file) where the file cannot be made; `file` is the precision of the ONNX file loaded
-    (`SearchSpace.source`)."""
-    found: dict[tuple[str | None, str], FrozenTrial] = {}
+#: What an infeasible trial rules out: (kind, runtime, what) where kind "file" rules out
+#: every configuration that loads the file `what` (a precision, `SearchSpace.source`) on
+#: `runtime` (None: on every runtime), and "precision" every configuration of precision `what`
+#: on `runtime` (its outputs fell under the study's accuracy floor there).
+Scope = tuple[str, str | None, str]
+
+
+def refusals(space: SearchSpace, trials: Iterable[FrozenTrial]) -> dict[Scope, FrozenTrial]:
+    """What the study's trials found infeasible whatever the batch or streams, each by the
+    earliest trial that found it: a file its runtime cannot read (`TrialRecord.infeasible_on`)
+    or that cannot be made (for every runtime), and a precision whose outputs a runtime left
+    under the accuracy floor (that precision on that runtime: bf16 loads the fp32 file, and is
+    judged apart from fp32). Copies and trials ruled out themselves are not counted."""
+    found: dict[Scope, FrozenTrial] = {}
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state != TrialState.COMPLETE or "precision" not in trial.params:
             continue
         record = TrialRecord.from_trial(trial)
-        if record.failure != INFEASIBLE or record.infeasible_as is not None:
+        if record.infeasible_as is not None or record.duplicate_of is not None:
             continue
         runtime, file = space.source(trial.params)
-        found.setdefault((runtime if record.infeasible_on else None, file), trial)
+        if record.failure == INFEASIBLE:
+            scope: Scope = ("file", runtime if record.infeasible_on else None, file)
+        elif trial.constraints.get("accuracy", 0.0) > 0.0:
+            scope = ("precision", runtime, trial.params["precision"])
+        else:
+            continue
+        found.setdefault(scope, trial)
     return found
 
 
 def refusal(
-    space: SearchSpace,
-    point: Mapping[str, Any],
-    refused: Mapping[tuple[str | None, str], FrozenTrial],
+    space: SearchSpace, point: Mapping[str, Any], refused: Mapping[Scope, FrozenTrial]
 ) -> FrozenTrial | None:
-    """The infeasible trial (of `refusals`) whose cause holds for `point` too, or None."""
+    """The trial (of `refusals`) whose finding holds for `point` too, or None."""
     runtime, file = space.source(point)
-    return refused.get((runtime, file)) or refused.get((None, file))
+    for scope in (
+        ("file", runtime, file),
+        ("file", None, file),
+        ("precision", runtime, point["precision"]),
+    ):
+        if scope in refused:
+            return refused[scope]
+    return None
 
 
 def _taken(others: list[FrozenTrial]) -> set[str]:

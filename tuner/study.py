@@ -442,11 +442,17 @@ def record_infeasible(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConf
 
 
 def record_ruled_out(trial: optuna.Trial, earlier: FrozenTrial, cfg: StudyConfig) -> Any:
-    """A configuration that an earlier infeasible trial's cause rules out too (the same file
-    on the same runtime, or a file that cannot be made): infeasible as that trial, not run."""
+    """A configuration that an earlier trial's finding rules out too (tuner.sampling.refusals:
+    the same file on the same runtime, a file that cannot be made, or the same precision under
+    the accuracy floor on the same runtime): infeasible as that trial, not run."""
     found = TrialRecord.from_trial(earlier)
-    reason = found.fail_reason or ""
-    record = TrialRecord.infeasible(reason, 0.0, on=found.infeasible_on, as_trial=earlier.number)
+    reason, on = found.fail_reason or "", found.infeasible_on
+    if found.failure != INFEASIBLE:  # under the floor: that precision on that runtime
+        value = found.agreement
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        reason = f"under the accuracy floor ({found.metric} {shown} < {cfg.accuracy_floor:g})"
+        on = earlier.params.get("backend") or cfg.backend
+    record = TrialRecord.infeasible(reason, 0.0, on=on, as_trial=earlier.number)
     return _infeasible(trial, record, cfg)
 
 

@@ -205,6 +205,33 @@ def test_samplers_never_repeat_a_configuration_until_the_space_is_spent(
     assert len(copies) == 3 and replay.calls == size
 
 
+def test_a_precision_under_the_accuracy_floor_is_measured_once(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The landscape's int8 agrees 0.9 with fp32; under a 0.95 floor the first int8 trial
+    shows it, and every other int8 configuration of the grid (enqueued) is stored as
+    infeasible as that trial without being measured."""
+    path = landscape(tmp_path / "l.json")
+    size = len(BATCHES) * len(STREAMS) * len(PRECISIONS)
+    cfg = study_config(
+        tmp_path, path, "grid", size, cache_dir=cache_dir, confirm_runs=0, accuracy_floor=0.95
+    )
+    replay = LandscapeReplay(path, seed=1)
+    study = optimize(cfg, lambda line: None, measure=replay).study
+    int8 = sorted(
+        (t for t in study.get_trials() if t.params["precision"] == "int8"),
+        key=lambda t: t.number,
+    )
+    first, others = int8[0], int8[1:]
+    assert replay.calls == size - len(others)  # fp32's points and one int8
+    assert first.user_attrs["agreement_top1"] == 0.9 and "infeasible_as" not in first.user_attrs
+    assert len(others) == len(BATCHES) * len(STREAMS) - 1
+    for trial in others:
+        assert trial.value == 0.0 and trial.user_attrs["infeasible_as"] == first.number
+        assert trial.user_attrs["fail_reason"] == "under the accuracy floor (top1 0.9000 < 0.95)"
+    assert best_trial(study).params["precision"] == "fp32"
+
+
 def test_a_replayed_study_confirms_and_declares_the_true_best(
     tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -216,6 +216,22 @@ def test_a_precision_file_that_cannot_be_made_takes_out_that_precision_on_every_
     assert {p["precision"] for p in seen} == {"fp32", "bf16"}
 
 
+def test_a_precision_under_the_accuracy_floor_on_a_runtime_takes_out_that_pair_alone() -> None:
+    """OpenVINO's bf16 under the accuracy floor takes out OpenVINO bf16 only: OpenVINO fp32
+    loads the same file but is judged apart, and ONNX Runtime's precisions stay."""
+    space = CPU_SPACE
+    study = _study_of(space)
+    study.enqueue_trial({"backend": "openvino", "precision": "bf16", "batch_size": 1})
+    trial = study.ask()
+    space.suggest(trial)
+    trial.set_constraint("accuracy", 0.3)
+    study.tell(trial, 50.0)
+    seen = _proposed(study, space, space.size - 6)
+    pairs = {(p["backend"], p["precision"]) for p in seen}
+    assert ("openvino", "bf16") not in pairs and ("openvino", "fp32") in pairs
+    assert len(pairs) == 4
+
+
 def test_the_file_a_configuration_loads_follows_its_runtime() -> None:
     """fp32 and bf16 load the model itself, other precisions their variant; a runtime that
     casts the model itself (torch) loads the model itself at every precision; a study of one
