@@ -113,7 +113,6 @@ def test_a_file_a_runtime_cannot_read_is_infeasible_on_that_runtime_and_not_run_
     configuration of OpenVINO on that file is an infeasible trial that names the runtime, the
     other one is infeasible as that trial without running, and ONNX Runtime, which reads the
     file, is measured as usual."""
-    pytest.importorskip("openvino")
     model = quirkmodels.onnxruntime_only(tmp_path / "hash.onnx")
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "studies.db"
