@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness.backends.openvino import has_bf16  # noqa: E402
 from harness.device import cpu_info  # noqa: E402
+from tuner.export import with_batch  # noqa: E402
 from tuner.results import best_trial, robust_value  # noqa: E402
+from tuner.space import DEFAULT_DEQUE_TIMEOUT_US  # noqa: E402
 
 TARGET = 1.05
 
@@ -190,6 +193,14 @@ def tune(name: str, case: Case, storage: str, study_name: str, extra: list[str])
     return Tuned(study, params, runtime, label, value, tune_s)
 
 
+def in_turn(order: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, contender) in the order A B C, C B A, A B C ...: the machine's drift falls on
+    every contender alike."""
+    for r in range(rounds):
+        for who in order if r % 2 == 0 else reversed(order):
+            yield r, who
+
+
 def compared(name: str, figures: dict[str, list[float]], unit: str) -> dict[str, Any]:
     """Medians, the best peer by median and the tuned median over it; printed."""
     medians = {who: statistics.median(values) for who, values in figures.items()}
@@ -230,18 +241,16 @@ def run_case(
     figures: dict[str, list[float]] = {who: [] for who in contenders}
     precision: dict[str, str] = {"tuned": params["precision"]}
     streams: dict[str, int] = {}
-    order = list(contenders)
-    for r in range(rounds):
-        for who in order if r % 2 == 0 else reversed(order):
-            value, ran, chosen = measure(contenders[who], work / "result.json")
-            figures[who].append(value)
-            precision[who] = ran or precision.get(who, case.precision)
-            if chosen is not None:
-                streams[who] = chosen
-            print(
-                f"{name} round {r + 1}: {who}: {value:,.1f} samples/s ({precision[who]})",
-                flush=True,
-            )
+    for r, who in in_turn(list(contenders), rounds):
+        value, ran, chosen = measure(contenders[who], work / "result.json")
+        figures[who].append(value)
+        precision[who] = ran or precision.get(who, case.precision)
+        if chosen is not None:
+            streams[who] = chosen
+        print(
+            f"{name} round {r + 1}: {who}: {value:,.1f} samples/s ({precision[who]})",
+            flush=True,
+        )
     summary = compared(name, figures, "samples/s")
     return {
         "case": name,
@@ -287,7 +296,7 @@ def run_server(
         "tuned": [
             *harness,
             *knobs(runtime, params["precision"], params["batch_size"], params["streams"]),
-            *("--deque-timeout-us", str(params.get("deque_timeout_us", 2000))),
+            *("--deque-timeout-us", str(params.get("deque_timeout_us", DEFAULT_DEQUE_TIMEOUT_US))),
         ],
         **{
             who: [*harness, *knobs("openvino", peer_precision[who], 1, hinted.get(who, 1))]
@@ -296,12 +305,10 @@ def run_server(
         "onnxruntime defaults": [*harness, *knobs("onnxruntime", case.precision, 1, 1)],
     }
     figures: dict[str, list[float]] = {who: [] for who in contenders}
-    order = list(contenders)
-    for r in range(rounds):
-        for who in order if r % 2 == 0 else reversed(order):
-            qps = server_qps(contenders[who], work / "result.json")
-            figures[who].append(qps)
-            print(f"{name} Server round {r + 1}: {who}: {qps:,.1f} QPS", flush=True)
+    for r, who in in_turn(list(contenders), rounds):
+        qps = server_qps(contenders[who], work / "result.json")
+        figures[who].append(qps)
+        print(f"{name} Server round {r + 1}: {who}: {qps:,.1f} QPS", flush=True)
     summary = compared(f"{name} Server", figures, "QPS")
     return {
         "case": name,
@@ -315,10 +322,16 @@ def run_server(
 
 def server_qps(command: list[str], result: Path) -> float:
     """The largest VALID QPS the harness's search found (0 where none met the bound)."""
+    doc = harness_result(command, result)
+    return float(doc["score"]) if doc.get("valid") else 0.0
+
+
+def harness_result(command: list[str], result: Path) -> dict[str, Any]:
+    """The result `python -m harness run` (`command`) wrote to `result` as JSON."""
     result.unlink(missing_ok=True)
     subprocess.run([*command, "--json", str(result)], check=True, capture_output=True, cwd=ROOT)
-    doc = json.loads(result.read_text())
-    return float(doc["score"]) if doc.get("valid") else 0.0
+    doc: dict[str, Any] = json.loads(result.read_text())
+    return doc
 
 
 def peers_file(study: optuna.Study, precision: str) -> Path:
@@ -334,8 +347,10 @@ def peers_file(study: optuna.Study, precision: str) -> Path:
 def benchmark_app(
     model: Path, inputs: list[dict[str, Any]], hint: str, seconds: float
 ) -> list[str]:
-    shape = ",".join(
-        f"{t['name']}[{','.join(str(d) for d in [1, *t['sample_shape']])}]" for t in inputs
+    shape = ",".join(  # an input with no batch axis keeps the shape the file gives it
+        f"{t['name']}[{','.join(str(d) for d in with_batch(t, 1))}]"
+        for t in inputs
+        if t.get("batch_axis", 0) is not None
     )
     tool = Path(sys.executable).parent / "benchmark_app"
     return [
@@ -357,11 +372,7 @@ def measure(command: list[str], result: Path) -> tuple[float, str | None, int | 
     """samples/s of one contender's run: the harness's LoadGen figure, or benchmark_app's FPS
     (batch 1, so FPS are samples) with the inference precision and streams OpenVINO chose."""
     if "harness" in command:
-        result.unlink(missing_ok=True)
-        subprocess.run(
-            [*command, "--json", str(result)], check=True, capture_output=True, cwd=ROOT
-        )
-        return float(json.loads(result.read_text())["samples_per_second"]), None, None
+        return float(harness_result(command, result)["samples_per_second"]), None, None
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     found = re.search(r"Throughput:\s+([\d.]+) FPS", out)
     if found is None:

@@ -343,11 +343,11 @@ class _Objective:
         params = space.suggest(trial)
         label = params.label(deque="deque_timeout_us" in trial.params)
         self.say(f"trial {trial.number}: {label} ...")
-        duplicate = _measured_before(trial, self.prepared.study)
-        if duplicate is not None:
-            return _reuse(trial, duplicate)
         study = self.prepared.study
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        duplicate = _measured_before(trial, done)
+        if duplicate is not None:
+            return _reuse(trial, duplicate)
         ruled_out = refusal(space, trial.params, refusals(space, done))
         if ruled_out is not None:  # e.g. an enqueued screening trial of a runtime that failed
             return record_ruled_out(trial, ruled_out, cfg)
@@ -485,9 +485,9 @@ def record(trial: optuna.Trial, outcome: ChildOutcome, cfg: StudyConfig) -> Any:
     return score
 
 
-def _measured_before(trial: optuna.Trial, study: optuna.Study) -> FrozenTrial | None:
-    """An earlier COMPLETE trial with the same parameters, if any."""
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def _measured_before(trial: optuna.Trial, done: list[FrozenTrial]) -> FrozenTrial | None:
+    """An earlier COMPLETE trial (of `done`, the study's) with the same parameters, if any."""
+    for other in done:
         if other.params == trial.params and not is_copy(other):
             return other
     return None
